@@ -1,0 +1,228 @@
+/**
+ * The `graft` command line: a thin layer over the library. Results go to stdout (tables, or exactly one JSON
+ * document with --json); progress and notices go to stderr.
+ */
+import { basename, join, relative, resolve } from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { GraftModel } from '../artifact/model.js';
+import { writeFileAtomic } from '../backbone/cache.js';
+import { scanLabelledFolder, type Skipped } from '../data/dataset.js';
+import { GraftError } from '../errors.js';
+import { argmaxRows, computeMetrics, crossEntropy, type Metrics } from '../evaluate/metrics.js';
+import { formatMetrics } from '../evaluate/report.js';
+import { Learner } from '../learner.js';
+import { VERSION } from '../version.js';
+import { createProgress } from './progress.js';
+
+const int = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a non-negative integer, got "${v}"`);
+  return n;
+};
+const positive = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number, got "${v}"`);
+  return n;
+};
+const fraction = (v: string) => {
+  const n = Number(v);
+  if (!(n > 0 && n < 1)) throw new InvalidArgumentError(`--val-split must be between 0 and 1 (exclusive), got "${v}"`);
+  return n;
+};
+
+function emitJson(doc: unknown): void {
+  process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
+}
+
+function printSkipped(skipped: Skipped[]): void {
+  if (skipped.length === 0) return;
+  process.stderr.write(`skipped ${skipped.length} file${skipped.length === 1 ? '' : 's'}:\n`);
+  for (const s of skipped) process.stderr.write(`  ${relative(process.cwd(), s.file) || s.file}: ${s.reason}\n`);
+}
+
+interface TrainFlags {
+  model?: string;
+  cut?: string;
+  out: string;
+  head: 'mlp' | 'linear';
+  epochs?: number;
+  lr?: number;
+  batchSize?: number;
+  weightDecay?: number;
+  patience?: number;
+  valSplit?: number;
+  seed: number;
+  cacheDir?: string;
+  cache: boolean;
+  json: boolean;
+}
+
+async function train(data: string, flags: TrainFlags): Promise<void> {
+  if (!flags.model) throw new GraftError('USAGE', 'no backbone given: pass --model PATH to an ONNX image model');
+  const progress = createProgress();
+  const started = performance.now();
+  const learn = await Learner.create({
+    data,
+    model: flags.model,
+    head: flags.head,
+    seed: flags.seed,
+    ...(flags.cut ? { cut: flags.cut } : {}),
+    ...(flags.valSplit !== undefined ? { valSplit: flags.valSplit } : {}),
+    ...(flags.cache ? (flags.cacheDir ? { cacheDir: flags.cacheDir } : {}) : { cacheDir: false as const }),
+    onProgress: (() => {
+      let begun = false;
+      return (p) => {
+        if (!begun) {
+          progress.start('features', p.total);
+          begun = true;
+        }
+        progress.update(p.done, `cached ${p.cached} skipped ${p.skipped}`);
+        if (p.done === p.total) progress.stop();
+      };
+    })(),
+  });
+  progress.stop();
+  const { backbone, data: d } = learn;
+  progress.log(
+    `backbone ${basename(backbone.source.file)} cut at "${backbone.config.cut}" (${backbone.cutReason}), ${backbone.config.featureDim} features; ` +
+      `${d.trainRows.length} train / ${d.valRows.length} val images, ${learn.classes.length} classes; ` +
+      `features: ${d.extraction.cached} cached, ${d.extraction.extracted} extracted in ${d.extraction.seconds.toFixed(1)} s`,
+  );
+  const fit = {
+    ...(flags.epochs !== undefined ? { epochs: flags.epochs } : {}),
+    ...(flags.lr !== undefined ? { lr: flags.lr } : {}),
+    ...(flags.batchSize !== undefined ? { batchSize: flags.batchSize } : {}),
+    ...(flags.weightDecay !== undefined ? { weightDecay: flags.weightDecay } : {}),
+    ...(flags.patience !== undefined ? { patience: flags.patience } : {}),
+  };
+  let epochsPlanned = 0;
+  const result = await learn.fit(fit, [
+    {
+      beforeFit: (s) => {
+        epochsPlanned = s.options.epochs;
+        progress.start('train', epochsPlanned);
+      },
+      afterEpoch: (s) => {
+        const h = s.history[s.history.length - 1]!;
+        progress.update(h.epoch + 1, `loss ${h.trainLoss.toFixed(3)} val_loss ${h.valLoss.toFixed(3)} val_acc ${h.valAccuracy.toFixed(3)}`);
+      },
+      afterFit: () => progress.stop(),
+    },
+  ]);
+  progress.log(
+    `trained ${result.history.length}/${epochsPlanned} epochs${result.stoppedEarly ? ' (early stop)' : ''}; best epoch ${result.bestEpoch + 1} restored`,
+  );
+  const metrics = await learn.evaluate();
+  const out = resolve(flags.out);
+  await learn.export(out, metrics);
+  await writeFileAtomic(join(out, 'metrics.json'), JSON.stringify({ split: 'val', metrics, skipped: d.skipped }, null, 2) + '\n');
+  const seconds = (performance.now() - started) / 1000;
+  if (flags.json) {
+    emitJson({ metrics, skipped: d.skipped, out, labels: learn.classes, epochs: result.history.length, bestEpoch: result.bestEpoch + 1, seconds });
+  } else {
+    printSkipped(d.skipped);
+    process.stdout.write(`Validation (${d.valRows.length} images)\n${formatMetrics(metrics)}\n\nModel written to ${out} (${seconds.toFixed(1)} s)\n`);
+  }
+}
+
+async function evaluate(modelDir: string, data: string, flags: { json: boolean }): Promise<void> {
+  const model = await GraftModel.load(modelDir);
+  try {
+    const { samples, skipped: scanSkipped, source } = await scanLabelledFolder(data, model.labels);
+    const progress = createProgress();
+    progress.log(`evaluating ${samples.length} images from ${source}`);
+    const { probabilities, valid, skipped } = await model.probabilities(samples.map((s) => s.file));
+    const rows = samples.map((_, i) => i).filter((i) => valid[i]);
+    const c = model.labels.length;
+    const probs = new Float32Array(rows.length * c);
+    rows.forEach((r, k) => probs.set(probabilities.subarray(r * c, (r + 1) * c), k * c));
+    const truth = Int32Array.from(rows, (r) => samples[r]!.label);
+    const metrics: Metrics = computeMetrics(model.labels, truth, argmaxRows(probs, c), { loss: crossEntropy(probs, c, truth) });
+    const allSkipped = [...scanSkipped, ...skipped].sort((a, b) => a.file.localeCompare(b.file));
+    const out = join(model.dir, 'eval.json');
+    await writeFileAtomic(out, JSON.stringify({ data: resolve(source), metrics, skipped: allSkipped }, null, 2) + '\n');
+    if (flags.json) emitJson({ metrics, skipped: allSkipped, out });
+    else {
+      printSkipped(allSkipped);
+      process.stdout.write(`${source} (${rows.length} images)\n${formatMetrics(metrics)}\n`);
+    }
+  } finally {
+    await model.close();
+  }
+}
+
+async function predict(modelDir: string, images: string[], flags: { topK: number; json: boolean }): Promise<void> {
+  const model = await GraftModel.load(modelDir);
+  try {
+    const files = images.map((f) => resolve(f));
+    const { predictions, skipped } = await model.predict(files, Math.min(flags.topK, model.labels.length));
+    const byFile = new Map(predictions.map((p) => [p.file, p]));
+    const errors = new Map(skipped.map((s) => [s.file, s.reason]));
+    const entries = files.map((file) => (byFile.has(file) ? { file, predictions: byFile.get(file)!.top } : { file, error: errors.get(file) ?? 'not predicted' }));
+    if (flags.json) emitJson(entries);
+    else {
+      for (const e of entries) {
+        if ('error' in e) process.stdout.write(`${e.file}\n  error: ${e.error}\n`);
+        else process.stdout.write(`${e.file}\n${e.predictions.map((p) => `  ${(p.probability * 100).toFixed(1).padStart(5)}%  ${p.label}`).join('\n')}\n`);
+      }
+    }
+    if (skipped.length) process.exitCode = 1;
+  } finally {
+    await model.close();
+  }
+}
+
+export function program(): Command {
+  const cmd = new Command('graft')
+    .description('Transfer learning for TypeScript: train a classifier on your images from a pretrained ONNX model')
+    .version(VERSION)
+    .showHelpAfterError();
+  cmd
+    .command('train')
+    .description('extract features with a pretrained backbone and train a new head on them')
+    .argument('<data>', 'dataset folder: DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*')
+    .option('--model <path>', 'ONNX image model to use as the backbone')
+    .option('--cut <tensor>', 'tensor to cut the model at (default: the input of its last global pooling)')
+    .option('--out <dir>', 'output directory for model.onnx and graft.json', 'graft-model')
+    .addOption(new Option('--head <kind>', 'new classifier head').choices(['mlp', 'linear']).default('mlp'))
+    .option('--epochs <n>', 'maximum training epochs', int('--epochs'))
+    .option('--lr <x>', 'learning rate', positive('--lr'))
+    .option('--batch-size <n>', 'training batch size', int('--batch-size'))
+    .option('--weight-decay <x>', 'decoupled weight decay', Number)
+    .option('--patience <n>', 'early-stopping patience in epochs (0: off)', int('--patience'))
+    .option('--val-split <f>', 'validation fraction when DATA has no val folder', fraction, undefined)
+    .option('--seed <s>', 'random seed (split, initialisation, shuffling, dropout)', int('--seed'), 0)
+    .option('--cache-dir <dir>', 'feature cache directory (default $GRAFT_CACHE or ~/.cache/graft)')
+    .option('--no-cache', 'do not read or write the feature cache')
+    .option('--json', 'print one JSON document on stdout', false)
+    .action((data: string, flags: TrainFlags) => train(data, flags));
+  cmd
+    .command('eval')
+    .description('evaluate an exported model on a labelled image folder')
+    .argument('<model-dir>', 'directory written by graft train')
+    .argument('<data>', 'DATA/test, DATA/val or DATA itself, with one folder per class')
+    .option('--json', 'print one JSON document on stdout', false)
+    .action((modelDir: string, data: string, flags: { json: boolean }) => evaluate(modelDir, data, flags));
+  cmd
+    .command('predict')
+    .description('classify images with an exported model')
+    .argument('<model-dir>', 'directory written by graft train')
+    .argument('<images...>', 'image files')
+    .option('--top-k <k>', 'number of ranked classes per image', int('--top-k'), 5)
+    .option('--json', 'print one JSON document on stdout', false)
+    .action((modelDir: string, images: string[], flags: { topK: number; json: boolean }) => predict(modelDir, images, flags));
+  return cmd;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const json = argv.includes('--json');
+  try {
+    await program().parseAsync(argv);
+  } catch (e) {
+    const err = e instanceof GraftError ? e : new GraftError('TRAIN', (e as Error).message ?? String(e), {}, { cause: e });
+    if (json) emitJson({ error: { code: err.code, message: err.message } });
+    process.stderr.write(`graft: error: ${err.message}\n`);
+    if (process.env.GRAFT_DEBUG && e instanceof Error) process.stderr.write(`${e.stack}\n`);
+    process.exitCode = err.code === 'USAGE' ? 2 : 1;
+  }
+}

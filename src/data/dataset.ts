@@ -1,0 +1,250 @@
+import { open, readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { GraftError, invalidParameter } from '../errors.js';
+import { Random } from '../util/random.js';
+
+export interface Sample {
+  /** Absolute path of the image file. */
+  file: string;
+  /** Index into the dataset's `classes`. */
+  label: number;
+}
+
+export interface Skipped {
+  file: string;
+  reason: string;
+}
+
+export interface ImageFolderDataset {
+  root: string;
+  /** Class names, sorted; a sample's label indexes this list. */
+  classes: string[];
+  train: Sample[];
+  val: Sample[];
+  split: { kind: 'folders'; train: string; val: string } | { kind: 'random'; valFraction: number; seed: number };
+  /** Files found in class folders that are not usable images, with why. */
+  skipped: Skipped[];
+}
+
+/** Validation folder names, in order of preference. */
+const VAL_NAMES = ['val', 'valid', 'validation', 'test'];
+
+const ascii = (bytes: Uint8Array, start: number, end: number) => String.fromCharCode(...bytes.subarray(start, end));
+const HEIF_BRANDS = new Set(['heic', 'heix', 'heim', 'heis', 'hevc', 'hevx', 'mif1', 'msf1']);
+
+/** The image format announced by a file's first bytes (at least 12 are needed), or undefined. */
+export function sniffImageType(bytes: Uint8Array): string | undefined {
+  const b = bytes;
+  if (b.length < 2) return undefined;
+  if (b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
+  if (b[0] === 0x89 && ascii(b, 1, 4) === 'PNG') return 'png';
+  if (ascii(b, 0, 4) === 'GIF8') return 'gif';
+  if (ascii(b, 0, 4) === 'RIFF' && ascii(b, 8, 12) === 'WEBP') return 'webp';
+  if ((b[0] === 0x49 && b[1] === 0x49 && b[2] === 42 && b[3] === 0) || (b[0] === 0x4d && b[1] === 0x4d && b[2] === 0 && b[3] === 42)) return 'tiff';
+  if (ascii(b, 0, 2) === 'BM' && b.length >= 14) return 'bmp';
+  if (ascii(b, 4, 8) === 'ftyp') {
+    const brand = ascii(b, 8, 12);
+    if (brand === 'avif' || brand === 'avis') return 'avif';
+    if (HEIF_BRANDS.has(brand)) return 'heif';
+  }
+  return undefined;
+}
+
+/** Why a file cannot be an image, judged from its first bytes; undefined when it looks like one. */
+async function checkFile(file: string): Promise<string | undefined> {
+  const handle = await open(file, 'r');
+  try {
+    const head = new Uint8Array(16);
+    const { bytesRead } = await handle.read(head, 0, head.length, 0);
+    if (bytesRead === 0) return 'empty file (0 bytes)';
+    return sniffImageType(head.subarray(0, bytesRead)) ? undefined : 'not an image (unrecognised file signature)';
+  } finally {
+    await handle.close();
+  }
+}
+
+const isHidden = (name: string) => name.startsWith('.');
+
+async function isDirectory(p: string): Promise<boolean> {
+  return (await stat(p).catch(() => undefined))?.isDirectory() ?? false;
+}
+
+/** Visible entries of a folder, sorted by name, split into sub-folders and files (symbolic links followed). */
+async function listFolder(dir: string): Promise<{ dirs: string[]; files: string[] }> {
+  const dirs: string[] = [];
+  const files: string[] = [];
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (isHidden(entry.name)) continue;
+    const full = path.join(dir, entry.name);
+    const isDir = entry.isSymbolicLink() ? await isDirectory(full) : entry.isDirectory();
+    (isDir ? dirs : files).push(entry.name);
+  }
+  return { dirs: dirs.sort(), files: files.sort() };
+}
+
+/** Runs `fn` over `items` with at most `limit` calls pending, keeping the order of results. */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const run = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
+  return results;
+}
+
+/** Every usable image under a class folder, recursively, sorted; unusable files go to `skipped`. */
+async function collectImages(classDir: string, skipped: Skipped[]): Promise<string[]> {
+  const all: string[] = [];
+  const walk = async (dir: string) => {
+    const { dirs, files } = await listFolder(dir);
+    for (const f of files) all.push(path.join(dir, f));
+    for (const d of dirs) await walk(path.join(dir, d));
+  };
+  await walk(classDir);
+  all.sort();
+  const reasons = await mapLimit(all, 32, checkFile);
+  const images: string[] = [];
+  all.forEach((file, i) => {
+    const reason = reasons[i];
+    if (reason) skipped.push({ file, reason });
+    else images.push(file);
+  });
+  return images;
+}
+
+/** The class folders of `dir` with their images; throws when there are none. */
+async function scanClasses(dir: string, skipped: Skipped[]): Promise<Map<string, string[]>> {
+  const { dirs, files } = await listFolder(dir);
+  if (dirs.length === 0) {
+    throw new GraftError(
+      'DATASET',
+      `No class folders in ${dir}: expected one sub-folder per class, found ${files.length} file(s) and no folders`,
+      { dir },
+    );
+  }
+  const classes = new Map<string, string[]>();
+  for (const name of dirs) classes.set(name, await collectImages(path.join(dir, name), skipped));
+  return classes;
+}
+
+async function requireFolder(dir: string): Promise<string> {
+  const root = path.resolve(dir);
+  const info = await stat(root).catch(() => undefined);
+  if (!info) throw new GraftError('DATASET', `Dataset folder ${root} does not exist`, { dir: root });
+  if (!info.isDirectory()) throw new GraftError('DATASET', `Dataset path ${root} is not a folder`, { dir: root });
+  return root;
+}
+
+/** The sub-folder of `root` whose lower-cased name is the first of `names` present, if any. */
+async function findSubfolder(root: string, names: readonly string[]): Promise<string | undefined> {
+  const { dirs } = await listFolder(root);
+  for (const name of names) {
+    const found = dirs.find((d) => d.toLowerCase() === name);
+    if (found) return path.join(root, found);
+  }
+  return undefined;
+}
+
+function checkClasses(dir: string, classes: Map<string, string[]>): void {
+  if (classes.size < 2) {
+    const found = [...classes.keys()].join(', ');
+    throw new GraftError('DATASET', `Dataset folder ${dir} has ${classes.size} class folder (${found}); at least 2 classes are needed`, {
+      dir,
+      classes: [...classes.keys()],
+    });
+  }
+  const small = [...classes].filter(([, files]) => files.length < 2);
+  if (small.length > 0) {
+    const list = small.map(([name, files]) => `${name} (${files.length})`).join(', ');
+    throw new GraftError('DATASET', `Classes with fewer than 2 usable images in ${dir}: ${list}`, {
+      dir,
+      classes: small.map(([name]) => name),
+    });
+  }
+}
+
+const toSamples = (files: readonly string[], label: number): Sample[] => files.map((file) => ({ file, label }));
+
+/**
+ * Reads an image-classification folder: `DIR/train/<class>/*` with `DIR/<val|valid|validation|test>/<class>/*`,
+ * or `DIR/<class>/*` split at random (stratified, seeded) into train and validation.
+ * Files that are not images are reported in `skipped`; only the first bytes of each file are read.
+ */
+export async function scanImageFolder(dir: string, options: { valSplit?: number; seed?: number } = {}): Promise<ImageFolderDataset> {
+  const valFraction = options.valSplit ?? 0.2;
+  const seed = options.seed ?? 0;
+  if (!(valFraction > 0 && valFraction < 1)) throw invalidParameter('valSplit', 'a fraction in (0, 1)', valFraction);
+  if (!Number.isFinite(seed)) throw invalidParameter('seed', 'a finite number', seed);
+  const root = await requireFolder(dir);
+  const skipped: Skipped[] = [];
+
+  const trainDir = await findSubfolder(root, ['train']);
+  const valDir = trainDir && (await findSubfolder(root, VAL_NAMES));
+  if (trainDir && valDir) {
+    const train = await scanClasses(trainDir, skipped);
+    checkClasses(trainDir, train);
+    const classes = [...train.keys()];
+    const val = await scanClasses(valDir, skipped);
+    const extra = [...val.keys()].filter((name) => !train.has(name));
+    if (extra.length > 0) {
+      throw new GraftError(
+        'DATASET',
+        `Validation folder ${valDir} has class folder(s) not present in ${trainDir}: ${extra.join(', ')} (train classes: ${classes.join(', ')})`,
+        { dir: valDir, classes: extra },
+      );
+    }
+    return {
+      root,
+      classes,
+      train: classes.flatMap((name, label) => toSamples(train.get(name)!, label)),
+      val: classes.flatMap((name, label) => toSamples(val.get(name) ?? [], label)),
+      split: { kind: 'folders', train: trainDir, val: valDir },
+      skipped,
+    };
+  }
+
+  // A lone train/ folder is split like a plain class folder.
+  const classDir = trainDir ?? root;
+  const byClass = await scanClasses(classDir, skipped);
+  checkClasses(classDir, byClass);
+  const classes = [...byClass.keys()];
+  const random = new Random(seed);
+  const train: Sample[] = [];
+  const val: Sample[] = [];
+  classes.forEach((name, label) => {
+    const files = random.shuffle([...byClass.get(name)!]);
+    const nVal = Math.min(files.length - 1, Math.max(1, Math.round(files.length * valFraction)));
+    val.push(...toSamples(files.slice(0, nVal).sort(), label));
+    train.push(...toSamples(files.slice(nVal).sort(), label));
+  });
+  return { root, classes, train, val, split: { kind: 'random', valFraction, seed }, skipped };
+}
+
+/**
+ * Reads a labelled evaluation folder: `DIR/test/<class>/*`, else `DIR/<val|valid|validation>/<class>/*`,
+ * else `DIR/<class>/*`. Labels are the positions of the folder names in `classes`.
+ */
+export async function scanLabelledFolder(
+  dir: string,
+  classes: readonly string[],
+): Promise<{ samples: Sample[]; skipped: Skipped[]; source: string }> {
+  const root = await requireFolder(dir);
+  const source = (await findSubfolder(root, ['test', ...VAL_NAMES.slice(0, -1)])) ?? root;
+  const skipped: Skipped[] = [];
+  const found = await scanClasses(source, skipped);
+  const unknown = [...found.keys()].filter((name) => !classes.includes(name));
+  if (unknown.length > 0) {
+    throw new GraftError(
+      'DATASET',
+      `Folder ${source} has class folder(s) the model does not know: ${unknown.join(', ')} (known classes: ${classes.join(', ')})`,
+      { dir: source, classes: unknown },
+    );
+  }
+  const samples = [...found].flatMap(([name, files]) => toSamples(files, classes.indexOf(name)));
+  if (samples.length === 0) throw new GraftError('DATASET', `No usable images in the class folders of ${source}`, { dir: source });
+  return { samples, skipped, source };
+}

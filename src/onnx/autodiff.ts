@@ -1,0 +1,774 @@
+/**
+ * Reverse-mode autodiff over ONNX nodes. The backward pass is emitted as standard ONNX ops into the same
+ * GraphBuilder, so the ordinary ONNX Runtime inference build executes training.
+ *
+ * Shaped like tinygrad's `gradient.py`: prune the graph to the nodes on a path from a `wrt` tensor to the
+ * loss, walk them in reverse topological order, and look every op up in one table (`GRAD_RULES`) whose
+ * rules return one gradient (or null) per input. Gradients that meet at a tensor are summed.
+ */
+import { GraftError } from '../errors.js';
+import type { AttrValue, GraphBuilder } from './builder.js';
+import { DataType, tensor, tensorToFloat32, toNumber, type AttributeProto, type NodeProto, type TensorProto, type ValueInfoProto } from './proto.js';
+
+/** A static dimension: a size, a symbolic name (`'N'`), or -1 when unknown. */
+export type Dim = number | string;
+export type StaticShape = readonly Dim[];
+
+export interface GradientOptions {
+  /** Name of the scalar loss tensor. */
+  loss: string;
+  /** Tensors (usually weight inputs or initializers) to differentiate the loss with respect to. */
+  wrt: readonly string[];
+  /**
+   * Known static shapes of tensors, added to those read from the builder's inputs and initializers. They
+   * let the backward pass skip `Shape`-based work (e.g. an unbroadcast that is provably a no-op); a
+   * gradient graph built without them is equally correct. Ranks also pick MatMul's gradient form: an
+   * operand of unknown rank falls back to Einsum, which handles equal batch ranks only.
+   */
+  shapes?: ReadonlyMap<string, StaticShape> | Readonly<Record<string, StaticShape>>;
+  /** Element type of the gradients (DataType.FLOAT or DataType.DOUBLE); inferred from `wrt` by default. */
+  elemType?: number;
+  /**
+   * Use static sizes where they are known (default true); false emits the dynamic form (Shape ops)
+   * everywhere, for any batch size. Ranks are used either way.
+   */
+  useStaticShapes?: boolean;
+}
+
+/** What a gradient rule sees: the forward node, the gradients of its outputs, and emitting helpers. */
+export interface GradContext {
+  readonly node: NodeProto;
+  readonly op: string;
+  /** The node's inputs; '' for an omitted optional input. */
+  readonly inputs: readonly string[];
+  readonly outputs: readonly string[];
+  /** Gradient of each output, null where no gradient reaches that output. */
+  readonly dys: readonly (string | null)[];
+  /** Gradient of output 0 (throws if none reaches it; only multi-output rules need to check `dys`). */
+  readonly dy: string;
+  readonly builder: GraphBuilder;
+  readonly elemType: number;
+  /** Whether input i needs a gradient (it depends on a `wrt` tensor); rules skip work for the others. */
+  needs(i: number): boolean;
+  attrInt(name: string, fallback: number): number;
+  attrFloat(name: string, fallback: number): number;
+  attrInts(name: string): number[] | undefined;
+  attrString(name: string, fallback: string): string;
+  /** Emits a single-output node; returns its output name. */
+  emit(op: string, inputs: readonly string[], attrs?: Record<string, AttrValue | undefined>): string;
+  /** A scalar constant of the gradient element type. */
+  scalar(value: number): string;
+  /** A 1-D int64 constant. */
+  ints(values: readonly number[]): string;
+  /** `Shape(t)`, emitted once per tensor. */
+  shapeOf(t: string): string;
+  /** Static shape of a forward tensor, if known. */
+  staticShape(t: string): StaticShape | undefined;
+  /** Element type of a forward tensor, if known. */
+  typeOf(t: string): number | undefined;
+  /** The initializer named t, if t is one. */
+  initializer(t: string): TensorProto | undefined;
+  /**
+   * Sums `grad` over the axes along which `input` was broadcast, then reshapes it to `input`'s shape.
+   * `gradShape` is grad's static shape (default: that of the node's output 0; null: unknown).
+   */
+  unbroadcast(grad: string, input: string, gradShape?: StaticShape | null): string;
+  /** `Reshape(grad, Shape(t))`, with a constant shape when t's is known. */
+  reshapeLike(grad: string, t: string): string;
+}
+
+/** One gradient name (or null) per input of the node. */
+export type GradRule = (ctx: GradContext) => (string | null)[];
+
+const FLOAT_TYPES = new Set<number>([DataType.FLOAT, DataType.DOUBLE, DataType.FLOAT16, DataType.BFLOAT16]);
+
+/** Ops whose outputs never carry a gradient (comparisons, shapes, indices). */
+const NON_DIFFERENTIABLE_OPS = new Set([
+  'Shape', 'Size', 'Equal', 'Greater', 'Less', 'GreaterOrEqual', 'LessOrEqual', 'Not', 'And', 'Or', 'Xor',
+  'ArgMax', 'ArgMin', 'NonZero', 'ConstantOfShape', 'Range', 'Constant', 'IsNaN', 'IsInf', 'Sign', 'Floor', 'Ceil', 'Round',
+]);
+
+/** Input positions that are shapes, axes, indices or labels: no gradient flows through them. */
+const INDEX_INPUTS: Readonly<Record<string, readonly number[]>> = {
+  Reshape: [1], Expand: [1], Squeeze: [1], Unsqueeze: [1], ReduceSum: [1], ReduceMean: [1],
+  SoftmaxCrossEntropyLoss: [1], Dropout: [1, 2], Tile: [1], Slice: [1, 2, 3, 4], Gather: [1], OneHot: [0, 1],
+};
+
+/** Output positions that carry no gradient. */
+const INDEX_OUTPUTS: Readonly<Record<string, readonly number[]>> = { Dropout: [1] };
+
+function isDifferentiableNode(node: NodeProto): boolean {
+  const op = node.opType ?? '';
+  if (NON_DIFFERENTIABLE_OPS.has(op)) return false;
+  if (op === 'Cast') {
+    const to = node.attribute?.find((a) => a.name === 'to');
+    return FLOAT_TYPES.has(toNumber(to?.i as number | undefined));
+  }
+  return true;
+}
+
+const diffInput = (node: NodeProto, i: number) => !(INDEX_INPUTS[node.opType ?? '']?.includes(i) ?? false);
+const diffOutput = (node: NodeProto, i: number) => !(INDEX_OUTPUTS[node.opType ?? '']?.includes(i) ?? false);
+
+// ---------------------------------------------------------------------------------------------------
+// The rules
+// ---------------------------------------------------------------------------------------------------
+
+const unary = (f: (c: GradContext, x: string, y: string) => string): GradRule => (c) => [f(c, c.inputs[0]!, c.outputs[0]!)];
+const passThrough: GradRule = (c) => [c.dy];
+/** Rules for ops whose extra inputs (shape, axes) are not differentiable: grad reshaped back to x. */
+const reshapeBack: GradRule = (c) => [c.reshapeLike(c.dy, c.inputs[0]!), ...c.inputs.slice(1).map(() => null)];
+
+/** Grad of a Reduce* node broadcast back to x's shape (before the ReduceMean scale). */
+function expandReduced(c: GradContext, dy: string): string {
+  const x = c.inputs[0]!;
+  let g = dy;
+  if (c.attrInt('keepdims', 1) === 0) {
+    // keepdims=0 removed the reduced axes; Unsqueeze restores them (negative axes count from x's rank in
+    // both ops). With no axes everything was reduced to a scalar, which Expand broadcasts directly.
+    const axesAttr = c.attrInts('axes');
+    const axes = c.inputs[1] || (axesAttr && axesAttr.length > 0 ? c.ints(axesAttr) : undefined);
+    if (axes) g = c.emit('Unsqueeze', [g, axes]);
+  }
+  return c.emit('Expand', [g, c.shapeOf(x)]);
+}
+
+function reducesNothing(c: GradContext): boolean {
+  const noAxes = !c.inputs[1] && !(c.attrInts('axes')?.length);
+  return noAxes && c.attrInt('noop_with_empty_axes', 0) === 1;
+}
+
+/** Number of elements of a forward tensor as a scalar of the gradient type. */
+function countOf(c: GradContext, t: string): string {
+  const s = c.staticShape(t);
+  if (s && s.every((d) => typeof d === 'number' && d >= 0)) return c.scalar((s as number[]).reduce((a, b) => a * b, 1));
+  return c.emit('Cast', [c.emit('Size', [t])], { to: c.elemType });
+}
+
+const lastTwoSwapped = (rank: number) => [...Array.from({ length: rank - 2 }, (_, i) => i), rank - 1, rank - 2];
+
+function softmaxBackward(c: GradContext, dy: string, y: string, axis: number): string {
+  const s = c.emit('ReduceSum', [c.emit('Mul', [dy, y]), c.ints([axis])], { keepdims: 1 });
+  return c.emit('Mul', [y, c.emit('Sub', [dy, s])]);
+}
+
+function logSoftmaxBackward(c: GradContext, dy: string, logp: string, axis: number): string {
+  const s = c.emit('ReduceSum', [dy, c.ints([axis])], { keepdims: 1 });
+  return c.emit('Sub', [dy, c.emit('Mul', [c.emit('Exp', [logp]), s])]);
+}
+
+export const GRAD_RULES: Record<string, GradRule> = {
+  Identity: passThrough,
+  // Inference mode only (checked up front): training graphs apply their dropout mask with Mul.
+  Dropout: (c) => [c.dy, null, null].slice(0, c.inputs.length),
+  Cast: (c) => [c.emit('Cast', [c.dy], { to: c.typeOf(c.inputs[0]!) ?? c.elemType })],
+  Neg: (c) => [c.emit('Neg', [c.dy])],
+  Exp: unary((c, _x, y) => c.emit('Mul', [c.dy, y])),
+  Log: unary((c, x) => c.emit('Div', [c.dy, x])),
+  Sqrt: unary((c, _x, y) => c.emit('Div', [c.emit('Mul', [c.dy, c.scalar(0.5)]), y])),
+  Reciprocal: unary((c, _x, y) => c.emit('Neg', [c.emit('Mul', [c.dy, c.emit('Mul', [y, y])])])),
+  Abs: unary((c, x) => c.emit('Mul', [c.dy, c.emit('Sign', [x])])),
+  Relu: unary((c, x) => c.emit('Where', [c.emit('Greater', [x, c.scalar(0)]), c.dy, c.scalar(0)])),
+  LeakyRelu: unary((c, x) =>
+    c.emit('Where', [c.emit('Greater', [x, c.scalar(0)]), c.dy, c.emit('Mul', [c.dy, c.scalar(c.attrFloat('alpha', 0.01))])])),
+  Sigmoid: unary((c, _x, y) => c.emit('Mul', [c.dy, c.emit('Mul', [y, c.emit('Sub', [c.scalar(1), y])])])),
+  Tanh: unary((c, _x, y) => c.emit('Mul', [c.dy, c.emit('Sub', [c.scalar(1), c.emit('Mul', [y, y])])])),
+
+  Add: (c) => [c.needs(0) ? c.unbroadcast(c.dy, c.inputs[0]!) : null, c.needs(1) ? c.unbroadcast(c.dy, c.inputs[1]!) : null],
+  Sum: (c) => c.inputs.map((x, i) => (c.needs(i) ? c.unbroadcast(c.dy, x) : null)),
+  Sub: (c) => [c.needs(0) ? c.unbroadcast(c.dy, c.inputs[0]!) : null, c.needs(1) ? c.unbroadcast(c.emit('Neg', [c.dy]), c.inputs[1]!) : null],
+  Mul: (c) => {
+    const [a, b] = [c.inputs[0]!, c.inputs[1]!];
+    return [c.needs(0) ? c.unbroadcast(c.emit('Mul', [c.dy, b]), a) : null, c.needs(1) ? c.unbroadcast(c.emit('Mul', [c.dy, a]), b) : null];
+  },
+  Div: (c) => {
+    // y = a / b: da = dy / b, db = -dy·a/b² = -(dy / b)·y
+    const [a, b] = [c.inputs[0]!, c.inputs[1]!];
+    const q = c.emit('Div', [c.dy, b]);
+    return [c.needs(0) ? c.unbroadcast(q, a) : null, c.needs(1) ? c.unbroadcast(c.emit('Neg', [c.emit('Mul', [q, c.outputs[0]!])]), b) : null];
+  },
+  Pow: (c) => {
+    // y = x^p: dx = dy·p·x^(p-1), dp = dy·y·ln(x) (only defined for x > 0)
+    const [x, p0] = [c.inputs[0]!, c.inputs[1]!];
+    const pType = c.typeOf(p0);
+    const p = pType !== undefined && pType !== c.elemType ? c.emit('Cast', [p0], { to: c.elemType }) : p0;
+    const dx = c.needs(0) ? c.unbroadcast(c.emit('Mul', [c.dy, c.emit('Mul', [p, c.emit('Pow', [x, c.emit('Sub', [p, c.scalar(1)])])])]), x) : null;
+    const dp = c.needs(1) ? c.unbroadcast(c.emit('Mul', [c.dy, c.emit('Mul', [c.outputs[0]!, c.emit('Log', [x])])]), p0) : null;
+    return [dx, dp];
+  },
+  Clip: (c) => {
+    // Gradient passes where min < x < max; the bound that was hit receives the rest.
+    const x = c.inputs[0]!;
+    const lo = c.inputs[1] || (hasAttr(c.node, 'min') ? c.scalar(c.attrFloat('min', 0)) : ''); // attributes before opset 11
+    const hi = c.inputs[2] || (hasAttr(c.node, 'max') ? c.scalar(c.attrFloat('max', 0)) : '');
+    const zero = c.scalar(0);
+    const conds = [lo ? c.emit('Greater', [x, lo]) : '', hi ? c.emit('Less', [x, hi]) : ''].filter(Boolean);
+    const inside = conds.length === 2 ? c.emit('And', conds) : conds[0];
+    const dx = !c.needs(0) ? null : inside ? c.emit('Where', [inside, c.dy, zero]) : c.dy;
+    const dlo = c.needs(1) ? c.unbroadcast(c.emit('Where', [c.emit('Less', [x, lo]), c.dy, zero]), c.inputs[1]!) : null;
+    const dhi = c.needs(2) ? c.unbroadcast(c.emit('Where', [c.emit('Greater', [x, hi]), c.dy, zero]), c.inputs[2]!) : null;
+    return [dx, dlo, dhi].slice(0, c.inputs.length);
+  },
+
+  Flatten: reshapeBack,
+  Reshape: reshapeBack,
+  Squeeze: reshapeBack,
+  Unsqueeze: reshapeBack,
+  Expand: (c) => [c.unbroadcast(c.dy, c.inputs[0]!), null],
+  Transpose: (c) => {
+    const perm = c.attrInts('perm');
+    if (!perm) return [c.emit('Transpose', [c.dy])]; // reversed axes are their own inverse
+    const inverse: number[] = [];
+    perm.forEach((p, i) => (inverse[p] = i));
+    return [c.emit('Transpose', [c.dy], { perm: inverse })];
+  },
+  Concat: (c) => {
+    const axis = c.attrInt('axis', 0);
+    const sizes = c.inputs.map((x) => {
+      const s = c.staticShape(x);
+      const d = s?.[axis < 0 ? s.length + axis : axis];
+      return typeof d === 'number' && d >= 0 ? d : undefined;
+    });
+    const axes = c.ints([axis]);
+    let start: string | number = 0;
+    return c.inputs.map((x, i) => {
+      const size = sizes[i];
+      const end: string | number =
+        typeof start === 'number' && size !== undefined ? start + size
+        : c.emit('Add', [typeof start === 'number' ? c.ints([start]) : start, c.emit('Gather', [c.shapeOf(x), axes], { axis: 0 })]);
+      const g = c.needs(i) ? c.emit('Slice', [c.dy, typeof start === 'number' ? c.ints([start]) : start, typeof end === 'number' ? c.ints([end]) : end, axes]) : null;
+      start = end;
+      return g;
+    });
+  },
+
+  Softmax: (c) => [softmaxBackward(c, c.dy, c.outputs[0]!, c.attrInt('axis', -1))],
+  LogSoftmax: (c) => [logSoftmaxBackward(c, c.dy, c.outputs[0]!, c.attrInt('axis', -1))],
+
+  ReduceSum: (c) => [reducesNothing(c) ? c.dy : expandReduced(c, c.dy), ...c.inputs.slice(1).map(() => null)],
+  ReduceMean: (c) => {
+    if (reducesNothing(c)) return [c.dy, ...c.inputs.slice(1).map(() => null)];
+    const scale = c.emit('Div', [countOf(c, c.outputs[0]!), countOf(c, c.inputs[0]!)]);
+    return [expandReduced(c, c.emit('Mul', [c.dy, scale])), ...c.inputs.slice(1).map(() => null)];
+  },
+  GlobalAveragePool: (c) => {
+    const x = c.inputs[0]!;
+    const scale = c.emit('Div', [countOf(c, c.outputs[0]!), countOf(c, x)]);
+    return [c.emit('Expand', [c.emit('Mul', [c.dy, scale]), c.shapeOf(x)])];
+  },
+
+  Gemm: (c) => {
+    // Y = alpha·A'·B' + beta·C with A' = transA ? Aᵀ : A and B' = transB ? Bᵀ : B
+    const [a, b, cc] = [c.inputs[0]!, c.inputs[1]!, c.inputs[2]];
+    const alpha = c.attrFloat('alpha', 1);
+    const beta = c.attrFloat('beta', 1);
+    const tA = c.attrInt('transA', 0);
+    const tB = c.attrInt('transB', 0);
+    const al = alpha === 1 ? undefined : alpha;
+    const da = !c.needs(0) ? null
+      : tA ? c.emit('Gemm', [b, c.dy], { alpha: al, transA: tB || undefined, transB: 1 }) // dA = alpha·B'·dYᵀ
+      : c.emit('Gemm', [c.dy, b], { alpha: al, transB: tB ? undefined : 1 }); // dA = alpha·dY·B'ᵀ
+    const db = !c.needs(1) ? null
+      : tB ? c.emit('Gemm', [c.dy, a], { alpha: al, transA: 1, transB: tA || undefined }) // dB = alpha·dYᵀ·A'
+      : c.emit('Gemm', [a, c.dy], { alpha: al, transA: tA ? undefined : 1 }); // dB = alpha·A'ᵀ·dY
+    const out: (string | null)[] = [da, db];
+    if (cc !== undefined) out.push(cc && c.needs(2) ? c.unbroadcast(beta === 1 ? c.dy : c.emit('Mul', [c.dy, c.scalar(beta)]), cc) : null);
+    return out;
+  },
+  MatMul: (c) => {
+    const [a, b] = [c.inputs[0]!, c.inputs[1]!];
+    const sa = c.staticShape(a);
+    const sb = c.staticShape(b);
+    const so = c.staticShape(c.outputs[0]!);
+    if (!sa || !sb) {
+      // Ranks unknown (an operand from an op the shape propagation does not know): assume both have the
+      // same rank ≥ 2 (ORT's Einsum does not broadcast ellipses) and let Einsum swap the last two axes.
+      return [
+        c.needs(0) ? c.unbroadcast(c.emit('Einsum', [c.dy, b], { equation: '...mn,...kn->...mk' }), a, null) : null,
+        c.needs(1) ? c.unbroadcast(c.emit('Einsum', [a, c.dy], { equation: '...mk,...mn->...kn' }), b, null) : null,
+      ];
+    }
+    const [ra, rb] = [sa.length, sb.length];
+    if (ra === 1 && rb === 1) {
+      return [c.needs(0) ? c.emit('Mul', [c.dy, b]) : null, c.needs(1) ? c.emit('Mul', [c.dy, a]) : null];
+    }
+    // Promote 1-D operands the way MatMul does ([K] → [1, K] for A, [K] → [K, 1] for B), so both branches
+    // below are plain batched matrix products; unbroadcast then drops the promoted axis again.
+    const dy = ra === 1 ? c.emit('Unsqueeze', [c.dy, c.ints([-2])]) : rb === 1 ? c.emit('Unsqueeze', [c.dy, c.ints([-1])]) : c.dy;
+    const a2 = ra === 1 ? c.emit('Unsqueeze', [a, c.ints([0])]) : a;
+    const b2 = rb === 1 ? c.emit('Unsqueeze', [b, c.ints([1])]) : b;
+    const [ra2, rb2] = [Math.max(ra, 2), Math.max(rb, 2)];
+    const batch = so ? so.slice(0, so.length - (ra === 1 || rb === 1 ? 1 : 2)) : undefined;
+    const m = ra === 1 ? 1 : sa[ra - 2]!;
+    const k = sa[ra - 1]!;
+    const n = sb[rb - 1]!;
+    const da = c.needs(0) ? c.unbroadcast(c.emit('MatMul', [dy, c.emit('Transpose', [b2], { perm: lastTwoSwapped(rb2) })]), a, batch ? [...batch, m, k] : null) : null;
+    let db: string | null = null;
+    if (c.needs(1)) {
+      const full = c.emit('MatMul', [c.emit('Transpose', [a2], { perm: lastTwoSwapped(ra2) }), dy]);
+      // [..., K, 1] for a 1-D B: drop the promoted axis so that K lines up with B's only axis.
+      db = rb === 1 ? c.unbroadcast(c.emit('Squeeze', [full, c.ints([-1])]), b, batch ? [...batch, k] : null) : c.unbroadcast(full, b, batch ? [...batch, k, n] : null);
+    }
+    return [da, db];
+  },
+
+  SoftmaxCrossEntropyLoss: (c) => {
+    // loss_i = -w[y_i]·log softmax(z_i)[y_i]; dz_i = (softmax(z_i) − onehot(y_i))·w[y_i]·scale, where
+    // scale = dLoss / Σw (mean), dLoss (sum) or dLoss_i (none); w = class weight × (y_i ≠ ignore_index).
+    const [scores, labels, weights] = [c.inputs[0]!, c.inputs[1]!, c.inputs[2]];
+    const [dLoss, dLogp] = [c.dys[0] ?? null, c.dys[1] ?? null];
+    const logp = c.outputs[1];
+    const probs = logp ? c.emit('Exp', [logp]) : c.emit('Softmax', [scores], { axis: 1 });
+    const parts: string[] = [];
+    if (dLoss) {
+      const reduction = c.attrString('reduction', 'mean');
+      const ignore = hasAttr(c.node, 'ignore_index') ? c.attrInt('ignore_index', 0) : undefined;
+      let safe = labels;
+      let w: string | undefined;
+      if (ignore !== undefined) {
+        const ignored = c.emit('Equal', [labels, c.builder.constant('ignore_index', BigInt64Array.of(BigInt(ignore)), [])]);
+        safe = c.emit('Where', [ignored, c.builder.constant('zero_label', BigInt64Array.of(0n), []), labels]);
+        w = c.emit('Cast', [c.emit('Not', [ignored])], { to: c.elemType });
+      }
+      if (weights) {
+        const cw = c.emit('Gather', [weights, safe]);
+        w = w ? c.emit('Mul', [w, cw]) : cw;
+      }
+      const sc = c.staticShape(scores);
+      const depth = typeof sc?.[1] === 'number' && sc[1] > 0 ? c.ints([sc[1]]) : c.emit('Gather', [c.shapeOf(scores), c.ints([1])], { axis: 0 });
+      let onehot = c.emit('OneHot', [safe, depth, c.builder.constant('onehot_values', Float32Array.of(0, 1), [2])], { axis: 1 });
+      if (c.elemType !== DataType.FLOAT) onehot = c.emit('Cast', [onehot], { to: c.elemType }); // ORT has no double OneHot
+      let scale: string;
+      if (reduction === 'none') scale = w ? c.emit('Mul', [dLoss, w]) : dLoss;
+      else if (reduction === 'sum') scale = w ? c.emit('Mul', [w, dLoss]) : dLoss;
+      else if (reduction === 'mean') {
+        const s = c.emit('Div', [dLoss, w ? c.emit('ReduceSum', [w], { keepdims: 0 }) : countOf(c, labels)]);
+        scale = w ? c.emit('Mul', [w, s]) : s;
+      } else throw new GraftError('MODEL', `SoftmaxCrossEntropyLoss node ${c.node.name}: unknown reduction ${reduction}`, { node: c.node.name, reduction });
+      // A per-sample scale has the labels' shape [N, d1…]; insert the class axis to broadcast over it.
+      if (w || reduction === 'none') scale = c.emit('Unsqueeze', [scale, c.ints([1])]);
+      parts.push(c.emit('Mul', [c.emit('Sub', [probs, onehot]), scale]));
+    }
+    if (dLogp && logp) parts.push(logSoftmaxBackward(c, dLogp, logp, 1));
+    const dz = parts.length === 1 ? parts[0]! : c.emit('Sum', parts);
+    return [dz, ...c.inputs.slice(1).map(() => null)];
+  },
+};
+
+function isConstantFalse(t: TensorProto | undefined): boolean {
+  if (!t) return false;
+  return t.rawData && t.rawData.length > 0 ? t.rawData.every((v) => v === 0) : (t.int32Data ?? []).every((v) => v === 0);
+}
+
+function hasAttr(node: NodeProto, name: string): boolean {
+  return node.attribute?.some((a) => a.name === name) ?? false;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Static shapes: a little propagation, only for the ops whose shapes the rules want to know
+// ---------------------------------------------------------------------------------------------------
+
+function shapeFromValueInfo(v: ValueInfoProto): StaticShape | undefined {
+  const dims = v.type?.tensorType?.shape?.dim;
+  if (!dims) return undefined;
+  return dims.map((d) => {
+    const n = toNumber(d.dimValue as number | undefined);
+    if (n > 0) return n;
+    return d.dimParam ? d.dimParam : -1;
+  });
+}
+
+function broadcastDim(a: Dim, b: Dim): Dim {
+  if (a === 1) return b;
+  if (b === 1 || a === b) return a;
+  if (typeof a === 'number' && a > 1) return a; // b must be a (or 1)
+  if (typeof b === 'number' && b > 1) return b;
+  return -1;
+}
+
+function broadcastShapes(shapes: StaticShape[]): StaticShape {
+  const rank = Math.max(...shapes.map((s) => s.length));
+  return Array.from({ length: rank }, (_, i) =>
+    shapes.reduce<Dim>((acc, s) => {
+      const j = i - (rank - s.length);
+      return j < 0 ? acc : broadcastDim(acc, s[j]!);
+    }, 1));
+}
+
+const SAME_SHAPE_OPS = new Set([
+  'Identity', 'Relu', 'LeakyRelu', 'Sigmoid', 'Tanh', 'Neg', 'Exp', 'Log', 'Sqrt', 'Abs', 'Reciprocal', 'Softmax', 'LogSoftmax',
+  'Clip', 'Dropout', 'Cast', 'Sign', 'Erf', 'BatchNormalization',
+]);
+const BROADCAST_OPS = new Set(['Add', 'Sub', 'Mul', 'Div', 'Pow', 'Sum', 'Where', 'Greater', 'Less', 'Equal', 'And', 'Or']);
+
+/** Output 0's static shape from the inputs' (dimensions it cannot tell become -1). */
+function inferOutputShape(node: NodeProto, get: (t: string) => StaticShape | undefined, constInts: (t: string) => number[] | undefined): StaticShape | undefined {
+  const op = node.opType ?? '';
+  const inputs = node.input ?? [];
+  const ins = inputs.map((t) => (t ? get(t) : undefined));
+  const attr = (name: string) => node.attribute?.find((x) => x.name === name);
+  const attrInt = (name: string, fallback: number) => (attr(name) ? toNumber(attr(name)!.i as number | undefined) : fallback);
+  const attrInts = (name: string) => attr(name)?.ints?.map((v) => toNumber(v as number));
+  const norm = (axis: number, rank: number) => (axis < 0 ? axis + rank : axis);
+  const x = ins[0];
+  if (SAME_SHAPE_OPS.has(op)) return x;
+  if (BROADCAST_OPS.has(op)) return ins.every((s) => s !== undefined) ? broadcastShapes(ins as StaticShape[]) : undefined;
+  if (op === 'Gemm') {
+    const [a, b] = ins;
+    if (!a || !b || a.length !== 2 || b.length !== 2) return undefined;
+    return [attrInt('transA', 0) ? a[1]! : a[0]!, attrInt('transB', 0) ? b[0]! : b[1]!];
+  }
+  if (op === 'MatMul') {
+    const [a, b] = ins;
+    if (!a || !b) return undefined;
+    if (a.length === 1 && b.length === 1) return [];
+    if (a.length === 1) return [...b.slice(0, -2), b[b.length - 1]!];
+    if (b.length === 1) return a.slice(0, -1);
+    return [...broadcastShapes([a.slice(0, -2), b.slice(0, -2)]), a[a.length - 2]!, b[b.length - 1]!];
+  }
+  if (!x) return undefined;
+  switch (op) {
+    case 'Transpose': {
+      const perm = attrInts('perm') ?? x.map((_, i) => x.length - 1 - i);
+      return perm.map((p) => x[p]!);
+    }
+    case 'Flatten': {
+      const axis = norm(attrInt('axis', 1), x.length);
+      const prod = (ds: StaticShape) => ds.reduce<Dim>((acc, d) => (typeof acc === 'number' && acc >= 0 && typeof d === 'number' && d >= 0 ? acc * d : -1), 1);
+      return [prod(x.slice(0, axis)), prod(x.slice(axis))];
+    }
+    case 'Reshape': {
+      const target = constInts(inputs[1] ?? '');
+      if (!target) return undefined;
+      const dims: Dim[] = target.map((d, i) => (d === 0 && attrInt('allowzero', 0) === 0 ? x[i] ?? -1 : d));
+      const known = (ds: readonly Dim[]) => ds.every((d) => typeof d === 'number' && d >= 0);
+      const minus = dims.indexOf(-1);
+      if (minus >= 0 && known(x) && known(dims.filter((_, i) => i !== minus))) {
+        const total = (x as number[]).reduce((a, b) => a * b, 1);
+        const rest = (dims.filter((_, i) => i !== minus) as number[]).reduce((a, b) => a * b, 1);
+        dims[minus] = rest > 0 ? total / rest : -1;
+      }
+      return dims;
+    }
+    case 'Unsqueeze': {
+      const axes = constInts(inputs[1] ?? '') ?? attrInts('axes');
+      if (!axes) return undefined;
+      const rank = x.length + axes.length;
+      const at = new Set(axes.map((a) => norm(a, rank)));
+      const rest = [...x];
+      return Array.from({ length: rank }, (_, i) => (at.has(i) ? 1 : rest.shift()!));
+    }
+    case 'Squeeze': {
+      const axes = constInts(inputs[1] ?? '') ?? attrInts('axes');
+      // Without axes every size-1 axis goes, which is only known when every size is.
+      if (!axes) return x.every((d) => typeof d === 'number' && d >= 0) ? x.filter((d) => d !== 1) : undefined;
+      const at = new Set(axes.map((a) => norm(a, x.length)));
+      return x.filter((_, i) => !at.has(i));
+    }
+    case 'ReduceSum':
+    case 'ReduceMean':
+    case 'ReduceMax':
+    case 'ReduceMin': {
+      const axes = (inputs[1] ? constInts(inputs[1]) : attrInts('axes')) ?? (inputs[1] ? undefined : []);
+      if (!axes) return undefined;
+      if (axes.length === 0 && attrInt('noop_with_empty_axes', 0) === 1) return x;
+      const at = new Set(axes.length === 0 ? x.map((_, i) => i) : axes.map((a) => norm(a, x.length)));
+      return attrInt('keepdims', 1) ? x.map((d, i) => (at.has(i) ? 1 : d)) : x.filter((_, i) => !at.has(i));
+    }
+    case 'GlobalAveragePool':
+    case 'GlobalMaxPool':
+      return x.map((d, i) => (i < 2 ? d : 1));
+    case 'Concat': {
+      if (!ins.every((s) => s !== undefined)) return undefined;
+      const axis = norm(attrInt('axis', 0), x.length);
+      return x.map((d, i) => {
+        if (i !== axis) return d;
+        const sizes = (ins as StaticShape[]).map((s) => s[i]!);
+        return sizes.every((v) => typeof v === 'number' && v >= 0) ? (sizes as number[]).reduce((a, b) => a + b, 0) : -1;
+      });
+    }
+    case 'Expand': {
+      const target = constInts(inputs[1] ?? '');
+      return target ? broadcastShapes([x, target]) : undefined;
+    }
+    case 'SoftmaxCrossEntropyLoss':
+      return attr('reduction') && new TextDecoder().decode(attr('reduction')!.s ?? new Uint8Array()) === 'none' ? ins[1] : [];
+    default:
+      return undefined;
+  }
+}
+
+function provablyEqual(a: Dim, b: Dim): boolean {
+  return (typeof a === 'number' && a >= 0 && a === b) || (typeof a === 'string' && a === b);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The walk
+// ---------------------------------------------------------------------------------------------------
+
+/** Orders nodes so that every node comes after the producers of its inputs. */
+function topologicalOrder(nodes: readonly NodeProto[]): NodeProto[] {
+  const producer = new Map<string, number>();
+  nodes.forEach((n, i) => n.output?.forEach((o) => o && producer.set(o, i)));
+  const state = new Uint8Array(nodes.length); // 0 new, 1 visiting, 2 done
+  const order: NodeProto[] = [];
+  const visit = (start: number) => {
+    const stack: Array<[number, number]> = [[start, 0]];
+    state[start] = 1;
+    while (stack.length) {
+      const top = stack[stack.length - 1]!;
+      const [i, k] = top;
+      const inputs = nodes[i]!.input ?? [];
+      if (k < inputs.length) {
+        top[1]++;
+        const p = inputs[k] ? producer.get(inputs[k]!) : undefined;
+        if (p === undefined || state[p] === 2) continue;
+        if (state[p] === 1) throw new GraftError('MODEL', `graph has a cycle through node ${nodes[p]!.name}`, { node: nodes[p]!.name });
+        state[p] = 1;
+        stack.push([p, 0]);
+      } else {
+        state[i] = 2;
+        order.push(nodes[i]!);
+        stack.pop();
+      }
+    }
+  };
+  nodes.forEach((_, i) => state[i] === 0 && visit(i));
+  return order;
+}
+
+/**
+ * Appends the gradients of `loss` with respect to each `wrt` tensor to the builder's graph and returns
+ * wrt name → gradient tensor name. A `wrt` tensor that the loss does not depend on gets zeros. Tensors
+ * that are not downstream of a `wrt` tensor (labels, masks, frozen weights) get no gradient, and their
+ * nodes need no rule. An op on a path from `wrt` to the loss without a rule throws before anything is built.
+ */
+export function appendGradients(builder: GraphBuilder, options: GradientOptions): Map<string, string> {
+  const { loss, wrt } = options;
+  const forward = topologicalOrder(builder.nodes);
+  const graphInputs = new Map<string, ValueInfoProto>(builder.inputs.map((v) => [v.name!, v]));
+  const initializers = new Map(builder.initializers.map((t) => [t.name!, t]));
+  const produced = new Set(forward.flatMap((n) => n.output ?? []));
+  const exists = (t: string) => produced.has(t) || graphInputs.has(t) || initializers.has(t);
+  if (!exists(loss)) throw new GraftError('USAGE', `Expected a tensor of the graph for loss but received ${JSON.stringify(loss)}`, { name: 'loss', actual: loss });
+  for (const w of wrt) if (!exists(w)) throw new GraftError('USAGE', `Expected a tensor of the graph for wrt but received ${JSON.stringify(w)}`, { name: 'wrt', actual: w });
+
+  const typeOf = (t: string): number | undefined => {
+    const v = graphInputs.get(t);
+    if (v) return v.type?.tensorType?.elemType ?? undefined;
+    const init = initializers.get(t);
+    return init ? init.dataType ?? undefined : undefined;
+  };
+  const elemType =
+    options.elemType ??
+    wrt.map(typeOf).find((t) => t !== undefined && FLOAT_TYPES.has(t)) ??
+    [...builder.inputs.map((v) => v.type?.tensorType?.elemType), ...builder.initializers.map((t) => t.dataType)].find((t) => t != null && FLOAT_TYPES.has(t)) ??
+    DataType.FLOAT;
+  if (elemType !== DataType.FLOAT && elemType !== DataType.DOUBLE) {
+    throw new GraftError('USAGE', `Expected DataType.FLOAT or DataType.DOUBLE for elemType but received ${elemType}`, { name: 'elemType', actual: elemType });
+  }
+
+  // Prune: tensors downstream of wrt, tensors upstream of the loss, both along differentiable edges only.
+  const downstream = new Set(wrt);
+  for (const n of forward) {
+    if (!isDifferentiableNode(n)) continue;
+    if ((n.input ?? []).some((t, i) => t && diffInput(n, i) && downstream.has(t))) (n.output ?? []).forEach((t, i) => t && diffOutput(n, i) && downstream.add(t));
+  }
+  const upstream = new Set([loss]);
+  for (let k = forward.length - 1; k >= 0; k--) {
+    const n = forward[k]!;
+    if (!isDifferentiableNode(n)) continue;
+    if ((n.output ?? []).some((t, i) => t && diffOutput(n, i) && upstream.has(t))) (n.input ?? []).forEach((t, i) => t && diffInput(n, i) && upstream.add(t));
+  }
+  const onPath = (t: string) => downstream.has(t) && upstream.has(t);
+  const path = forward.filter((n) => isDifferentiableNode(n) && (n.output ?? []).some((t, i) => t && diffOutput(n, i) && onPath(t)));
+
+  // Every op on the path needs a rule: fail before building anything.
+  for (const n of path) {
+    if (!Object.hasOwn(GRAD_RULES, n.opType ?? '')) {
+      throw new GraftError('MODEL', `no gradient rule for op ${n.opType} (node ${n.name})`, { node: n.name, op: n.opType });
+    }
+    const training = n.opType === 'Dropout' ? n.input?.[2] : undefined;
+    if (training && !isConstantFalse(initializers.get(training))) {
+      throw new GraftError('MODEL', `no gradient rule for op Dropout in training mode (node ${n.name}); apply the dropout mask with Mul instead`, { node: n.name, op: n.opType });
+    }
+  }
+
+  // Reserve every name of the forward graph so that fresh gradient names cannot collide with one.
+  for (const n of forward) for (const t of [...(n.input ?? []), ...(n.output ?? [])]) if (t) builder.fresh(t);
+
+  // Static shapes.
+  const useStatic = options.useStaticShapes ?? true;
+  const shapes = new Map<string, StaticShape>();
+  {
+    for (const v of builder.inputs) {
+      const s = shapeFromValueInfo(v);
+      if (s) shapes.set(v.name!, s);
+    }
+    for (const t of builder.initializers) shapes.set(t.name!, (t.dims ?? []).map((d) => toNumber(d as number)));
+    const given = options.shapes instanceof Map ? options.shapes : new Map(Object.entries(options.shapes ?? {}));
+    for (const [k, v] of given) shapes.set(k, v);
+    const constInts = (t: string): number[] | undefined => {
+      const init = initializers.get(t);
+      return init && (init.dataType === DataType.INT64 || init.dataType === DataType.INT32) ? Array.from(tensorToFloat32(init)) : undefined;
+    };
+    for (const n of forward) {
+      const out = n.output?.[0];
+      if (!out || shapes.has(out)) continue;
+      const s = inferOutputShape(n, (t) => shapes.get(t), constInts);
+      if (s) shapes.set(out, s);
+    }
+    // Without static shapes, ranks stay known (rules need them) but every size is treated as unknown.
+    if (!useStatic) for (const [k, v] of shapes) shapes.set(k, v.map(() => -1));
+  }
+
+  // Helpers shared by all rules.
+  const scalars = new Map<number, string>();
+  const scalar = (v: number): string => {
+    let name = scalars.get(v);
+    if (!name) {
+      name = builder.constant('grad_const', elemType === DataType.DOUBLE ? Float64Array.of(v) : Float32Array.of(v), []);
+      scalars.set(v, name);
+    }
+    return name;
+  };
+  const intConsts = new Map<string, string>();
+  const ints = (values: readonly number[]): string => {
+    const key = values.join(',');
+    let name = intConsts.get(key);
+    if (!name) {
+      name = builder.int64('grad_ints', values);
+      intConsts.set(key, name);
+    }
+    return name;
+  };
+  const emit = (op: string, inputs: readonly string[], attrs: Record<string, AttrValue | undefined> = {}) => builder.op(op, inputs, attrs);
+  const shapeCache = new Map<string, string>();
+  const shapeOf = (t: string): string => {
+    let s = shapeCache.get(t);
+    if (!s) {
+      s = emit('Shape', [t]);
+      shapeCache.set(t, s);
+    }
+    return s;
+  };
+  const staticShape = (t: string) => shapes.get(t);
+  const numericShape = (t: string): number[] | undefined => {
+    const s = shapes.get(t);
+    return s && s.every((d) => typeof d === 'number' && d >= 0) ? (s as number[]) : undefined;
+  };
+  const reshapeLike = (grad: string, t: string): string => {
+    const s = numericShape(t);
+    return emit('Reshape', [grad, s ? ints(s) : shapeOf(t)]);
+  };
+  const dynamicUnbroadcast = (grad: string, input: string): string => {
+    // Left-pad input's shape with ones to grad's rank; sum over the axes where it is 1; reshape back.
+    // (Ranks come from Shape(Shape(t)): ORT's shape inference mistakes Size(Shape(t)) for Size(t).)
+    const gShape = emit('Shape', [grad]);
+    const iShape = shapeOf(input);
+    const pad = emit('Sub', [emit('Shape', [gShape]), emit('Shape', [iShape])]);
+    const ones = emit('ConstantOfShape', [pad], { value: tensor('', BigInt64Array.of(1n), [1]) });
+    const padded = emit('Concat', [ones, iShape], { axis: 0 });
+    const axes = emit('Reshape', [emit('NonZero', [emit('Equal', [padded, ints([1])])]), ints([-1])]);
+    const summed = emit('ReduceSum', [grad, axes], { keepdims: 1, noop_with_empty_axes: 1 });
+    return emit('Reshape', [summed, iShape]);
+  };
+  const unbroadcastWith = (outShape: StaticShape | undefined) => (grad: string, input: string, gradShape?: StaticShape | null): string => {
+    const is = shapes.get(input);
+    const gs = gradShape === undefined ? outShape : gradShape ?? undefined;
+    if (!is || !gs || is.length > gs.length) return dynamicUnbroadcast(grad, input);
+    const lead = gs.length - is.length;
+    const axes = Array.from({ length: lead }, (_, i) => i);
+    for (let j = 0; j < is.length; j++) {
+      const [id, gd] = [is[j]!, gs[lead + j]!];
+      if (id === 1) {
+        if (gd !== 1) axes.push(lead + j); // summing a size-1 axis is harmless if gd turns out to be 1
+      } else if (!(typeof id === 'number' && id > 1) && !provablyEqual(id, gd)) {
+        return dynamicUnbroadcast(grad, input);
+      }
+    }
+    if (axes.length === 0) return grad;
+    // Only leading axes (a bias [C] against [N, C]): keepdims=0 leaves exactly the input's shape.
+    if (axes.length === lead) return emit('ReduceSum', [grad, ints(axes)], { keepdims: 0 });
+    const summed = emit('ReduceSum', [grad, ints(axes)], { keepdims: 1 });
+    return lead === 0 ? summed : reshapeLike(summed, input);
+  };
+
+  // Walk in reverse topological order, summing the gradients that meet at a tensor.
+  const pending = new Map<string, string[]>();
+  const seed = scalar(1);
+  pending.set(loss, [seed]);
+  const summed = new Map<string, string | null>();
+  const gradOf = (t: string): string | null => {
+    if (summed.has(t)) return summed.get(t)!;
+    const parts = pending.get(t) ?? [];
+    const g = parts.length === 0 ? null : parts.length === 1 ? parts[0]! : emit('Sum', parts);
+    summed.set(t, g);
+    return g;
+  };
+
+  for (let k = path.length - 1; k >= 0; k--) {
+    const node = path[k]!;
+    const outputs = node.output ?? [];
+    const dys = outputs.map((t, i) => (t && diffOutput(node, i) && onPath(t) ? gradOf(t) : null));
+    if (dys.every((g) => g === null)) continue;
+    const inputs = (node.input ?? []).map((t) => t ?? '');
+    const needs = (i: number) => !!inputs[i] && diffInput(node, i) && downstream.has(inputs[i]!);
+    const attrOf = (name: string): AttributeProto | undefined => node.attribute?.find((a) => a.name === name) ?? undefined;
+    const ctx: GradContext = {
+      node,
+      op: node.opType!,
+      inputs,
+      outputs,
+      dys,
+      get dy() {
+        if (!dys[0]) throw new GraftError('MODEL', `node ${node.name}: no gradient reaches output 0`, { node: node.name, op: node.opType });
+        return dys[0];
+      },
+      builder,
+      elemType,
+      needs,
+      attrInt: (name, fallback) => (attrOf(name) ? toNumber(attrOf(name)!.i as number | undefined) : fallback),
+      attrFloat: (name, fallback) => (attrOf(name) ? attrOf(name)!.f ?? fallback : fallback),
+      attrInts: (name) => attrOf(name)?.ints?.map((v) => toNumber(v as number)),
+      attrString: (name, fallback) => {
+        const s = attrOf(name)?.s;
+        return s ? new TextDecoder().decode(s) : fallback;
+      },
+      emit,
+      scalar,
+      ints,
+      shapeOf,
+      staticShape,
+      typeOf,
+      unbroadcast: unbroadcastWith(shapes.get(outputs[0] ?? '')),
+      reshapeLike,
+      initializer: (t) => initializers.get(t),
+    };
+    const grads = GRAD_RULES[node.opType!]!(ctx);
+    if (grads.length !== inputs.length) {
+      throw new GraftError('MODEL', `gradient rule for op ${node.opType} returned ${grads.length} gradients for ${inputs.length} inputs (node ${node.name})`, { node: node.name, op: node.opType });
+    }
+    grads.forEach((g, i) => {
+      if (g && needs(i)) {
+        const list = pending.get(inputs[i]!) ?? [];
+        list.push(g);
+        pending.set(inputs[i]!, list);
+      }
+    });
+  }
+
+  const result = new Map<string, string>();
+  const returned = new Set<string>();
+  for (const w of wrt) {
+    let g = gradOf(w);
+    if (g === null) {
+      g = emit('ConstantOfShape', [shapeOf(w)], { value: tensor('', elemType === DataType.DOUBLE ? Float64Array.of(0) : Float32Array.of(0), [1]) });
+    } else if (g === seed || returned.has(g)) {
+      g = emit('Identity', [g]); // every wrt gets its own tensor, never an initializer
+    }
+    returned.add(g);
+    result.set(w, g);
+  }
+  return result;
+}

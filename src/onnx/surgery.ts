@@ -1,0 +1,181 @@
+/**
+ * Graph surgery: cut a model at a tensor ("remove the top"), find where to cut automatically, and merge two
+ * graphs into one. Pure functions over ModelProto; nothing here runs a model.
+ */
+import { GraftError } from '../errors.js';
+import { onnx, defaultOpset, type GraphProto, type ModelProto, type NodeProto, type TensorProto, type ValueInfoProto } from './proto.js';
+
+const POOL_OPS = new Set(['GlobalAveragePool', 'QLinearGlobalAveragePool', 'GlobalMaxPool']);
+
+/** Every tensor name produced inside the graph or given to it (inputs and initializers). */
+export function tensorNames(graph: GraphProto): Set<string> {
+  const names = new Set<string>();
+  for (const i of graph.input ?? []) names.add(i.name!);
+  for (const t of graph.initializer ?? []) names.add(t.name!);
+  for (const n of graph.node ?? []) for (const o of n.output ?? []) if (o) names.add(o);
+  return names;
+}
+
+/** Keeps only the nodes, initializers and inputs needed to compute `outputs`. */
+export function pruneTo(graph: GraphProto, outputs: readonly string[]): GraphProto {
+  const producer = new Map<string, NodeProto>();
+  for (const n of graph.node ?? []) for (const o of n.output ?? []) if (o) producer.set(o, n);
+  const needed = new Set<string>();
+  const keep = new Set<NodeProto>();
+  const stack = [...outputs];
+  while (stack.length) {
+    const t = stack.pop()!;
+    if (needed.has(t)) continue;
+    needed.add(t);
+    const n = producer.get(t);
+    if (n && !keep.has(n)) {
+      keep.add(n);
+      for (const i of n.input ?? []) if (i) stack.push(i);
+      // Subgraph attributes (If/Loop) may capture outer tensors; keep them conservatively.
+      for (const a of n.attribute ?? []) if (a.g) for (const name of tensorNames(a.g)) stack.push(name);
+    }
+  }
+  return {
+    ...graph,
+    node: (graph.node ?? []).filter((n) => keep.has(n)),
+    initializer: (graph.initializer ?? []).filter((t) => needed.has(t.name!)),
+    input: (graph.input ?? []).filter((i) => needed.has(i.name!)),
+    valueInfo: (graph.valueInfo ?? []).filter((v) => needed.has(v.name!)),
+    output: [],
+  };
+}
+
+export interface CutPoint {
+  /** The float tensor to cut at. */
+  tensor: string;
+  /** How it was chosen, for the user's log. */
+  reason: string;
+}
+
+/**
+ * Finds the tensor feeding the last global pooling before the classifier. For quantized graphs whose
+ * pooling reads an int8/uint8 tensor, returns the float tensor a DequantizeLinear makes of it.
+ */
+export function findCut(model: ModelProto): CutPoint {
+  const nodes = model.graph!.node ?? [];
+  const pools = nodes.filter((n) => POOL_OPS.has(n.opType!) || isSpatialReduceMean(n));
+  const pool = pools[pools.length - 1];
+  if (!pool) {
+    throw new GraftError('MODEL', 'cannot find a global pooling layer to cut before; name the feature tensor with --cut', {
+      ops: [...new Set(nodes.map((n) => n.opType))],
+    });
+  }
+  const x = pool.input![0]!;
+  if (pool.opType !== 'QLinearGlobalAveragePool') return { tensor: x, reason: `input of ${pool.opType} node ${pool.name}` };
+  const dq = nodes.find((n) => n.opType === 'DequantizeLinear' && n.input![0] === x);
+  if (dq) return { tensor: dq.output![0]!, reason: `dequantized input of ${pool.opType} node ${pool.name}` };
+  throw new GraftError('MODEL', `the input of ${pool.opType} node ${pool.name} is quantized and never dequantized; name a float tensor with --cut`, {
+    node: pool.name,
+  });
+}
+
+function isSpatialReduceMean(n: NodeProto): boolean {
+  if (n.opType !== 'ReduceMean') return false;
+  const axes = n.attribute?.find((a) => a.name === 'axes')?.ints?.map(Number);
+  return !!axes && axes.length === 2 && ((axes[0] === 2 && axes[1] === 3) || (axes[0] === 1 && axes[1] === 2));
+}
+
+export interface CutOptions {
+  /** Layout of the cut tensor when it is 4-D: NCHW pools axes 2,3; NHWC pools axes 1,2. */
+  layout: 'NCHW' | 'NHWC';
+  /** Rank of the cut tensor (as probed by running the model): 2 = already pooled, 4 = feature map. */
+  rank: number;
+  /** Name of the new output holding [N, D] features. */
+  output?: string;
+}
+
+/**
+ * "Remove the top": a new model that ends at `tensor`, followed by global average pooling and a flatten so
+ * its single output is `[N, D]`. Everything after the cut (the old classifier) is dropped.
+ */
+export function cutModel(model: ModelProto, tensor: string, options: CutOptions): ModelProto {
+  const graph = model.graph!;
+  if (!tensorNames(graph).has(tensor)) {
+    throw new GraftError('MODEL', `cut tensor "${tensor}" is not in the model`, { tensor, suggestions: suggest(graph, tensor) });
+  }
+  const output = options.output ?? 'features';
+  const pruned = pruneTo(graph, [tensor]);
+  const nodes: NodeProto[] = [...(pruned.node ?? [])];
+  const initializers: TensorProto[] = [...(pruned.initializer ?? [])];
+  if (options.rank === 4) {
+    const pooled = `${output}/pooled`;
+    if (options.layout === 'NCHW') {
+      nodes.push({ opType: 'GlobalAveragePool', input: [tensor], output: [pooled], name: `${output}/GlobalAveragePool` });
+    } else {
+      nodes.push({
+        opType: 'ReduceMean',
+        input: [tensor],
+        output: [pooled],
+        name: `${output}/ReduceMean`,
+        attribute: [{ name: 'axes', type: onnx.AttributeProto.AttributeType.INTS, ints: [1, 2] }, { name: 'keepdims', type: onnx.AttributeProto.AttributeType.INT, i: 0 }],
+      });
+    }
+    nodes.push({ opType: 'Flatten', input: [pooled], output: [output], name: `${output}/Flatten` });
+  } else if (options.rank === 2) {
+    nodes.push({ opType: 'Identity', input: [tensor], output: [output], name: `${output}/Identity` });
+  } else {
+    nodes.push({ opType: 'Flatten', input: [tensor], output: [output], name: `${output}/Flatten` });
+  }
+  if (options.layout === 'NHWC' && options.rank === 4 && defaultOpset(model) >= 18) {
+    throw new GraftError('MODEL', 'NHWC pooling at opset ≥ 18 is not supported yet', { tensor });
+  }
+  const out: ValueInfoProto = {
+    name: output,
+    type: { tensorType: { elemType: onnx.TensorProto.DataType.FLOAT, shape: { dim: [{ dimParam: 'N' }, { dimParam: 'D' }] } } },
+  };
+  return onnx.ModelProto.create({
+    ...model,
+    graph: { ...pruned, node: nodes, initializer: initializers, output: [out], valueInfo: pruned.valueInfo },
+  });
+}
+
+/** Up to five tensor names that contain the requested name, to help a mistyped --cut. */
+function suggest(graph: GraphProto, wanted: string): string[] {
+  const needle = wanted.toLowerCase();
+  return [...tensorNames(graph)].filter((n) => n.toLowerCase().includes(needle)).slice(0, 5);
+}
+
+/**
+ * One model out of two: `first`'s output `link` feeds `second`'s single input. Every name of `second` is
+ * prefixed so the graphs cannot collide. The result keeps `first`'s opsets (the second graph must only
+ * use ops whose meaning is the same at that opset) and takes `second`'s outputs.
+ */
+export function mergeModels(first: ModelProto, second: ModelProto, link: string, prefix: string): ModelProto {
+  const a = first.graph!;
+  const b = second.graph!;
+  if (!(a.output ?? []).some((o) => o.name === link)) throw new GraftError('MODEL', `merge: the first model has no output "${link}"`, { link });
+  const bInputs = (b.input ?? []).filter((i) => !(b.initializer ?? []).some((t) => t.name === i.name));
+  if (bInputs.length !== 1) throw new GraftError('MODEL', `merge: the second model must have exactly one input, it has ${bInputs.length}`, {});
+  const bInput = bInputs[0]!.name!;
+  const outputNames = new Set((b.output ?? []).map((o) => o.name!));
+  // Outputs keep their plain names; everything else is prefixed.
+  const rename = (name: string): string => (name === '' ? '' : name === bInput ? link : outputNames.has(name) ? name : `${prefix}${name}`);
+  const nodes = (b.node ?? []).map((n) => ({
+    ...n,
+    name: `${prefix}${n.name ?? ''}`,
+    input: (n.input ?? []).map(rename),
+    output: (n.output ?? []).map(rename),
+  }));
+  const initializers = (b.initializer ?? []).map((t) => ({ ...t, name: rename(t.name!) }));
+  const outputs = [...(b.output ?? [])];
+  const opsetImport = [...first.opsetImport];
+  for (const o of second.opsetImport) {
+    if (!opsetImport.some((x) => (x.domain ?? '') === (o.domain ?? ''))) opsetImport.push(o);
+  }
+  return onnx.ModelProto.create({
+    ...first,
+    opsetImport,
+    graph: {
+      ...a,
+      node: [...(a.node ?? []), ...nodes],
+      initializer: [...(a.initializer ?? []), ...initializers],
+      output: outputs,
+      valueInfo: [...(a.valueInfo ?? [])],
+    },
+  });
+}

@@ -1,0 +1,121 @@
+import sharp, { type OutputInfo, type Sharp } from 'sharp';
+import { GraftError, invalidParameter } from '../errors.js';
+import type { PretrainedConfig } from './config.js';
+
+const KERNELS = { nearest: 'nearest', bilinear: 'linear', bicubic: 'cubic', lanczos3: 'lanczos3' } as const;
+
+/** Images whose grey levels carry less information than this are blank or placeholders, not photos. */
+export const MIN_ENTROPY_BITS = 1.0;
+/**
+ * Resampling adds grey levels along edges (a 300×300 placeholder of 0.56 bits measures 1.2 bits at 224×224), so
+ * an output below this is measured again on the image at its own resolution.
+ */
+const RECHECK_BITS = 3.0;
+
+/**
+ * Decodes an image file or its bytes into the network's input pixels: EXIF orientation applied, first frame,
+ * 8-bit sRGB with any alpha flattened on white, resized as `config` says. Returns HWC RGB, H×W = inputSize.
+ * Throws an IMAGE error when the data is corrupt or truncated, and when the image is blank or a placeholder.
+ */
+export async function decodeImage(input: Uint8Array | string, config: PretrainedConfig, file?: string): Promise<Uint8Array> {
+  const name = file ?? (typeof input === 'string' ? input : 'image');
+  const [height, width] = config.inputSize;
+  let pixels: Uint8Array;
+  let entropy: number;
+  try {
+    const image = load(input);
+    const kernel = KERNELS[config.interpolation];
+    if (config.resize === 'squash') {
+      image.resize(width, height, { fit: 'fill', kernel });
+    } else {
+      const meta = await image.metadata();
+      const ih = meta.autoOrient.height;
+      const iw = meta.autoOrient.width;
+      // Scale so that the shorter side (relative to the crop) becomes inputSize / cropPct, then crop the centre.
+      const s = Math.max(Math.round(height / config.cropPct) / ih, Math.round(width / config.cropPct) / iw);
+      const rh = Math.max(height, Math.round(ih * s));
+      const rw = Math.max(width, Math.round(iw * s));
+      image
+        .resize(rw, rh, { fit: 'fill', kernel })
+        .extract({ left: Math.floor((rw - width) / 2), top: Math.floor((rh - height) / 2), width, height });
+    }
+    const { data, info } = await rgb8(image);
+    if (info.channels !== 3 || info.width !== width || info.height !== height) {
+      throw new Error(`decoded to ${info.width}x${info.height}x${info.channels}, expected ${width}x${height}x3`);
+    }
+    pixels = data;
+    entropy = blankness(pixels);
+    if (entropy < RECHECK_BITS) {
+      // Nearest-neighbour sampling keeps the image's own grey levels; the size cap bounds the cost of huge images.
+      const original = load(input).resize(1024, 1024, { fit: 'inside', withoutEnlargement: true, kernel: 'nearest' });
+      entropy = blankness((await rgb8(original)).data);
+    }
+  } catch (e) {
+    const message = e instanceof Error ? e.message.trim() : String(e);
+    throw new GraftError('IMAGE', `${name}: cannot decode image (${message})`, { file: name }, { cause: e });
+  }
+  if (entropy < MIN_ENTROPY_BITS) {
+    throw new GraftError('IMAGE', `${name}: blank or placeholder image (grey-level entropy ${entropy.toFixed(2)} bits)`, {
+      file: name,
+      entropy,
+    });
+  }
+  return pixels;
+}
+
+/** Oriented, first frame, 8-bit sRGB with alpha flattened on white. */
+function load(input: Uint8Array | string): Sharp {
+  // failOn 'error' rejects truncated and undecodable data but tolerates libjpeg warnings such as
+  // "extraneous bytes before marker", which are common in scraped photos and decode fine.
+  return sharp(input, { failOn: 'error', autoOrient: true }).flatten({ background: '#ffffff' }).toColourspace('srgb');
+}
+
+function rgb8(image: Sharp): Promise<{ data: Buffer; info: OutputInfo }> {
+  return image.removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+}
+
+/** Shannon entropy in bits of the grey-level (BT.601 luma) histogram of RGB pixels: 0 for a flat image, at most 8. */
+export function blankness(pixels: Uint8Array): number {
+  const histogram = new Uint32Array(256);
+  for (let i = 0; i + 2 < pixels.length; i += 3) {
+    histogram[(77 * pixels[i]! + 150 * pixels[i + 1]! + 29 * pixels[i + 2]! + 128) >> 8]!++;
+  }
+  const n = Math.floor(pixels.length / 3);
+  let bits = 0;
+  for (const count of histogram) {
+    if (count > 0) bits -= (count / n) * Math.log2(count / n);
+  }
+  return bits;
+}
+
+/**
+ * Writes one image's input tensor (3·H·W floats) into `out` at `offset`: (p·scale − mean) / std per channel,
+ * in config.channelOrder and config.layout. `pixels` is HWC RGB as returned by decodeImage.
+ */
+export function normalizeInto(pixels: Uint8Array, config: PretrainedConfig, out: Float32Array, offset: number): void {
+  const [height, width] = config.inputSize;
+  const n = height * width;
+  if (pixels.length !== 3 * n) throw invalidParameter('pixels.length', `${3 * n} (${height}x${width}x3)`, pixels.length);
+  if (!Number.isInteger(offset) || offset < 0 || offset + 3 * n > out.length) {
+    throw invalidParameter('offset', `an integer in [0, ${out.length - 3 * n}]`, offset);
+  }
+  const { scale, mean, std } = config;
+  const a0 = scale / std[0], a1 = scale / std[1], a2 = scale / std[2];
+  const b0 = -mean[0] / std[0], b1 = -mean[1] / std[1], b2 = -mean[2] / std[2];
+  // Source channel of each output channel.
+  const [s0, s1, s2] = config.channelOrder === 'BGR' ? [2, 1, 0] : [0, 1, 2];
+  if (config.layout === 'NCHW') {
+    const o1 = offset + n, o2 = offset + 2 * n;
+    for (let i = 0, j = 0; i < n; i++, j += 3) {
+      out[offset + i] = pixels[j + s0]! * a0 + b0;
+      out[o1 + i] = pixels[j + s1]! * a1 + b1;
+      out[o2 + i] = pixels[j + s2]! * a2 + b2;
+    }
+  } else {
+    for (let j = 0; j < 3 * n; j += 3) {
+      out[offset + j] = pixels[j + s0]! * a0 + b0;
+      out[offset + j + 1] = pixels[j + s1]! * a1 + b1;
+      out[offset + j + 2] = pixels[j + s2]! * a2 + b2;
+    }
+  }
+}

@@ -1,0 +1,140 @@
+import os from 'node:os';
+import { Worker } from 'node:worker_threads';
+// sharp must also be loaded on the main thread, so that its native libraries stay loaded while workers come and go.
+import 'sharp';
+import { GraftError } from '../errors.js';
+import type { PretrainedConfig } from './config.js';
+import type { WorkerReply, WorkerRequest } from './worker.js';
+
+export type LoadResult = { ok: true } | { ok: false; reason: string };
+
+/** A Float32Array on a SharedArrayBuffer, which ImagePool workers can write into directly. */
+export function sharedFloat32(length: number): Float32Array {
+  return new Float32Array(new SharedArrayBuffer(length * Float32Array.BYTES_PER_ELEMENT));
+}
+
+interface Job {
+  request: WorkerRequest;
+  resolve: (result: LoadResult) => void;
+  reject: (error: unknown) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  running: Map<number, Job>;
+  /** Called once nothing is running any more (close() waits on this). */
+  whenIdle: Array<() => void>;
+}
+
+/** Requests in flight per worker: one decoding, one waiting, so a worker never idles between messages. */
+const PER_WORKER = 2;
+
+/**
+ * Decodes and normalises images on worker threads, straight into shared memory. Each worker writes one image's
+ * tensor into the caller's SharedArrayBuffer-backed array, so the main thread allocates nothing per image.
+ */
+export class ImagePool {
+  private readonly slots: Slot[] = [];
+  private readonly queue: Job[] = [];
+  private nextId = 0;
+  private closed = false;
+
+  constructor(
+    private readonly config: PretrainedConfig,
+    options: { threads?: number } = {},
+  ) {
+    const threads = options.threads ?? Math.min(4, Math.max(1, os.availableParallelism()));
+    if (!Number.isInteger(threads) || threads < 1) {
+      throw new GraftError('USAGE', `Expected a positive integer for threads but received ${threads}`, { name: 'threads', actual: threads });
+    }
+    for (let i = 0; i < threads; i++) this.slots.push(this.spawn());
+  }
+
+  /** Decodes `input` into `target` at `offset` (3·H·W floats); a bad or blank image gives `{ ok: false, reason }`. */
+  loadInto(input: { file: string; bytes?: Uint8Array }, target: Float32Array, offset: number): Promise<LoadResult> {
+    if (this.closed) return Promise.reject(new GraftError('USAGE', 'ImagePool is closed'));
+    if (!(target.buffer instanceof SharedArrayBuffer)) {
+      return Promise.reject(new GraftError('USAGE', 'ImagePool.loadInto needs a target on a SharedArrayBuffer (see sharedFloat32)'));
+    }
+    return new Promise((resolve, reject) => {
+      const request: WorkerRequest = { id: this.nextId++, file: input.file, target, offset };
+      // Posting a view copies its whole ArrayBuffer: cut out the bytes when they are part of a larger buffer.
+      const bytes = input.bytes;
+      if (bytes) request.bytes = bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+      this.queue.push({ request, resolve, reject });
+      this.dispatch();
+    });
+  }
+
+  /** Waits for the images being decoded, rejects those still queued, and stops the workers. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const job of this.queue.splice(0)) job.reject(new GraftError('USAGE', 'ImagePool was closed before this image was decoded'));
+    // Terminating a worker in the middle of a libvips call can take the process down: let running jobs finish.
+    await Promise.all(this.slots.map((slot) => this.drained(slot)));
+    await Promise.all(this.slots.map((slot) => slot.worker.terminate()));
+  }
+
+  private spawn(): Slot {
+    const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: { config: this.config } });
+    const slot: Slot = { worker, running: new Map(), whenIdle: [] };
+    worker.unref();
+    worker.on('message', (reply: WorkerReply) => {
+      const job = slot.running.get(reply.id);
+      if (!job) return;
+      slot.running.delete(reply.id);
+      job.resolve(reply.ok ? { ok: true } : { ok: false, reason: reply.reason });
+      this.settled(slot);
+    });
+    worker.on('error', (error) => this.lost(slot, error));
+    worker.on('exit', (code) => {
+      if (!this.closed) this.lost(slot, new GraftError('IMAGE', `image worker exited unexpectedly (code ${code})`));
+    });
+    return slot;
+  }
+
+  /** A worker died: fail what it was doing and replace it. */
+  private lost(slot: Slot, error: unknown): void {
+    const index = this.slots.indexOf(slot);
+    if (index < 0) return;
+    for (const job of slot.running.values()) job.reject(error);
+    slot.running.clear();
+    this.idle(slot);
+    slot.worker.removeAllListeners();
+    slot.worker.on('error', () => {});
+    void slot.worker.terminate();
+    if (this.closed) this.slots.splice(index, 1);
+    else {
+      this.slots[index] = this.spawn();
+      this.dispatch();
+    }
+  }
+
+  private settled(slot: Slot): void {
+    if (slot.running.size === 0) this.idle(slot);
+    this.dispatch();
+  }
+
+  private idle(slot: Slot): void {
+    slot.worker.unref();
+    for (const callback of slot.whenIdle.splice(0)) callback();
+  }
+
+  private drained(slot: Slot): Promise<void> {
+    return slot.running.size === 0 ? Promise.resolve() : new Promise((resolve) => slot.whenIdle.push(resolve));
+  }
+
+  private dispatch(): void {
+    while (this.queue.length > 0) {
+      let best: Slot | undefined;
+      for (const slot of this.slots) if (slot.running.size < PER_WORKER && (!best || slot.running.size < best.running.size)) best = slot;
+      if (!best) return;
+      const job = this.queue.shift()!;
+      best.running.set(job.request.id, job);
+      // A busy worker keeps the process alive until its answer arrives; an idle one does not.
+      best.worker.ref();
+      best.worker.postMessage(job.request);
+    }
+  }
+}

@@ -1,0 +1,450 @@
+/**
+ * Every gradient rule checked against central finite differences of the forward graph, in onnxruntime-node.
+ *
+ * Each case builds loss = ReduceSum(op(...) · R) with a fixed random weighting R (so that the gradient is
+ * not all ones), appends the gradients, and compares them with (f(x+ε) − f(x−ε)) / 2ε for every element of
+ * every wrt input. float64 graphs: ε = 1e-6, max |g − fd| / max(|fd|, 1e-3) < 1e-5. Each case is run twice:
+ * with static shapes (constant-folded unbroadcast, the normal path) and with `useStaticShapes: false`
+ * (every unbroadcast/reshape done with Shape ops), so both forms of every rule are verified.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as ort from 'onnxruntime-node';
+import { appendGradients, GRAD_RULES } from '../src/onnx/autodiff.js';
+import { GraphBuilder } from '../src/onnx/builder.js';
+import { DataType, encodeModel } from '../src/onnx/proto.js';
+import { GraftError } from '../src/errors.js';
+import { Random } from '../src/util/random.js';
+
+type Kind = 'normal' | 'positive' | 'int' | 'mask';
+
+interface InputSpec {
+  name: string;
+  dims: number[];
+  /** Declared shape, when it should differ from dims (symbolic batch). */
+  decl?: Array<number | string>;
+  kind?: Kind;
+  /** For 'int': labels are drawn from [0, max). */
+  max?: number;
+  /** Fixed values instead of random ones. */
+  values?: number[];
+  wrt?: boolean;
+}
+
+interface Case {
+  name: string;
+  inputs: InputSpec[];
+  /** Builds the op under test; returns the tensor that gets weighted and summed, or the loss when `isLoss`. */
+  build(b: GraphBuilder, x: Record<string, string>): string;
+  isLoss?: boolean;
+  /**
+   * ORT has no float64 kernel for some ops (GlobalAveragePool): those cases run in float32 with
+   * ε = 1e-3 and a tolerance of 1e-2 relative (absolute floor 1e-1).
+   */
+  float32?: boolean;
+}
+
+const ints = (b: GraphBuilder, v: number[]) => b.int64('axes', v);
+
+const CASES: Case[] = [
+  // Broadcasting arithmetic
+  { name: 'Add [N,C] + [C]', inputs: [{ name: 'a', dims: [3, 4], wrt: true }, { name: 'b', dims: [4], wrt: true }], build: (b, x) => b.op('Add', [x.a!, x.b!]) },
+  { name: 'Add same shape', inputs: [{ name: 'a', dims: [2, 3], wrt: true }, { name: 'b', dims: [2, 3], wrt: true }], build: (b, x) => b.op('Add', [x.a!, x.b!]) },
+  { name: 'Sub [N,C] - [N,1]', inputs: [{ name: 'a', dims: [3, 4], wrt: true }, { name: 'b', dims: [3, 1], wrt: true }], build: (b, x) => b.op('Sub', [x.a!, x.b!]) },
+  { name: 'Sub [C] - [N,C]', inputs: [{ name: 'a', dims: [4], wrt: true }, { name: 'b', dims: [3, 4], wrt: true }], build: (b, x) => b.op('Sub', [x.a!, x.b!]) },
+  { name: 'Mul [N,1] * [N,C]', inputs: [{ name: 'a', dims: [3, 1], wrt: true }, { name: 'b', dims: [3, 4], wrt: true }], build: (b, x) => b.op('Mul', [x.a!, x.b!]) },
+  { name: 'Mul by scalar', inputs: [{ name: 'a', dims: [3, 4], wrt: true }, { name: 's', dims: [], wrt: true }], build: (b, x) => b.op('Mul', [x.a!, x.s!]) },
+  { name: 'Mul x*x (branches summed)', inputs: [{ name: 'a', dims: [2, 3], wrt: true }], build: (b, x) => b.op('Mul', [x.a!, x.a!]) },
+  { name: 'Mul [2,1,4] * [3,1] (both broadcast)', inputs: [{ name: 'a', dims: [2, 1, 4], wrt: true }, { name: 'b', dims: [3, 1], wrt: true }], build: (b, x) => b.op('Mul', [x.a!, x.b!]) },
+  { name: 'Div [N,C] / [C]', inputs: [{ name: 'a', dims: [3, 4], wrt: true }, { name: 'b', dims: [4], kind: 'positive', wrt: true }], build: (b, x) => b.op('Div', [x.a!, x.b!]) },
+  { name: 'Div scalar / [N,C]', inputs: [{ name: 's', dims: [], wrt: true }, { name: 'b', dims: [2, 3], kind: 'positive', wrt: true }], build: (b, x) => b.op('Div', [x.s!, x.b!]) },
+  {
+    name: 'Sum of three with broadcast',
+    inputs: [{ name: 'a', dims: [2, 3], wrt: true }, { name: 'b', dims: [3], wrt: true }, { name: 'c', dims: [2, 1], wrt: true }],
+    build: (b, x) => b.op('Sum', [x.a!, x.b!, x.c!]),
+  },
+  // Elementwise
+  ...(['Relu', 'Sigmoid', 'Tanh', 'Identity', 'Neg', 'Exp', 'Abs'] as const).map((op): Case => ({
+    name: op,
+    inputs: [{ name: 'x', dims: [3, 4], wrt: true }],
+    build: (b, x) => b.op(op, [x.x!]),
+  })),
+  ...(['Log', 'Sqrt', 'Reciprocal'] as const).map((op): Case => ({
+    name: op,
+    inputs: [{ name: 'x', dims: [3, 4], kind: 'positive', wrt: true }],
+    build: (b, x) => b.op(op, [x.x!]),
+  })),
+  { name: 'LeakyRelu', inputs: [{ name: 'x', dims: [3, 4], wrt: true }], build: (b, x) => b.op('LeakyRelu', [x.x!], { alpha: 0.2 }) },
+  { name: 'Cast double→double', inputs: [{ name: 'x', dims: [3, 4], wrt: true }], build: (b, x) => b.op('Cast', [x.x!], { to: DataType.DOUBLE }) },
+  { name: 'Dropout (inference)', inputs: [{ name: 'x', dims: [3, 4], wrt: true }], build: (b, x) => b.op('Dropout', [x.x!]) },
+  {
+    name: 'Dropout (training_mode = false, ratio given)',
+    inputs: [{ name: 'x', dims: [3, 4], wrt: true }],
+    build: (b, x) => {
+      const training = b.initializer({ name: 'training_mode', dataType: DataType.BOOL, dims: [], rawData: Uint8Array.of(0) });
+      return b.node('Dropout', [x.x!, b.constant('ratio', Float64Array.of(0.5), []), training], {}, { outputs: 2 })[0]!;
+    },
+  },
+  { name: 'Clip min/max', inputs: [{ name: 'x', dims: [4, 5], wrt: true }], build: (b, x) => b.op('Clip', [x.x!, b.constant('lo', Float64Array.of(-0.5), []), b.constant('hi', Float64Array.of(0.7), [])]) },
+  { name: 'Clip min only', inputs: [{ name: 'x', dims: [4, 5], wrt: true }], build: (b, x) => b.op('Clip', [x.x!, b.constant('lo', Float64Array.of(-0.3), [])]) },
+  {
+    name: 'Clip with differentiable bounds',
+    inputs: [{ name: 'x', dims: [4, 5], wrt: true }, { name: 'lo', dims: [], values: [-0.4], wrt: true }, { name: 'hi', dims: [], values: [0.6], wrt: true }],
+    build: (b, x) => b.op('Clip', [x.x!, x.lo!, x.hi!]),
+  },
+  { name: 'Pow constant exponent 2.5', inputs: [{ name: 'x', dims: [3, 4], kind: 'positive', wrt: true }], build: (b, x) => b.op('Pow', [x.x!, b.constant('p', Float64Array.of(2.5), [])]) },
+  { name: 'Pow int64 exponent 3 (negative base)', inputs: [{ name: 'x', dims: [3, 4], wrt: true }], build: (b, x) => b.op('Pow', [x.x!, b.constant('p', BigInt64Array.of(3n), [])]) },
+  {
+    name: 'Pow base and exponent',
+    inputs: [{ name: 'x', dims: [3, 4], kind: 'positive', wrt: true }, { name: 'p', dims: [4], wrt: true }],
+    build: (b, x) => b.op('Pow', [x.x!, x.p!]),
+  },
+  // Shapes
+  { name: 'Flatten axis 1', inputs: [{ name: 'x', dims: [2, 3, 2], wrt: true }], build: (b, x) => b.op('Flatten', [x.x!], { axis: 1 }) },
+  { name: 'Reshape', inputs: [{ name: 'x', dims: [2, 3, 2], wrt: true }], build: (b, x) => b.op('Reshape', [x.x!, ints(b, [3, -1])]) },
+  { name: 'Transpose perm', inputs: [{ name: 'x', dims: [2, 3, 4], wrt: true }], build: (b, x) => b.op('Transpose', [x.x!], { perm: [1, 2, 0] }) },
+  { name: 'Transpose default', inputs: [{ name: 'x', dims: [2, 3, 4], wrt: true }], build: (b, x) => b.op('Transpose', [x.x!]) },
+  { name: 'Squeeze', inputs: [{ name: 'x', dims: [2, 1, 3], wrt: true }], build: (b, x) => b.op('Squeeze', [x.x!, ints(b, [1])]) },
+  { name: 'Unsqueeze', inputs: [{ name: 'x', dims: [2, 3], wrt: true }], build: (b, x) => b.op('Unsqueeze', [x.x!, ints(b, [0, 2])]) },
+  { name: 'Expand [3,1] → [2,3,4]', inputs: [{ name: 'x', dims: [3, 1], wrt: true }], build: (b, x) => b.op('Expand', [x.x!, ints(b, [2, 3, 4])]) },
+  {
+    name: 'Concat axis 1',
+    inputs: [{ name: 'a', dims: [2, 3], wrt: true }, { name: 'b', dims: [2, 1], wrt: true }, { name: 'c', dims: [2, 2], wrt: true }],
+    build: (b, x) => b.op('Concat', [x.a!, x.b!, x.c!], { axis: 1 }),
+  },
+  {
+    name: 'Concat axis -1, frozen middle input',
+    inputs: [{ name: 'a', dims: [2, 3], wrt: true }, { name: 'b', dims: [2, 1] }, { name: 'c', dims: [2, 2], wrt: true }],
+    build: (b, x) => b.op('Concat', [x.a!, x.b!, x.c!], { axis: -1 }),
+  },
+  // Softmax family and reductions
+  { name: 'Softmax axis -1', inputs: [{ name: 'x', dims: [3, 5], wrt: true }], build: (b, x) => b.op('Softmax', [x.x!], { axis: -1 }) },
+  { name: 'Softmax axis 1 of 3-D', inputs: [{ name: 'x', dims: [2, 3, 4], wrt: true }], build: (b, x) => b.op('Softmax', [x.x!], { axis: 1 }) },
+  { name: 'LogSoftmax', inputs: [{ name: 'x', dims: [3, 5], wrt: true }], build: (b, x) => b.op('LogSoftmax', [x.x!], { axis: -1 }) },
+  { name: 'ReduceSum axes [1] keepdims 0', inputs: [{ name: 'x', dims: [2, 3, 4], wrt: true }], build: (b, x) => b.op('ReduceSum', [x.x!, ints(b, [1])], { keepdims: 0 }) },
+  { name: 'ReduceSum axes [0,-1] keepdims 1', inputs: [{ name: 'x', dims: [2, 3, 4], wrt: true }], build: (b, x) => b.op('ReduceSum', [x.x!, ints(b, [0, -1])], { keepdims: 1 }) },
+  { name: 'ReduceSum all', inputs: [{ name: 'x', dims: [2, 3], wrt: true }], build: (b, x) => b.op('ReduceSum', [x.x!], { keepdims: 0 }) },
+  { name: 'ReduceMean axes [0,2] keepdims 0', inputs: [{ name: 'x', dims: [2, 3, 4], wrt: true }], build: (b, x) => b.op('ReduceMean', [x.x!], { axes: [0, 2], keepdims: 0 }) },
+  { name: 'ReduceMean axes [-1] keepdims 1', inputs: [{ name: 'x', dims: [2, 3, 4], wrt: true }], build: (b, x) => b.op('ReduceMean', [x.x!], { axes: [-1] }) },
+  { name: 'ReduceMean all', inputs: [{ name: 'x', dims: [2, 3], wrt: true }], build: (b, x) => b.op('ReduceMean', [x.x!], { keepdims: 0 }) },
+  { name: 'GlobalAveragePool (float32)', float32: true, inputs: [{ name: 'x', dims: [2, 3, 4, 5], wrt: true }], build: (b, x) => b.op('GlobalAveragePool', [x.x!]) },
+  // Gemm and MatMul
+  {
+    name: 'Gemm plain with 1-D bias',
+    inputs: [{ name: 'a', dims: [3, 4], wrt: true }, { name: 'w', dims: [4, 5], wrt: true }, { name: 'c', dims: [5], wrt: true }],
+    build: (b, x) => b.op('Gemm', [x.a!, x.w!, x.c!]),
+  },
+  {
+    name: 'Gemm transB=1 with bias',
+    inputs: [{ name: 'a', dims: [3, 4], wrt: true }, { name: 'w', dims: [5, 4], wrt: true }, { name: 'c', dims: [5], wrt: true }],
+    build: (b, x) => b.op('Gemm', [x.a!, x.w!, x.c!], { transB: 1 }),
+  },
+  {
+    name: 'Gemm transA=1 alpha beta C[M,1]',
+    inputs: [{ name: 'a', dims: [4, 3], wrt: true }, { name: 'w', dims: [4, 5], wrt: true }, { name: 'c', dims: [3, 1], wrt: true }],
+    build: (b, x) => b.op('Gemm', [x.a!, x.w!, x.c!], { transA: 1, alpha: 0.7, beta: 1.3 }),
+  },
+  {
+    name: 'Gemm transA=1 transB=1 scalar C',
+    inputs: [{ name: 'a', dims: [4, 3], wrt: true }, { name: 'w', dims: [5, 4], wrt: true }, { name: 'c', dims: [], wrt: true }],
+    build: (b, x) => b.op('Gemm', [x.a!, x.w!, x.c!], { transA: 1, transB: 1, alpha: 2 }),
+  },
+  { name: 'Gemm without C', inputs: [{ name: 'a', dims: [3, 4], wrt: true }, { name: 'w', dims: [4, 2], wrt: true }], build: (b, x) => b.op('Gemm', [x.a!, x.w!]) },
+  { name: 'MatMul 2-D', inputs: [{ name: 'a', dims: [3, 4], wrt: true }, { name: 'b', dims: [4, 5], wrt: true }], build: (b, x) => b.op('MatMul', [x.a!, x.b!]) },
+  { name: 'MatMul batched [2,3,4] @ [4,5]', inputs: [{ name: 'a', dims: [2, 3, 4], wrt: true }, { name: 'b', dims: [4, 5], wrt: true }], build: (b, x) => b.op('MatMul', [x.a!, x.b!]) },
+  {
+    name: 'MatMul broadcast [2,1,3,4] @ [3,4,2]',
+    inputs: [{ name: 'a', dims: [2, 1, 3, 4], wrt: true }, { name: 'b', dims: [3, 4, 2], wrt: true }],
+    build: (b, x) => b.op('MatMul', [x.a!, x.b!]),
+  },
+  { name: 'MatMul [4] @ [2,4,5]', inputs: [{ name: 'a', dims: [4], wrt: true }, { name: 'b', dims: [2, 4, 5], wrt: true }], build: (b, x) => b.op('MatMul', [x.a!, x.b!]) },
+  { name: 'MatMul [2,3,4] @ [4]', inputs: [{ name: 'a', dims: [2, 3, 4], wrt: true }, { name: 'b', dims: [4], wrt: true }], build: (b, x) => b.op('MatMul', [x.a!, x.b!]) },
+  {
+    name: 'MatMul with an operand of unknown rank (Einsum fallback)',
+    inputs: [{ name: 'a', dims: [2, 3, 4], wrt: true }, { name: 'c', dims: [2, 4, 5] }],
+    // Tile is not in the static shape propagation, so B's rank is unknown here.
+    build: (b, x) => b.op('MatMul', [x.a!, b.op('Tile', [x.c!, ints(b, [1, 1, 1])])]),
+  },
+  { name: 'MatMul [4] @ [4]', inputs: [{ name: 'a', dims: [4], wrt: true }, { name: 'b', dims: [4], wrt: true }], build: (b, x) => b.op('MatMul', [x.a!, x.b!]) },
+  // SoftmaxCrossEntropyLoss: the loss itself, seeded with 1 (isLoss), or weighted by R (gradient dLoss ≠ 1)
+  ...(['mean', 'sum'] as const).map((reduction): Case => ({
+    name: `SoftmaxCrossEntropyLoss ${reduction}`,
+    inputs: [{ name: 'z', dims: [5, 4], wrt: true }, { name: 'y', dims: [5], kind: 'int', max: 4 }],
+    build: (b, x) => b.op('SoftmaxCrossEntropyLoss', [x.z!, x.y!], { reduction }),
+    isLoss: true,
+  })),
+  {
+    name: 'SoftmaxCrossEntropyLoss mean, scaled (dLoss ≠ 1)',
+    inputs: [{ name: 'z', dims: [5, 4], wrt: true }, { name: 'y', dims: [5], kind: 'int', max: 4 }],
+    build: (b, x) => b.op('SoftmaxCrossEntropyLoss', [x.z!, x.y!], { reduction: 'mean' }),
+  },
+  {
+    name: 'SoftmaxCrossEntropyLoss none',
+    inputs: [{ name: 'z', dims: [5, 4], wrt: true }, { name: 'y', dims: [5], kind: 'int', max: 4 }],
+    build: (b, x) => b.op('SoftmaxCrossEntropyLoss', [x.z!, x.y!], { reduction: 'none' }),
+  },
+  {
+    name: 'SoftmaxCrossEntropyLoss mean, class weights, ignore_index',
+    inputs: [{ name: 'z', dims: [6, 4], wrt: true }, { name: 'y', dims: [6], kind: 'int', values: [0, 3, -1, 2, 1, 3] }, { name: 'cw', dims: [4], kind: 'positive' }],
+    build: (b, x) => b.op('SoftmaxCrossEntropyLoss', [x.z!, x.y!, x.cw!], { reduction: 'mean', ignore_index: -1 }),
+    isLoss: true,
+  },
+  {
+    name: 'SoftmaxCrossEntropyLoss [N,C,d] sum',
+    inputs: [{ name: 'z', dims: [2, 3, 4], wrt: true }, { name: 'y', dims: [2, 4], kind: 'int', max: 3 }],
+    build: (b, x) => b.op('SoftmaxCrossEntropyLoss', [x.z!, x.y!], { reduction: 'sum' }),
+  },
+  {
+    name: 'SoftmaxCrossEntropyLoss with log_prob used downstream',
+    inputs: [{ name: 'z', dims: [5, 4], wrt: true }, { name: 'y', dims: [5], kind: 'int', max: 4 }],
+    build: (b, x) => {
+      const [loss, logp] = b.node('SoftmaxCrossEntropyLoss', [x.z!, x.y!], { reduction: 'mean' }, { outputs: 2 });
+      return b.op('Add', [b.op('Mul', [logp!, b.constant('k', Float64Array.of(0.3), [])]), loss!]);
+    },
+  },
+  // Composites
+  {
+    name: 'Non-differentiable side paths (Shape, Greater) are skipped',
+    inputs: [{ name: 'x', dims: [2, 6], wrt: true }],
+    build: (b, x) => {
+      const shape = b.op('Shape', [b.op('Transpose', [b.op('Reshape', [x.x!, ints(b, [3, 4])])])]);
+      const mask = b.op('Cast', [b.op('Greater', [x.x!, b.constant('z', Float64Array.of(0), [])])], { to: DataType.DOUBLE });
+      return b.op('Mul', [b.op('Reshape', [b.op('Tanh', [x.x!]), shape]), b.op('Reshape', [mask, shape])]);
+    },
+  },
+  {
+    name: 'Attention-like block (MatMul, Transpose, Softmax, Div, symbolic batch)',
+    inputs: [
+      { name: 'q', dims: [2, 3, 4], decl: ['B', 3, 4], wrt: true },
+      { name: 'k', dims: [2, 3, 4], decl: ['B', 3, 4], wrt: true },
+      { name: 'v', dims: [2, 3, 4], decl: ['B', 3, 4], wrt: true },
+    ],
+    build: (b, x) => {
+      const s = b.op('Div', [b.op('MatMul', [x.q!, b.op('Transpose', [x.k!], { perm: [0, 2, 1] })]), b.constant('sq', Float64Array.of(2), [])]);
+      return b.op('MatMul', [b.op('Softmax', [s], { axis: -1 }), x.v!]);
+    },
+  },
+  {
+    // The trainer's head: X[N,D] → Gemm(W1,b1) → Relu → Mul(mask) → Gemm(W2,b2) → SoftmaxCrossEntropyLoss.
+    name: 'MLP head with dropout mask and softmax cross-entropy',
+    inputs: [
+      { name: 'X', dims: [6, 5], decl: ['N', 5] },
+      { name: 'labels', dims: [6], decl: ['N'], kind: 'int', max: 3 },
+      { name: 'mask', dims: [6, 8], decl: ['N', 8], kind: 'mask' },
+      { name: 'W1', dims: [5, 8], wrt: true },
+      { name: 'b1', dims: [8], wrt: true },
+      { name: 'W2', dims: [8, 3], wrt: true },
+      { name: 'b2', dims: [3], wrt: true },
+    ],
+    build: (b, x) => {
+      const h = b.op('Mul', [b.op('Relu', [b.op('Gemm', [x.X!, x.W1!, x.b1!], { transB: 0 })]), x.mask!]);
+      return b.op('SoftmaxCrossEntropyLoss', [b.op('Gemm', [h, x.W2!, x.b2!]), x.labels!], { reduction: 'mean' });
+    },
+    isLoss: true,
+  },
+];
+
+// ---------------------------------------------------------------------------------------------------
+
+type Feeds = Record<string, ort.Tensor>;
+
+function makeData(spec: InputSpec, rng: Random): Float64Array | BigInt64Array {
+  const size = spec.dims.reduce((a, b) => a * b, 1);
+  if (spec.kind === 'int') return BigInt64Array.from(spec.values ?? Array.from({ length: size }, () => rng.int(spec.max ?? 2)), (v) => BigInt(v));
+  if (spec.values) return Float64Array.from(spec.values);
+  return Float64Array.from({ length: size }, () =>
+    spec.kind === 'positive' ? 0.5 + rng.next() * 1.5 : spec.kind === 'mask' ? (rng.next() < 0.3 ? 0 : 1 / 0.7) : rng.normal());
+}
+
+function toTensor(data: Float64Array | BigInt64Array, dims: number[], float32: boolean): ort.Tensor {
+  if (data instanceof BigInt64Array) return new ort.Tensor('int64', data, dims);
+  return float32 ? new ort.Tensor('float32', Float32Array.from(data), dims) : new ort.Tensor('float64', data, dims);
+}
+
+function declare(b: GraphBuilder, c: Case, fType: number): Record<string, string> {
+  const names: Record<string, string> = {};
+  for (const s of c.inputs) names[s.name] = b.input(s.name, s.kind === 'int' ? DataType.INT64 : fType, s.decl ?? s.dims);
+  return names;
+}
+
+async function runOutputs(bytes: Uint8Array, feeds: Feeds, names: string[]): Promise<Float64Array[]> {
+  const session = await ort.InferenceSession.create(bytes);
+  const result = await session.run(feeds, names);
+  await session.release();
+  return names.map((n) => Float64Array.from(result[n]!.data as Float64Array | Float32Array));
+}
+
+async function checkCase(c: Case, seed: number): Promise<void> {
+  const f32 = c.float32 ?? false;
+  const fType = f32 ? DataType.FLOAT : DataType.DOUBLE;
+  const rng = new Random(seed);
+  const data = Object.fromEntries(c.inputs.map((s) => [s.name, makeData(s, rng)]));
+  const feedsOf = (d: typeof data): Feeds => Object.fromEntries(c.inputs.map((s) => [s.name, toTensor(d[s.name]!, s.dims, f32)]));
+
+  // The weighting R needs the op's output shape: run the op once to learn it.
+  let weights: { values: Float64Array; dims: number[] } | undefined;
+  if (!c.isLoss) {
+    const b = new GraphBuilder('probe');
+    const out = c.build(b, declare(b, c, fType));
+    b.outputs.push({ name: out });
+    const session = await ort.InferenceSession.create(encodeModel(b.model()));
+    const dims = [...(await session.run(feedsOf(data)))[out]!.dims];
+    await session.release();
+    weights = { values: Float64Array.from({ length: dims.reduce((a, b) => a * b, 1) }, () => rng.normal()), dims };
+  }
+  const buildLoss = (b: GraphBuilder): string => {
+    const out = c.build(b, declare(b, c, fType));
+    if (!weights) return out;
+    const r = b.constant('R', f32 ? Float32Array.from(weights.values) : weights.values, weights.dims);
+    return b.op('ReduceSum', [b.op('Mul', [out, r])], { keepdims: 0 });
+  };
+
+  const wrt = c.inputs.filter((s) => s.wrt);
+  const fwd = new GraphBuilder('forward');
+  const fwdLoss = buildLoss(fwd);
+  fwd.outputs.push({ name: fwdLoss });
+  const fwdSession = await ort.InferenceSession.create(encodeModel(fwd.model()));
+  const lossAt = async (d: typeof data) => Number((await fwdSession.run(feedsOf(d)))[fwdLoss]!.data[0]);
+
+  // Central finite differences, element by element.
+  const eps = f32 ? 1e-3 : 1e-6;
+  const numeric = new Map<string, Float64Array>();
+  for (const s of wrt) {
+    const base = data[s.name] as Float64Array;
+    const g = new Float64Array(base.length);
+    for (let i = 0; i < base.length; i++) {
+      const plus = Float64Array.from(base);
+      const minus = Float64Array.from(base);
+      plus[i]! += eps;
+      minus[i]! -= eps;
+      g[i] = ((await lossAt({ ...data, [s.name]: plus })) - (await lossAt({ ...data, [s.name]: minus }))) / (2 * eps);
+    }
+    numeric.set(s.name, g);
+  }
+  await fwdSession.release();
+
+  const [tol, floor] = f32 ? [1e-2, 1e-1] : [1e-5, 1e-3];
+  for (const useStaticShapes of [true, false]) {
+    const b = new GraphBuilder('grad');
+    const loss = buildLoss(b);
+    const grads = appendGradients(b, { loss, wrt: wrt.map((s) => s.name), useStaticShapes });
+    assert.deepEqual([...grads.keys()], wrt.map((s) => s.name));
+    b.output(loss, fType, []);
+    for (const s of wrt) b.output(grads.get(s.name)!, fType, s.dims);
+    const got = await runOutputs(encodeModel(b.model()), feedsOf(data), wrt.map((s) => grads.get(s.name)!));
+    wrt.forEach((s, k) => {
+      const [a, n] = [got[k]!, numeric.get(s.name)!];
+      assert.equal(a.length, n.length, `${c.name}: gradient of ${s.name} has ${a.length} values, expected ${n.length}`);
+      let worst = 0;
+      for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - n[i]!) / Math.max(Math.abs(n[i]!), floor));
+      assert.ok(worst < tol, `${c.name} (static shapes ${useStaticShapes}): d/d${s.name} max relative error ${worst.toExponential(2)}\n  autodiff ${[...a].map((v) => v.toFixed(6))}\n  numeric  ${[...n].map((v) => v.toFixed(6))}`);
+    });
+  }
+}
+
+CASES.forEach((c, i) => {
+  test(`gradient: ${c.name}`, async () => {
+    await checkCase(c, 1000 + i);
+  });
+});
+
+test('every rule in GRAD_RULES is exercised by a case above', () => {
+  const covered = new Set<string>();
+  for (const c of CASES) {
+    const b = new GraphBuilder('ops');
+    c.build(b, declare(b, c, DataType.DOUBLE));
+    for (const n of b.nodes) covered.add(n.opType!);
+  }
+  assert.deepEqual(Object.keys(GRAD_RULES).filter((op) => !covered.has(op)), []);
+});
+
+test('an op without a rule on the path throws before anything is built', () => {
+  const b = new GraphBuilder('unknown');
+  const x = b.input('x', DataType.DOUBLE, [2, 3]);
+  const y = b.op('Erf', [b.op('Relu', [x])], {}, { name: 'my_erf' });
+  const loss = b.op('ReduceSum', [y], { keepdims: 0 });
+  const before = { nodes: b.nodes.length, inits: b.initializers.length };
+  assert.throws(
+    () => appendGradients(b, { loss, wrt: [x] }),
+    (e: unknown) => e instanceof GraftError && e.code === 'MODEL' && e.message === 'no gradient rule for op Erf (node my_erf)' && e.context.node === 'my_erf' && e.context.op === 'Erf',
+  );
+  assert.deepEqual({ nodes: b.nodes.length, inits: b.initializers.length }, before);
+});
+
+test('Dropout in training mode is refused up front', () => {
+  const b = new GraphBuilder('dropout');
+  const x = b.input('x', DataType.DOUBLE, [2, 3]);
+  const training = b.input('training_mode', DataType.BOOL, []);
+  const [y] = b.node('Dropout', [x, b.constant('ratio', Float64Array.of(0.5), []), training], {}, { outputs: 2, name: 'drop' });
+  const loss = b.op('ReduceSum', [y!], { keepdims: 0 });
+  const count = b.nodes.length;
+  assert.throws(() => appendGradients(b, { loss, wrt: [x] }), (e: unknown) => e instanceof GraftError && e.code === 'MODEL' && /Dropout in training mode \(node drop\)/.test(e.message));
+  assert.equal(b.nodes.length, count);
+});
+
+test('an op without a rule off the path (frozen, or only feeding a shape) needs no rule', async () => {
+  // float32: ORT has no float64 Erf kernel
+  const b = new GraphBuilder('frozen');
+  const x = b.input('x', DataType.FLOAT, [2, 3]);
+  const w = b.input('w', DataType.FLOAT, [3]);
+  const frozen = b.op('Erf', [x]); // upstream of the loss, but not downstream of w
+  const shape = b.op('Shape', [b.op('Erf', [w])]); // downstream of w, but only through Shape
+  const loss = b.op('ReduceSum', [b.op('Mul', [frozen, b.op('Reshape', [w, shape])])], { keepdims: 0 });
+  const grads = appendGradients(b, { loss, wrt: [w] });
+  b.output(grads.get(w)!, DataType.FLOAT, [3]);
+  b.output(frozen, DataType.FLOAT, [2, 3]);
+  const session = await ort.InferenceSession.create(encodeModel(b.model()));
+  const out = await session.run({
+    x: new ort.Tensor('float32', Float32Array.of(0.1, -0.2, 0.3, 0.4, 0.5, -0.6), [2, 3]),
+    w: new ort.Tensor('float32', Float32Array.of(1, 2, 3), [3]),
+  });
+  const g = out[grads.get(w)!]!.data as Float32Array;
+  const e = out[frozen]!.data as Float32Array;
+  for (let j = 0; j < 3; j++) assert.ok(Math.abs(g[j]! - (e[j]! + e[j + 3]!)) < 1e-6); // d/dw_j Σ_i erf(x_ij)·w_j
+  await session.release();
+});
+
+test('labels and masks get no gradient; a wrt the loss does not depend on gets zeros', async () => {
+  const b = new GraphBuilder('nograd');
+  const z = b.input('z', DataType.DOUBLE, ['N', 3]);
+  const labels = b.input('labels', DataType.INT64, ['N']);
+  const unused = b.input('unused', DataType.DOUBLE, [2, 2]);
+  const loss = b.op('SoftmaxCrossEntropyLoss', [z, labels], { reduction: 'mean' });
+  const grads = appendGradients(b, { loss, wrt: [z, unused] });
+  assert.deepEqual([...grads.keys()], [z, unused]);
+  b.output(grads.get(unused)!, DataType.DOUBLE, [2, 2]);
+  b.output(grads.get(z)!, DataType.DOUBLE, ['N', 3]);
+  const session = await ort.InferenceSession.create(encodeModel(b.model()));
+  const out = await session.run({
+    z: new ort.Tensor('float64', Float64Array.of(1, 2, 3, 0, 0, 0), [2, 3]),
+    labels: new ort.Tensor('int64', BigInt64Array.of(2n, 0n), [2]),
+    unused: new ort.Tensor('float64', Float64Array.of(1, 2, 3, 4), [2, 2]),
+  });
+  assert.deepEqual([...(out[grads.get(unused)!]!.data as Float64Array)], [0, 0, 0, 0]);
+  const gz = out[grads.get(z)!]!.data as Float64Array;
+  assert.ok(Math.abs(gz[0]! + gz[1]! + gz[2]!) < 1e-12 && gz[2]! < 0 && gz[3]! < 0);
+  await session.release();
+});
+
+test('the loss tensor as wrt gets its own tensor holding 1; float32 is inferred', async () => {
+  const b = new GraphBuilder('self');
+  const x = b.input('x', DataType.FLOAT, [2]);
+  const loss = b.op('ReduceSum', [x], { keepdims: 0 });
+  const grads = appendGradients(b, { loss, wrt: [loss, x] });
+  assert.ok(!b.initializers.some((t) => t.name === grads.get(loss)));
+  b.output(grads.get(loss)!, DataType.FLOAT, []);
+  b.output(grads.get(x)!, DataType.FLOAT, [2]);
+  const session = await ort.InferenceSession.create(encodeModel(b.model()));
+  const out = await session.run({ x: new ort.Tensor('float32', Float32Array.of(3, 4), [2]) });
+  assert.deepEqual([...(out[grads.get(loss)!]!.data as Float32Array)], [1]);
+  assert.deepEqual([...(out[grads.get(x)!]!.data as Float32Array)], [1, 1]);
+  await session.release();
+});
+
+test('bad loss or wrt names are usage errors', () => {
+  const b = new GraphBuilder('bad');
+  const x = b.input('x', DataType.FLOAT, [2]);
+  const loss = b.op('ReduceSum', [x], { keepdims: 0 });
+  assert.throws(() => appendGradients(b, { loss: 'nope', wrt: [x] }), (e: unknown) => e instanceof GraftError && e.code === 'USAGE');
+  assert.throws(() => appendGradients(b, { loss, wrt: ['nope'] }), (e: unknown) => e instanceof GraftError && e.code === 'USAGE');
+});
