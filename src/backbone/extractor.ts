@@ -161,7 +161,7 @@ export class FeatureExtractor {
       s.rows = [];
       s.hashes = [];
       s.loads = [];
-      return (async () => {
+      const done = (async () => {
         const results = await Promise.all(loads);
         const output = await this.infer.run(s.input, rows.length);
         const writes: Promise<void>[] = [];
@@ -182,6 +182,10 @@ export class FeatureExtractor {
         await Promise.all(writes);
         report();
       })();
+      // Awaited only before the slot is refilled or at the end: until then a failure must not be an unhandled
+      // rejection (which would end the process instead of rejecting extract()).
+      done.catch(() => {});
+      return done;
     };
 
     // Reading ahead a few files keeps the disk and hashing off the critical path.
@@ -217,7 +221,9 @@ export class FeatureExtractor {
       const offset = slot.rows.length * this.stride;
       slot.rows.push(row);
       slot.hashes.push(hash);
-      slot.loads.push(this.pool.loadInto({ file: files[row]!, bytes }, slot.input, offset));
+      const load = this.pool.loadInto({ file: files[row]!, bytes }, slot.input, offset);
+      load.catch(() => {}); // awaited by flush; see there
+      slot.loads.push(load);
       if (slot.rows.length === this.batchSize) {
         slot.busy = flush(slot);
         slotIndex = (slotIndex + 1) % slots.length;

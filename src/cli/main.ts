@@ -118,7 +118,16 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
   await writeFileAtomic(join(out, 'metrics.json'), JSON.stringify({ split: 'val', metrics, skipped: d.skipped }, null, 2) + '\n');
   const seconds = (performance.now() - started) / 1000;
   if (flags.json) {
-    emitJson({ metrics, skipped: d.skipped, out, labels: learn.classes, epochs: result.history.length, bestEpoch: result.bestEpoch + 1, seconds });
+    emitJson({
+      metrics,
+      skipped: d.skipped,
+      out,
+      labels: learn.classes,
+      features: d.extraction,
+      epochs: result.history.length,
+      bestEpoch: result.bestEpoch + 1,
+      seconds,
+    });
   } else {
     printSkipped(d.skipped);
     process.stdout.write(`Validation (${d.valRows.length} images)\n${formatMetrics(metrics)}\n\nModel written to ${out} (${seconds.toFixed(1)} s)\n`);

@@ -1,0 +1,163 @@
+/**
+ * End to end through the `graft` command: train on real hymenoptera images (a subset, linked in place),
+ * with broken files mixed in; then eval and predict from the exported directory; then a second run that
+ * must read every feature from the cache.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtemp, mkdir, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+const shared = resolve(root, '../shared');
+const MODEL = join(shared, 'models/mobilenetv2-12-int8/model.onnx');
+const HYM = join(shared, 'data/hymenoptera');
+const BIN = join(root, 'bin/graft.js');
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function graft(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  return new Promise((done) => {
+    execFile(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, maxBuffer: 64 << 20 }, (error, stdout, stderr) => {
+      done({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+/** A dataset folder of symlinks to the first `n` real images of each class and split. */
+async function linkSubset(dir: string, split: string, n: number): Promise<void> {
+  for (const cls of ['ants', 'bees']) {
+    const src = join(HYM, split, cls);
+    const files = (await readdir(src)).filter((f) => f.endsWith('.jpg')).sort().slice(0, n);
+    await mkdir(join(dir, split, cls), { recursive: true });
+    for (const f of files) await symlink(join(src, f), join(dir, split, cls, f));
+  }
+}
+
+describe('graft CLI end to end (hymenoptera subset)', () => {
+  let tmp: string;
+  let data: string;
+  let out: string;
+  let cache: string;
+  let first: Run;
+  let firstDoc: {
+    metrics: { accuracy: number; perClass: Record<string, { precision: number; recall: number; f1: number; support: number }>; confusion: number[][] };
+    skipped: Array<{ file: string; reason: string }>;
+    out: string;
+    features: { cached: number; extracted: number };
+  };
+
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'graft-e2e-'));
+    data = join(tmp, 'data');
+    out = join(tmp, 'out');
+    cache = join(tmp, 'cache');
+    await linkSubset(data, 'train', 30);
+    await linkSubset(data, 'val', 20);
+    // The real broken sample of the original set, and broken files made here.
+    await symlink(join(HYM, 'train/ants/imageNotFound.gif'), join(data, 'train/ants/imageNotFound.gif'));
+    await writeFile(join(data, 'train/bees/empty.jpg'), new Uint8Array(0));
+    const jpeg = await readFile(join(HYM, 'train/bees', (await readdir(join(HYM, 'train/bees')))[0]!));
+    await writeFile(join(data, 'train/bees/truncated.jpg'), jpeg.subarray(0, jpeg.length >> 1));
+    await writeFile(join(data, 'train/ants/notes.jpg'), 'these are not pixels\n');
+    first = await graft(['train', data, '--model', MODEL, '--out', out, '--cache-dir', cache, '--epochs', '30', '--json']);
+    firstDoc = JSON.parse(first.stdout);
+  });
+
+  after(async () => {
+    await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('trains well above chance and prints one JSON document', () => {
+    assert.equal(first.code, 0, first.stderr);
+    assert.ok(firstDoc.metrics.accuracy >= 0.8, `accuracy ${firstDoc.metrics.accuracy}`);
+    assert.deepEqual(Object.keys(firstDoc.metrics.perClass).sort(), ['ants', 'bees']);
+    const total = firstDoc.metrics.confusion.flat().reduce((a, b) => a + b, 0);
+    assert.equal(total, 40);
+    assert.equal(firstDoc.features.extracted, 100);
+    assert.equal(firstDoc.out, out);
+  });
+
+  it('skips and names every broken file with a reason', () => {
+    const byName = new Map(firstDoc.skipped.map((s) => [s.file.split('/').pop(), s.reason]));
+    assert.deepEqual([...byName.keys()].sort(), ['empty.jpg', 'imageNotFound.gif', 'notes.jpg', 'truncated.jpg']);
+    assert.match(byName.get('imageNotFound.gif')!, /blank or placeholder/);
+    assert.match(byName.get('empty.jpg')!, /empty/);
+    assert.match(byName.get('notes.jpg')!, /not an image/);
+    assert.match(byName.get('truncated.jpg')!, /decode|truncat|premature/i);
+    assert.match(first.stderr, /features/); // progress went to stderr
+  });
+
+  it('writes model.onnx and graft.json with labels, config and provenance', async () => {
+    const manifest = JSON.parse(await readFile(join(out, 'graft.json'), 'utf8'));
+    assert.deepEqual(manifest.labels, ['ants', 'bees']);
+    assert.equal(manifest.config.cut, '627');
+    assert.equal(manifest.config.featureDim, 1280);
+    assert.deepEqual(manifest.config.mean, [0.485, 0.456, 0.406]);
+    assert.equal(manifest.backbone.sha256, createHash('sha256').update(await readFile(MODEL)).digest('hex'));
+    assert.equal(manifest.model.sha256, createHash('sha256').update(await readFile(join(out, 'model.onnx'))).digest('hex'));
+    assert.equal(manifest.training.seed, 0);
+    assert.equal(typeof manifest.graftVersion, 'string');
+    assert.equal(manifest.metrics.accuracy, firstDoc.metrics.accuracy);
+  });
+
+  it('eval on the same folder reproduces the validation metrics from the artifact alone', async () => {
+    const run = await graft(['eval', out, data, '--json']);
+    assert.equal(run.code, 0, run.stderr);
+    const doc = JSON.parse(run.stdout);
+    assert.equal(doc.metrics.accuracy, firstDoc.metrics.accuracy);
+    assert.deepEqual(doc.metrics.confusion, firstDoc.metrics.confusion);
+  });
+
+  it('predict ranks labels per image and reports unreadable ones', async () => {
+    const ant = join(data, 'val/ants', (await readdir(join(data, 'val/ants')))[0]!);
+    const bee = join(data, 'val/bees', (await readdir(join(data, 'val/bees')))[0]!);
+    const run = await graft(['predict', out, ant, bee, join(data, 'train/bees/empty.jpg'), '--top-k', '2', '--json']);
+    assert.equal(run.code, 1, 'a failed image makes the exit status 1');
+    const doc = JSON.parse(run.stdout) as Array<{ file: string; predictions?: Array<{ label: string; probability: number }>; error?: string }>;
+    assert.equal(doc.length, 3);
+    for (const entry of doc.slice(0, 2)) {
+      assert.equal(entry.predictions!.length, 2);
+      const [a, b] = entry.predictions!;
+      assert.ok(a!.probability >= b!.probability);
+      assert.ok(Math.abs(a!.probability + b!.probability - 1) < 1e-4);
+    }
+    assert.match(doc[2]!.error!, /empty/);
+  });
+
+  it('a second run reads every feature from the cache', async () => {
+    const again = await graft(['train', data, '--model', MODEL, '--out', join(tmp, 'out2'), '--cache-dir', cache, '--epochs', '30', '--json']);
+    assert.equal(again.code, 0, again.stderr);
+    const doc = JSON.parse(again.stdout);
+    assert.equal(doc.features.extracted, 0);
+    assert.equal(doc.features.cached, 100);
+    assert.equal(doc.skipped.length, 4);
+    assert.equal(doc.metrics.accuracy, firstDoc.metrics.accuracy, 'same seed, same result');
+  });
+
+  it('fails clearly on a dataset with one class, with a JSON error document', async () => {
+    const one = join(tmp, 'one');
+    await linkSubset(one, 'train', 3);
+    await rm(join(one, 'train/bees'), { recursive: true });
+    const run = await graft(['train', one, '--model', MODEL, '--out', join(tmp, 'x'), '--cache-dir', cache, '--json']);
+    assert.equal(run.code, 1);
+    const doc = JSON.parse(run.stdout);
+    assert.equal(doc.error.code, 'DATASET');
+    assert.match(doc.error.message, /class/);
+    assert.match(run.stderr, /graft: error:/);
+  });
+
+  it('a usage error exits with status 2', async () => {
+    const run = await graft(['train', data, '--out', join(tmp, 'x')]);
+    assert.equal(run.code, 2);
+    assert.match(run.stderr, /--model/);
+  });
+});
