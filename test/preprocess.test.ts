@@ -57,7 +57,7 @@ async function rejectsImage(promise: Promise<unknown>, pattern: RegExp): Promise
 describe('decodeImage', () => {
   it('expands a grayscale PNG to RGB', async () => {
     const grey = pixels(16, 8, 1);
-    const png = await raw(grey, 16, 8, 1).png().toBuffer();
+    const png = await raw(grey, 16, 8, 1).toColourspace('b-w').png().toBuffer();
     assert.equal((await sharp(png).metadata()).channels, 1);
     const out = await decodeImage(png, identity(8, 16));
     assert.equal(out.length, 16 * 8 * 3);

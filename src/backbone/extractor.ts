@@ -49,6 +49,7 @@ class InferenceWorker {
   private readonly worker: Worker;
   private readonly ready: Promise<void>;
   private readonly waiting = new Map<number, { resolve: (o: Float32Array) => void; reject: (e: Error) => void }>();
+  private readonly inflight = new Set<Promise<Float32Array>>();
   private nextId = 0;
 
   constructor(data: InferWorkerData) {
@@ -62,7 +63,10 @@ class InferenceWorker {
       };
       this.worker.once('message', onMessage);
       this.worker.once('error', reject);
+      this.worker.once('exit', (code) => reject(new GraftError('MODEL', `the inference worker exited before it was ready (code ${code})`)));
     });
+    // Awaited by run() and close(); a failed start must not be an unhandled rejection meanwhile.
+    this.ready.catch(() => {});
     this.worker.on('message', (m: InferReply | { ready: true }) => {
       if (!('id' in m)) return;
       const w = this.waiting.get(m.id);
@@ -79,13 +83,21 @@ class InferenceWorker {
   async run(input: Float32Array, n: number): Promise<Float32Array> {
     await this.ready;
     const id = this.nextId++;
-    return new Promise((resolve, reject) => {
+    const output = new Promise<Float32Array>((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
       this.worker.postMessage({ id, input, n });
     });
+    const settled = () => this.inflight.delete(output);
+    this.inflight.add(output);
+    output.then(settled, settled);
+    return output;
   }
 
   async close(): Promise<void> {
+    // Terminating the worker while ONNX Runtime creates its session or runs a batch aborts the whole process
+    // ("terminate called after throwing an instance of 'Napi::Error'"), e.g. after a run served from the cache.
+    await this.ready.catch(() => {});
+    await Promise.allSettled(this.inflight);
     await this.worker.terminate();
   }
 }

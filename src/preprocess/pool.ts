@@ -2,7 +2,7 @@ import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 // sharp must also be loaded on the main thread, so that its native libraries stay loaded while workers come and go.
 import 'sharp';
-import { GraftError } from '../errors.js';
+import { GraftError, invalidParameter } from '../errors.js';
 import type { PretrainedConfig } from './config.js';
 import type { WorkerReply, WorkerRequest } from './worker.js';
 
@@ -44,9 +44,7 @@ export class ImagePool {
     options: { threads?: number } = {},
   ) {
     const threads = options.threads ?? Math.min(4, Math.max(1, os.availableParallelism()));
-    if (!Number.isInteger(threads) || threads < 1) {
-      throw new GraftError('USAGE', `Expected a positive integer for threads but received ${threads}`, { name: 'threads', actual: threads });
-    }
+    if (!Number.isInteger(threads) || threads < 1) throw invalidParameter('threads', 'a positive integer', threads);
     for (let i = 0; i < threads; i++) this.slots.push(this.spawn());
   }
 
@@ -79,7 +77,6 @@ export class ImagePool {
   private spawn(): Slot {
     const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: { config: this.config } });
     const slot: Slot = { worker, running: new Map(), whenIdle: [] };
-    worker.unref();
     worker.on('message', (reply: WorkerReply) => {
       const job = slot.running.get(reply.id);
       if (!job) return;
@@ -91,6 +88,8 @@ export class ImagePool {
     worker.on('exit', (code) => {
       if (!this.closed) this.lost(slot, new GraftError('IMAGE', `image worker exited unexpectedly (code ${code})`));
     });
+    // After the listeners: adding a 'message' listener refs the worker's port again.
+    worker.unref();
     return slot;
   }
 
