@@ -15,7 +15,7 @@ import { DEFAULT_HEAD, buildExportGraph, fitStandardizer, HEAD_OUTPUT, validateS
 import { mergeModels } from './onnx/surgery.js';
 import { defaultOpset } from './onnx/proto.js';
 import { inputShape, type PretrainedConfig } from './preprocess/config.js';
-import { DEFAULT_FIT, HeadEvaluator, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
+import { DEFAULT_FIT, DEFAULT_LR, HeadEvaluator, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
 import { writeArtifact, type Manifest } from './artifact/artifact.js';
 
 export interface LearnerOptions {
@@ -99,7 +99,7 @@ export class Learner {
 
   /** Trains the head on the training features, early-stopping on validation loss. */
   async fit(options: Partial<FitOptions> = {}, callbacks: Callback[] = []): Promise<TrainResult> {
-    this.fitOptions = { ...DEFAULT_FIT, seed: this.seed, ...options };
+    this.fitOptions = { ...DEFAULT_FIT, lr: DEFAULT_LR[this.spec.kind], seed: this.seed, ...options };
     this.result = await trainHead(this.data.features, this.data.trainRows, this.data.valRows, this.spec, this.standardizer, this.fitOptions, callbacks);
     return this.result;
   }

@@ -200,16 +200,18 @@ export class FeatureExtractor {
       return done;
     };
 
-    // Reading ahead a few files keeps the disk and hashing off the critical path.
+    // Reading ahead a few files keeps the disk and hashing off the critical path (a ring, not a list per file).
     const readAhead = 8;
-    const reads: Promise<Uint8Array | Error>[] = [];
-    const readAt = (i: number) => readFile(files[i]!).then((b) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength), (e: Error) => e);
-    for (let i = 0; i < Math.min(readAhead, files.length); i++) reads.push(readAt(i));
+    const reads = new Map<number, Promise<Uint8Array | Error>>();
+    const readAt = (i: number) => {
+      if (i < files.length) reads.set(i, readFile(files[i]!).then((b) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength), (e: Error) => e));
+    };
+    for (let i = 0; i < readAhead; i++) readAt(i);
 
     for (let row = 0; row < files.length; row++) {
-      if (row + readAhead < files.length) reads.push(readAt(row + readAhead));
-      const bytes = await reads[row]!;
-      reads[row] = Promise.resolve(new Uint8Array(0)); // let the buffer go
+      readAt(row + readAhead);
+      const bytes = await reads.get(row)!;
+      reads.delete(row);
       if (bytes instanceof Error) {
         skip(row, `cannot read file (${(bytes as NodeJS.ErrnoException).code ?? bytes.message})`);
         continue;

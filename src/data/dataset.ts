@@ -50,14 +50,19 @@ export function sniffImageType(bytes: Uint8Array): string | undefined {
   return undefined;
 }
 
+/** Why bytes cannot be an image, judged from the first 16; undefined when they look like one. */
+export function whyNotImage(head: Uint8Array): string | undefined {
+  if (head.length === 0) return 'empty file (0 bytes)';
+  return sniffImageType(head) ? undefined : 'not an image (unrecognised file signature)';
+}
+
 /** Why a file cannot be an image, judged from its first bytes; undefined when it looks like one. */
 async function checkFile(file: string): Promise<string | undefined> {
   const handle = await open(file, 'r');
   try {
     const head = new Uint8Array(16);
     const { bytesRead } = await handle.read(head, 0, head.length, 0);
-    if (bytesRead === 0) return 'empty file (0 bytes)';
-    return sniffImageType(head.subarray(0, bytesRead)) ? undefined : 'not an image (unrecognised file signature)';
+    return whyNotImage(head.subarray(0, bytesRead));
   } finally {
     await handle.close();
   }

@@ -21,7 +21,7 @@ export interface HeadSpec {
   dropout: number;
 }
 
-export const DEFAULT_HEAD: Omit<HeadSpec, 'inputDim' | 'numClasses'> = { kind: 'mlp', hidden: 256, dropout: 0.2 };
+export const DEFAULT_HEAD: Omit<HeadSpec, 'inputDim' | 'numClasses'> = { kind: 'mlp', hidden: 512, dropout: 0.5 };
 
 export interface Param {
   name: string;

@@ -1,4 +1,6 @@
+import { readFile } from 'node:fs/promises';
 import sharp, { type OutputInfo, type Sharp } from 'sharp';
+import { whyNotImage } from '../data/dataset.js';
 import { GraftError, invalidParameter } from '../errors.js';
 import type { PretrainedConfig } from './config.js';
 
@@ -19,6 +21,16 @@ const RECHECK_BITS = 3.0;
  */
 export async function decodeImage(input: Uint8Array | string, config: PretrainedConfig, file?: string): Promise<Uint8Array> {
   const name = file ?? (typeof input === 'string' ? input : 'image');
+  const fail = (reason: string, cause?: unknown) => new GraftError('IMAGE', `${name}: ${reason}`, { file: name, reason }, { cause });
+  if (typeof input === 'string') {
+    try {
+      input = await readFile(input);
+    } catch (e) {
+      throw fail(`cannot read file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, e);
+    }
+  }
+  const notImage = whyNotImage((input as Uint8Array).subarray(0, 16));
+  if (notImage) throw fail(notImage);
   const [height, width] = config.inputSize;
   let pixels: Uint8Array;
   let entropy: number;
@@ -52,13 +64,10 @@ export async function decodeImage(input: Uint8Array | string, config: Pretrained
     }
   } catch (e) {
     const message = e instanceof Error ? e.message.trim() : String(e);
-    throw new GraftError('IMAGE', `${name}: cannot decode image (${message})`, { file: name }, { cause: e });
+    throw fail(`cannot decode image (${message})`, e);
   }
   if (entropy < MIN_ENTROPY_BITS) {
-    throw new GraftError('IMAGE', `${name}: blank or placeholder image (grey-level entropy ${entropy.toFixed(2)} bits)`, {
-      file: name,
-      entropy,
-    });
+    throw fail(`blank or placeholder image (grey-level entropy ${entropy.toFixed(2)} bits)`);
   }
   return pixels;
 }

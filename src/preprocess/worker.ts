@@ -1,5 +1,6 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import sharp from 'sharp';
+import { GraftError } from '../errors.js';
 import type { PretrainedConfig } from './config.js';
 import { decodeImage, normalizeInto } from './image.js';
 
@@ -27,7 +28,9 @@ port.on('message', async ({ id, file, bytes, target, offset }: WorkerRequest) =>
     normalizeInto(await decodeImage(bytes ?? file, config, file), config, target, offset);
     reply = { id, ok: true };
   } catch (e) {
-    reply = { id, ok: false, reason: e instanceof Error ? e.message : String(e) };
+    // The caller knows the file: report the reason alone.
+    const reason = e instanceof GraftError && typeof e.context.reason === 'string' ? e.context.reason : e instanceof Error ? e.message : String(e);
+    reply = { id, ok: false, reason };
   }
   port.postMessage(reply);
 });

@@ -43,7 +43,10 @@ export interface FitOptions {
   schedule: 'constant' | 'cosine';
 }
 
-export const DEFAULT_FIT: FitOptions = { epochs: 60, lr: 1e-3, batchSize: 32, weightDecay: 1e-2, patience: 8, seed: 0, schedule: 'cosine' };
+export const DEFAULT_FIT: FitOptions = { epochs: 60, lr: 3e-4, batchSize: 32, weightDecay: 0.3, patience: 8, seed: 0, schedule: 'cosine' };
+
+/** Measured defaults per head (bench/heads.ts): the wide MLP wants a lower rate than the linear head. */
+export const DEFAULT_LR: Record<HeadSpec['kind'], number> = { mlp: 3e-4, linear: 1e-3 };
 
 export interface EpochRecord {
   epoch: number;
