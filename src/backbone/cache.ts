@@ -4,6 +4,7 @@
  * an image was unusable, so a broken file is not decoded again). Writes are atomic (temp file + rename).
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -64,10 +65,22 @@ export class FeatureCache {
     }
   }
 
-  async write(hash: string, features: Float32Array): Promise<void> {
-    await this.ensure(hash);
-    const bytes = new Uint8Array(features.buffer, features.byteOffset, features.byteLength);
-    await writeFileAtomic(this.path(hash, 'f32'), bytes);
+  /**
+   * Writes one batch of entries with synchronous calls: the extraction loop has nothing else to do meanwhile,
+   * and a round trip through the thread pool per file cost more CPU than the writes themselves.
+   */
+  writeBatch(entries: ReadonlyArray<{ hash: string; features: Float32Array }>): void {
+    for (const { hash, features } of entries) {
+      const sub = hash.slice(0, 2);
+      if (!this.made.has(sub)) {
+        mkdirSync(join(this.dir, sub), { recursive: true });
+        this.made.add(sub);
+      }
+      const path = this.path(hash, 'f32');
+      const tmp = `${path}.${process.pid}.tmp`;
+      writeFileSync(tmp, new Uint8Array(features.buffer, features.byteOffset, features.byteLength));
+      renameSync(tmp, path);
+    }
   }
 
   async writeSkip(hash: string, reason: string): Promise<void> {

@@ -29,6 +29,8 @@ export interface ExtractOptions {
   decodeThreads?: number;
   /** ONNX Runtime intra-op threads (default: the number of cores). */
   inferThreads?: number;
+  /** Let ONNX Runtime's idle threads spin-wait (default false: decoding needs those cores). */
+  spin?: boolean;
 }
 
 export interface ExtractResult {
@@ -132,6 +134,7 @@ export class FeatureExtractor {
       itemShape: shape,
       maxBatch: this.batchSize,
       threads: options.inferThreads ?? cores,
+      spin: options.spin ?? false,
     });
     const root = options.cacheDir === undefined ? defaultCacheDir() : options.cacheDir;
     this.cache = root === false ? undefined : new FeatureCache(root, backbone.key, backbone.config.featureDim);
@@ -177,6 +180,7 @@ export class FeatureExtractor {
         const results = await Promise.all(loads);
         const output = await this.infer.run(s.input, rows.length);
         const writes: Promise<void>[] = [];
+        const entries: Array<{ hash: string; features: Float32Array }> = [];
         results.forEach((r, i) => {
           const row = rows[i]!;
           if (!r.ok) {
@@ -189,8 +193,9 @@ export class FeatureExtractor {
           valid[row] = 1;
           extracted++;
           progress.done++;
-          if (this.cache) writes.push(this.cache.write(hashes[i]!, f));
+          entries.push({ hash: hashes[i]!, features: f });
         });
+        this.cache?.writeBatch(entries);
         await Promise.all(writes);
         report();
       })();

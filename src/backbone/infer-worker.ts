@@ -13,6 +13,8 @@ export interface InferWorkerData {
   itemShape: number[];
   maxBatch: number;
   threads: number;
+  /** Let idle intra-op threads spin (fastest when nothing else needs the cores). */
+  spin: boolean;
 }
 export type InferRequest = { id: number; input: Float32Array; n: number };
 export type InferReply = { id: number; output: Float32Array } | { id: number; error: string };
@@ -26,6 +28,8 @@ const session = await ort.InferenceSession.create(data.model, {
   intraOpNumThreads: data.threads,
   interOpNumThreads: 1,
   graphOptimizationLevel: 'all',
+  // Decoding shares the cores: idle ONNX Runtime threads must sleep, not spin.
+  ...(data.spin ? {} : { extra: { session: { intra_op: { allow_spinning: '0' } } } }),
 });
 
 async function handle(req: InferRequest): Promise<void> {
