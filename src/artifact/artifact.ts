@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { writeFileAtomic } from '../backbone/cache.js';
+import { writeFileAtomic } from '../util/fs.js';
 import { GraftError } from '../errors.js';
 import type { Metrics } from '../evaluate/metrics.js';
 import type { HeadSpec } from '../head/head.js';

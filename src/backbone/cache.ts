@@ -3,11 +3,12 @@
  * per image content hash: `<root>/features/<key>/<hh>/<sha256>.f32` (raw float32 LE) or `.skip` (the reason
  * an image was unusable, so a broken file is not decoded again). Writes are atomic (temp file + rename).
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { writeFileAtomic } from '../util/fs.js';
 
 /** `$GRAFT_CACHE`, else `~/.cache/graft`. */
 export function defaultCacheDir(): string {
@@ -16,13 +17,6 @@ export function defaultCacheDir(): string {
 
 export function contentHash(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
-}
-
-/** Writes a file so that readers see either the old content or the new, never a partial file. */
-export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-  await writeFile(tmp, data);
-  await rename(tmp, path);
 }
 
 export type CacheEntry = { kind: 'features' } | { kind: 'skip'; reason: string } | { kind: 'miss' };

@@ -3,9 +3,9 @@
  * document with --json); progress and notices go to stderr.
  */
 import { basename, join, relative, resolve } from 'node:path';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { GraftModel } from '../artifact/model.js';
-import { writeFileAtomic } from '../backbone/cache.js';
+import { writeFileAtomic } from '../util/fs.js';
 import { scanLabelledFolder, type Skipped } from '../data/dataset.js';
 import { GraftError } from '../errors.js';
 import { argmaxRows, computeMetrics, crossEntropy, type Metrics } from '../evaluate/metrics.js';
@@ -14,9 +14,9 @@ import { Learner } from '../learner.js';
 import { VERSION } from '../version.js';
 import { createProgress } from './progress.js';
 
-const int = (name: string) => (v: string) => {
+const int = (name: string, min = 0) => (v: string) => {
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a non-negative integer, got "${v}"`);
+  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer ≥ ${min}, got "${v}"`);
   return n;
 };
 const positive = (name: string) => (v: string) => {
@@ -194,9 +194,9 @@ export function program(): Command {
     .option('--cut <tensor>', 'tensor to cut the model at (default: the input of its last global pooling)')
     .option('--out <dir>', 'output directory for model.onnx and graft.json', 'graft-model')
     .addOption(new Option('--head <kind>', 'new classifier head').choices(['mlp', 'linear']).default('mlp'))
-    .option('--epochs <n>', 'maximum training epochs', int('--epochs'))
+    .option('--epochs <n>', 'maximum training epochs', int('--epochs', 1))
     .option('--lr <x>', 'learning rate', positive('--lr'))
-    .option('--batch-size <n>', 'training batch size', int('--batch-size'))
+    .option('--batch-size <n>', 'training batch size', int('--batch-size', 1))
     .option('--weight-decay <x>', 'decoupled weight decay', Number)
     .option('--patience <n>', 'early-stopping patience in epochs (0: off)', int('--patience'))
     .option('--val-split <f>', 'validation fraction when DATA has no val folder', fraction, undefined)
@@ -217,7 +217,7 @@ export function program(): Command {
     .description('classify images with an exported model')
     .argument('<model-dir>', 'directory written by graft train')
     .argument('<images...>', 'image files')
-    .option('--top-k <k>', 'number of ranked classes per image', int('--top-k'), 5)
+    .option('--top-k <k>', 'number of ranked classes per image', int('--top-k', 1), 5)
     .option('--json', 'print one JSON document on stdout', false)
     .action((modelDir: string, images: string[], flags: { topK: number; json: boolean }) => predict(modelDir, images, flags));
   return cmd;
@@ -225,10 +225,27 @@ export function program(): Command {
 
 export async function main(argv: string[]): Promise<void> {
   const json = argv.includes('--json');
+  const cmd = program();
+  // Commander's own parse errors become USAGE errors (exit 2, and a JSON document with --json).
+  const quietUsage = (c: Command) => {
+    c.exitOverride().configureOutput({ writeErr: (s) => (json ? undefined : process.stderr.write(s)) });
+    c.commands.forEach(quietUsage);
+  };
+  quietUsage(cmd);
   try {
-    await program().parseAsync(argv);
+    await cmd.parseAsync(argv);
   } catch (e) {
-    const err = e instanceof GraftError ? e : new GraftError('TRAIN', (e as Error).message ?? String(e), {}, { cause: e });
+    if (e instanceof CommanderError) {
+      if (e.exitCode === 0) return; // --help, --version
+      if (!json) {
+        process.exitCode = 2;
+        return; // commander already printed the message and the help hint
+      }
+    }
+    const err =
+      e instanceof GraftError ? e
+      : e instanceof CommanderError ? new GraftError('USAGE', e.message.replace(/^error: /, ''))
+      : new GraftError('TRAIN', (e as Error).message ?? String(e), {}, { cause: e });
     if (json) emitJson({ error: { code: err.code, message: err.message } });
     process.stderr.write(`graft: error: ${err.message}\n`);
     if (process.env.GRAFT_DEBUG && e instanceof Error) process.stderr.write(`${e.stack}\n`);
