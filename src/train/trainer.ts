@@ -177,7 +177,7 @@ export async function trainHead(
     for (let epoch = 0; epoch < options.epochs; epoch++) {
       const started = performance.now();
       state.epoch = epoch;
-      opt.lr = options.schedule === 'cosine' ? (options.lr * (1 + Math.cos((Math.PI * epoch) / options.epochs))) / 2 : options.lr;
+      opt.setLr(options.schedule === 'cosine' ? (options.lr * (1 + Math.cos((Math.PI * epoch) / options.epochs))) / 2 : options.lr);
       emit('beforeEpoch');
       rng.shuffle(order);
       let lossSum = 0;
