@@ -92,10 +92,17 @@ const NON_DIFFERENTIABLE_OPS = new Set([
 const INDEX_INPUTS: Readonly<Record<string, readonly number[]>> = {
   Reshape: [1], Expand: [1], Squeeze: [1], Unsqueeze: [1], ReduceSum: [1], ReduceMean: [1],
   SoftmaxCrossEntropyLoss: [1], Dropout: [1, 2], Tile: [1], Slice: [1, 2, 3, 4], Gather: [1], OneHot: [0, 1],
+  ReduceMax: [1], ReduceMin: [1], Pad: [1, 3],
+  // Running statistics: in inference mode they are frozen buffers, in training mode they do not reach Y.
+  BatchNormalization: [3, 4],
 };
 
 /** Output positions that carry no gradient. */
-const INDEX_OUTPUTS: Readonly<Record<string, readonly number[]>> = { Dropout: [1] };
+const INDEX_OUTPUTS: Readonly<Record<string, readonly number[]>> = {
+  Dropout: [1],
+  MaxPool: [1], // Indices
+  BatchNormalization: [1, 2], // running_mean / running_var updates (training mode)
+};
 
 function isDifferentiableNode(node: NodeProto): boolean {
   const op = node.opType ?? '';
@@ -156,6 +163,272 @@ function logSoftmaxBackward(c: GradContext, dy: string, logp: string, axis: numb
   const s = c.emit('ReduceSum', [dy, c.ints([axis])], { keepdims: 1 });
   return c.emit('Sub', [dy, c.emit('Mul', [c.emit('Exp', [logp]), s])]);
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers for convolution, pooling, normalisation and indexing rules
+// ---------------------------------------------------------------------------------------------------
+
+const isSize = (d: Dim | undefined): d is number => typeof d === 'number' && d >= 0;
+const range = (from: number, to: number) => Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
+
+function refuse(c: GradContext, why: string): never {
+  throw new GraftError('MODEL', `${c.op} node ${c.node.name}: ${why}`, { node: c.node.name, op: c.op });
+}
+
+/**
+ * A 1-D int64 shape tensor from constant sizes and dynamic parts (1-D int64 tensors): a constant when all
+ * parts are numbers, else a Concat.
+ */
+function shapeVec(c: GradContext, parts: ReadonlyArray<number | string>): string {
+  if (parts.every((p) => typeof p === 'number')) return c.ints(parts as number[]);
+  const pieces: string[] = [];
+  let run: number[] = [];
+  for (const p of parts) {
+    if (typeof p === 'number') {
+      run.push(p);
+      continue;
+    }
+    if (run.length) pieces.push(c.ints(run));
+    run = [];
+    pieces.push(p);
+  }
+  if (run.length) pieces.push(c.ints(run));
+  return c.emit('Concat', pieces, { axis: 0 });
+}
+
+/** Dims [from, to) of forward tensor t: numbers when all are static, else one 1-D slice of Shape(t). */
+function dimsOf(c: GradContext, t: string, from: number, to: number): number[] | string {
+  const part = c.staticShape(t)?.slice(from, to);
+  if (part && part.length === to - from && part.every(isSize)) return part as number[];
+  return c.emit('Slice', [c.shapeOf(t), c.ints([from]), c.ints([to]), c.ints([0])]);
+}
+
+const parts = (d: number[] | string): Array<number | string> => (typeof d === 'string' ? [d] : d);
+
+/** A tensor of the gradient type filled with `value`, shaped by a 1-D int64 shape tensor. */
+function filled(c: GradContext, shape: string, value: number): string {
+  const v = c.elemType === DataType.DOUBLE ? Float64Array.of(value) : Float32Array.of(value);
+  return c.emit('ConstantOfShape', [shape], { value: tensor('', v, [1]) });
+}
+
+function int64Scalar(c: GradContext, v: number): string {
+  return c.builder.constant('grad_i64', BigInt64Array.of(BigInt(v)), []);
+}
+
+/** Σ over `axes` (keepdims) divided by the number of elements summed: a ReduceMean that needs no opset 18. */
+function meanOver(c: GradContext, t: string, axes: readonly number[], count: string): string {
+  return c.emit('Div', [c.emit('ReduceSum', [t, c.ints(axes)], { keepdims: 1 }), count]);
+}
+
+/** How many elements of forward tensor x a reduction over `axes` sums into each output element. */
+function countOver(c: GradContext, x: string, axes: readonly number[], reduced: string): string {
+  const s = c.staticShape(x);
+  if (s) {
+    const ds = axes.map((a) => s[a < 0 ? a + s.length : a]);
+    if (ds.every(isSize)) return c.scalar((ds as number[]).reduce((a, b) => a * b, 1));
+  }
+  const size = (t: string) => c.emit('Cast', [c.emit('Size', [t])], { to: c.elemType });
+  return c.emit('Div', [size(x), size(reduced)]);
+}
+
+/**
+ * Scatters `updates` into zeros shaped like forward tensor x, at flat (row-major) element indices `flatIdx`
+ * (any shape, same element count as updates); `add` sums duplicates.
+ */
+function scatterFlat(c: GradContext, x: string, flatIdx: string, updates: string, add: boolean): string {
+  const s = c.staticShape(x);
+  const size = s && s.every(isSize) ? c.ints([(s as number[]).reduce((a, b) => a * b, 1)]) : c.emit('Reshape', [c.emit('Size', [x]), c.ints([1])]);
+  const flat = (t: string) => c.emit('Reshape', [t, c.ints([-1])]);
+  const out = c.emit('ScatterElements', [filled(c, size, 0), flat(flatIdx), flat(updates)], { axis: 0, reduction: add ? 'add' : undefined });
+  return c.reshapeLike(out, x);
+}
+
+/** Geometry of a convolution or pooling window over the spatial axes of x. */
+interface Window {
+  rank: number;
+  /** Kernel sizes, undefined where unknown (a Conv weight of unknown shape without kernel_shape). */
+  kernel: Array<number | undefined>;
+  strides: number[];
+  dilations: number[];
+  /** Explicit pads [begin…, end…] (auto_pad resolved). */
+  pads: number[];
+}
+
+function windowOf(c: GradContext, x: string, kernel: Array<number | undefined>): Window {
+  const rank = kernel.length;
+  const strides = c.attrInts('strides') ?? kernel.map(() => 1);
+  const dilations = c.attrInts('dilations') ?? kernel.map(() => 1);
+  const autoPad = c.attrString('auto_pad', 'NOTSET');
+  let pads = c.attrInts('pads') ?? Array<number>(2 * rank).fill(0);
+  if (autoPad === 'VALID') pads = Array<number>(2 * rank).fill(0);
+  else if (autoPad === 'SAME_UPPER' || autoPad === 'SAME_LOWER') {
+    const spatial = c.staticShape(x)?.slice(2);
+    pads = Array<number>(2 * rank).fill(0);
+    for (let i = 0; i < rank; i++) {
+      const [h, k] = [spatial?.[i], kernel[i]];
+      if (!isSize(h) || k === undefined) {
+        refuse(c, `auto_pad ${autoPad} needs the static spatial size of input ${x} and of the kernel to compute its gradient; export the model with explicit pads or give appendGradients its shape`);
+      }
+      const total = Math.max(0, (Math.ceil(h / strides[i]!) - 1) * strides[i]! + (k - 1) * dilations[i]! + 1 - h);
+      const head = autoPad === 'SAME_UPPER' ? Math.floor(total / 2) : Math.ceil(total / 2);
+      pads[i] = head;
+      pads[i + rank] = total - head;
+    }
+  } else if (autoPad !== 'NOTSET') refuse(c, `unknown auto_pad ${autoPad}`);
+  return { rank, kernel, strides, dilations, pads };
+}
+
+/** Spatial sizes a window's input had, and its output has, when static. */
+function windowSizes(c: GradContext, x: string, win: Window): { h: number; span: number; out: number }[] | undefined {
+  const spatial = c.staticShape(x)?.slice(2);
+  if (!spatial || spatial.length !== win.rank || !spatial.every(isSize) || !win.kernel.every((k) => k !== undefined)) return undefined;
+  return (spatial as number[]).map((h, i) => {
+    const span = h + win.pads[i]! + win.pads[i + win.rank]! - ((win.kernel[i]! - 1) * win.dilations[i]! + 1);
+    return { h, span, out: Math.floor(span / win.strides[i]!) + 1 };
+  });
+}
+
+/**
+ * The input gradient of a convolution: ConvTranspose(dy, w) cropped or zero-extended to x's spatial size.
+ * With x's spatial sizes static, ConvTranspose's own pads and output_padding do it; otherwise a Pad with
+ * negative begin pads (crop) and end pads computed from Shape(x) follows an unpadded ConvTranspose.
+ */
+function convTransposeTo(c: GradContext, dy: string, w: string, x: string, win: Window, group: number): string {
+  const attrs = { strides: win.strides, dilations: win.dilations, group: group === 1 ? undefined : group };
+  const sizes = windowSizes(c, x, win);
+  if (sizes) {
+    // The rows the strided windows never reach get output_padding: (H + pads − dk) mod stride.
+    const outputPadding = sizes.map((s, i) => s.span - (s.out - 1) * win.strides[i]!);
+    return c.emit('ConvTranspose', [dy, w], { ...attrs, pads: win.pads, output_padding: outputPadding.some((v) => v) ? outputPadding : undefined });
+  }
+  const r = win.rank;
+  const full = c.emit('ConvTranspose', [dy, w], attrs);
+  const begin = win.pads.slice(0, r);
+  const fullSpatial = c.emit('Slice', [c.emit('Shape', [full]), c.ints([2]), c.ints([2 + r]), c.ints([0])]);
+  const xSpatial = dimsOf(c, x, 2, 2 + r);
+  const end = c.emit('Add', [c.emit('Sub', [typeof xSpatial === 'string' ? xSpatial : c.ints(xSpatial), fullSpatial]), c.ints(begin)]);
+  return c.emit('Pad', [full, shapeVec(c, [0, 0, ...begin.map((p) => -p), 0, 0, end])]);
+}
+
+/**
+ * The weight gradient of a convolution, dW[m, c', k] = Σ_n Σ_o dY[n, m, o]·Xpad[n, g(m)·Cg + c', o·s + k·d],
+ * as one Conv that swaps the roles of batch and channels: X regrouped to (Cg, g·N, spatial) is the input,
+ * dY transposed to (M, N, out) the weights (group = g), with strides and dilations exchanged. The result
+ * (Cg, M, kk) is cropped to the kernel and transposed to (M, Cg, k). Only `group` must be static.
+ */
+function convWeightGrad(c: GradContext, x: string, dy: string, w: string, win: Window, group: number): string {
+  const r = win.rank;
+  const swap01 = [1, 0, ...range(2, 2 + r)];
+  let xt: string;
+  if (group === 1) xt = c.emit('Transpose', [x], { perm: swap01 });
+  else {
+    const spatial = parts(dimsOf(c, x, 2, 2 + r));
+    const x5 = c.emit('Reshape', [x, shapeVec(c, [0, group, -1, ...spatial])]); // (N, g, Cg, sp)
+    const t5 = c.emit('Transpose', [x5], { perm: [2, 1, 0, ...range(3, 3 + r)] }); // (Cg, g, N, sp)
+    xt = c.emit('Reshape', [t5, shapeVec(c, [0, -1, ...spatial])]); // (Cg, g·N, sp)
+  }
+  const dyt = c.emit('Transpose', [dy], { perm: swap01 }); // (M, N, out)
+  const full = c.emit('Conv', [xt, dyt], { strides: win.dilations, dilations: win.strides, pads: win.pads, group: group === 1 ? undefined : group });
+  // The correlation covers (H + pads − (out−1)·s − 1) / d + 1 ≥ k taps: keep the first k.
+  const sizes = windowSizes(c, x, win);
+  const exact = sizes?.every((s, i) => Math.floor((s.span + ((win.kernel[i]! - 1) * win.dilations[i]!) - (s.out - 1) * win.strides[i]!) / win.dilations[i]!) + 1 === win.kernel[i]);
+  let cropped = full;
+  if (!exact) {
+    const k = win.kernel.every((v) => v !== undefined) ? (win.kernel as number[]) : dimsOf(c, w, 2, 2 + r);
+    cropped = c.emit('Slice', [full, c.ints(Array<number>(r).fill(0)), typeof k === 'string' ? k : c.ints(k), c.ints(range(2, 2 + r))]);
+  }
+  return c.emit('Transpose', [cropped], { perm: swap01 });
+}
+
+/** A [C] vector reshaped to broadcast along axis 1 of a rank-`rank` tensor. */
+function perChannel(c: GradContext, v: string, rank: number): string {
+  return rank <= 2 ? v : c.emit('Unsqueeze', [v, c.ints(range(1, rank - 1))]);
+}
+
+function batchNormGrad(c: GradContext): (string | null)[] {
+  const [x0, scale] = [c.inputs[0]!, c.inputs[1]!];
+  const eps = c.attrFloat('epsilon', 1e-5);
+  const training = c.attrInt('training_mode', 0) === 1;
+  // Rank unknown: work on an (N, C, L) view and reshape dX back at the end.
+  const known = c.staticShape(x0)?.length;
+  const rank = known ?? 3;
+  const view = (t: string) => (known === undefined ? c.emit('Reshape', [t, c.ints([0, 0, -1])]) : t);
+  const x = view(x0);
+  const dy = view(c.dy);
+  const axes = [0, ...range(2, rank)];
+  const nulls = [null, null].slice(0, c.inputs.length - 3);
+  let rstd: string; // broadcastable along axis 1
+  let count = '';
+  let centered: string;
+  if (training) {
+    // Batch statistics (population variance), recomputed: opset 15's node does not output them.
+    const mu0 = c.emit('ReduceSum', [x, c.ints(axes)], { keepdims: 1 });
+    count = countOver(c, x0, axes, mu0);
+    const mu = c.emit('Div', [mu0, count]);
+    centered = c.emit('Sub', [x, mu]);
+    const variance = meanOver(c, c.emit('Mul', [centered, centered]), axes, count);
+    rstd = c.emit('Reciprocal', [c.emit('Sqrt', [c.emit('Add', [variance, c.scalar(eps)])])]);
+  } else {
+    const [mean, variance] = [c.inputs[3]!, c.inputs[4]!];
+    rstd = perChannel(c, c.emit('Reciprocal', [c.emit('Sqrt', [c.emit('Add', [variance, c.scalar(eps)])])]), rank);
+    centered = c.emit('Sub', [x, perChannel(c, mean, rank)]);
+  }
+  const xhat = c.emit('Mul', [centered, rstd]);
+  const needXhat = c.needs(1) || (training && c.needs(0));
+  const sumDyXhat = needXhat ? c.emit('ReduceSum', [c.emit('Mul', [dy, xhat]), c.ints(axes)], { keepdims: 1 }) : '';
+  const sumDy = c.needs(2) || (training && c.needs(0)) ? c.emit('ReduceSum', [dy, c.ints(axes)], { keepdims: 1 }) : '';
+  let dx: string | null = null;
+  if (c.needs(0)) {
+    const gain = c.emit('Mul', [perChannel(c, scale, rank), rstd]);
+    if (training) {
+      // dX = scale·rstd·(dY − mean(dY) − x̂·mean(dY·x̂))
+      const inner = c.emit('Sub', [c.emit('Sub', [dy, c.emit('Div', [sumDy, count])]), c.emit('Mul', [xhat, c.emit('Div', [sumDyXhat, count])])]);
+      dx = c.emit('Mul', [inner, gain]);
+    } else dx = c.emit('Mul', [dy, gain]);
+    if (known === undefined) dx = c.reshapeLike(dx, x0);
+  }
+  const vec = (t: string) => c.emit('Reshape', [t, c.ints([-1])]);
+  return [dx, c.needs(1) ? vec(sumDyXhat) : null, c.needs(2) ? vec(sumDy) : null, ...nulls];
+}
+
+function layerNormGrad(c: GradContext): (string | null)[] {
+  if (c.dys[1] || c.dys[2]) refuse(c, 'gradients through the Mean and InvStdDev outputs are not supported');
+  const [x, scale, bias] = [c.inputs[0]!, c.inputs[1]!, c.inputs[2]];
+  const axis = c.attrInt('axis', -1);
+  const eps = c.attrFloat('epsilon', 1e-5);
+  const rank = c.staticShape(x)?.length;
+  if (axis >= 0 && rank === undefined) refuse(c, `axis ${axis} needs the rank of input ${x}`);
+  const axes = axis < 0 ? range(axis, 0) : range(axis, rank!);
+  const mu0 = c.emit('ReduceSum', [x, c.ints(axes)], { keepdims: 1 });
+  const count = countOver(c, x, axes, mu0);
+  const centered = c.emit('Sub', [x, c.emit('Div', [mu0, count])]);
+  const variance = meanOver(c, c.emit('Mul', [centered, centered]), axes, count);
+  const rstd = c.emit('Reciprocal', [c.emit('Sqrt', [c.emit('Add', [variance, c.scalar(eps)])])]);
+  const xhat = c.emit('Mul', [centered, rstd]);
+  let dx: string | null = null;
+  if (c.needs(0)) {
+    // dX = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dY·scale
+    const g = c.emit('Mul', [c.dy, scale]);
+    const inner = c.emit('Sub', [c.emit('Sub', [g, meanOver(c, g, axes, count)]), c.emit('Mul', [xhat, meanOver(c, c.emit('Mul', [g, xhat]), axes, count)])]);
+    dx = c.emit('Mul', [inner, rstd]);
+  }
+  const out: (string | null)[] = [dx, c.needs(1) ? c.unbroadcast(c.emit('Mul', [c.dy, xhat]), scale) : null];
+  if (bias !== undefined) out.push(bias && c.needs(2) ? c.unbroadcast(c.dy, bias) : null);
+  return out;
+}
+
+/** ReduceMax / ReduceMin: the gradient goes to the elements equal to the extreme, split evenly among ties. */
+const reduceExtremeGrad: GradRule = (c) => {
+  const rest = c.inputs.slice(1).map(() => null);
+  if (reducesNothing(c)) return [c.dy, ...rest];
+  const x = c.inputs[0]!;
+  const axesAttr = c.attrInts('axes');
+  const axes = c.inputs[1] || (axesAttr && axesAttr.length > 0 ? c.ints(axesAttr) : '');
+  const keep = (t: string) => (c.attrInt('keepdims', 1) === 0 && axes ? c.emit('Unsqueeze', [t, axes]) : t);
+  const mask = c.emit('Cast', [c.emit('Equal', [x, keep(c.outputs[0]!)])], { to: c.elemType });
+  const ties = c.emit('ReduceSum', axes ? [mask, axes] : [mask], { keepdims: 1 });
+  return [c.emit('Mul', [mask, c.emit('Div', [keep(c.dy), ties])]), ...rest];
+};
 
 export const GRAD_RULES: Record<string, GradRule> = {
   Identity: passThrough,
@@ -353,6 +626,178 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const dz = parts.length === 1 ? parts[0]! : c.emit('Sum', parts);
     return [dz, ...c.inputs.slice(1).map(() => null)];
   },
+  // Convolution and pooling (2-D and any other spatial rank)
+  Conv: (c) => {
+    const [x, w, b] = [c.inputs[0]!, c.inputs[1]!, c.inputs[2]];
+    const kernelAttr = c.attrInts('kernel_shape');
+    const ws = c.staticShape(w);
+    const rank = kernelAttr?.length ?? (ws ? ws.length - 2 : (c.staticShape(x)?.length ?? 0) - 2);
+    if (rank < 1) refuse(c, `the ranks of ${x} and ${w} are unknown`);
+    const kernel = kernelAttr ?? range(0, rank).map((i) => (isSize(ws?.[i + 2]) ? (ws![i + 2] as number) : undefined));
+    const win = windowOf(c, x, kernel);
+    const group = c.attrInt('group', 1);
+    const out: (string | null)[] = [
+      c.needs(0) ? convTransposeTo(c, c.dy, w, x, win, group) : null,
+      c.needs(1) ? convWeightGrad(c, x, c.dy, w, win, group) : null,
+    ];
+    if (b !== undefined) out.push(b && c.needs(2) ? c.emit('ReduceSum', [c.dy, c.ints([0, ...range(2, 2 + rank)])], { keepdims: 0 }) : null);
+    return out;
+  },
+  MaxPool: (c) => {
+    // The forward's Indices (flat positions in x, batch and channel included) route dY back; duplicates
+    // (overlapping windows) are summed.
+    const x = c.inputs[0]!;
+    if (c.attrInt('storage_order', 0) !== 0) refuse(c, 'storage_order 1 (column-major Indices) is not supported');
+    let indices = c.outputs[1];
+    if (!indices) {
+      indices = c.builder.node('MaxPool', [x], {}, { outputs: 2 })[1]!;
+      c.builder.nodes[c.builder.nodes.length - 1]!.attribute = [...(c.node.attribute ?? [])];
+    }
+    return [scatterFlat(c, x, indices, c.dy, true)];
+  },
+  AveragePool: (c) => {
+    // dX = ConvTranspose of dY/count with a ones kernel, one channel at a time: dY viewed as (N·C, 1, out).
+    const x = c.inputs[0]!;
+    const kernel = c.attrInts('kernel_shape');
+    if (!kernel) refuse(c, 'kernel_shape is missing');
+    const win = windowOf(c, x, kernel);
+    if (c.attrInt('ceil_mode', 0) === 1) {
+      const sizes = windowSizes(c, x, win);
+      const same = sizes?.every((s, i) => s.span % win.strides[i]! === 0);
+      if (!same) refuse(c, 'ceil_mode 1 is only supported where it gives the same output size as ceil_mode 0 (static shapes)');
+    }
+    const taps = kernel.reduce((a, b) => a * b, 1);
+    let g: string;
+    if (c.attrInt('count_include_pad', 0) === 0 && win.pads.some((p) => p > 0)) {
+      // Divisor = taps inside the input: taps·AveragePool(ones) with padding counted.
+      const ones = filled(c, shapeVec(c, [1, 1, ...parts(dimsOf(c, x, 2, 2 + win.rank))]), 1);
+      const fraction = c.emit('AveragePool', [ones], {
+        kernel_shape: kernel, strides: win.strides, pads: win.pads, count_include_pad: 1, dilations: c.attrInts('dilations'),
+      });
+      g = c.emit('Div', [c.dy, c.emit('Mul', [fraction, c.scalar(taps)])]);
+    } else g = c.emit('Mul', [c.dy, c.scalar(1 / taps)]);
+    const perPlane = c.emit('Reshape', [g, c.ints([-1, 1, ...kernel.map(() => 0)])]);
+    const onesKernel = c.builder.constant('avgpool_kernel', c.elemType === DataType.DOUBLE ? new Float64Array(taps).fill(1) : new Float32Array(taps).fill(1), [1, 1, ...kernel]);
+    return [c.reshapeLike(convTransposeTo(c, perPlane, onesKernel, x, win, 1), x)];
+  },
+
+  // Normalisation
+  BatchNormalization: batchNormGrad,
+  LayerNormalization: layerNormGrad,
+
+  // Activations
+  HardSigmoid: unary((c, _x, y) => {
+    // y = clip(alpha·x + beta, 0, 1): slope alpha strictly inside
+    const inside = c.emit('And', [c.emit('Greater', [y, c.scalar(0)]), c.emit('Less', [y, c.scalar(1)])]);
+    return c.emit('Where', [inside, c.emit('Mul', [c.dy, c.scalar(c.attrFloat('alpha', 0.2))]), c.scalar(0)]);
+  }),
+  HardSwish: unary((c, x) => {
+    // y = x·clip(x/6 + 1/2, 0, 1): 0 below −3, 1 above 3, x/3 + 1/2 between
+    const mid = c.emit('Mul', [c.dy, c.emit('Add', [c.emit('Mul', [x, c.scalar(1 / 3)]), c.scalar(0.5)])]);
+    const upper = c.emit('Where', [c.emit('Greater', [x, c.scalar(3)]), c.dy, mid]);
+    return c.emit('Where', [c.emit('Less', [x, c.scalar(-3)]), c.scalar(0), upper]);
+  }),
+  Erf: unary((c, x) => c.emit('Mul', [c.dy, c.emit('Mul', [c.scalar(2 / Math.sqrt(Math.PI)), c.emit('Exp', [c.emit('Neg', [c.emit('Mul', [x, x])])])])])),
+  Gelu: unary((c, x) => {
+    const approximate = c.attrString('approximate', 'none');
+    const x2 = c.emit('Mul', [x, x]);
+    if (approximate === 'tanh') {
+      // y = x/2·(1 + tanh(u)), u = √(2/π)·(x + 0.044715·x³): y' = (1 + t)/2 + x/2·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)
+      const k = Math.sqrt(2 / Math.PI);
+      const u = c.emit('Mul', [c.emit('Mul', [x, c.emit('Add', [c.scalar(1), c.emit('Mul', [x2, c.scalar(0.044715)])])]), c.scalar(k)]);
+      const t = c.emit('Tanh', [u]);
+      const du = c.emit('Mul', [c.emit('Add', [c.scalar(1), c.emit('Mul', [x2, c.scalar(3 * 0.044715)])]), c.scalar(k)]);
+      const sech2 = c.emit('Sub', [c.scalar(1), c.emit('Mul', [t, t])]);
+      const d = c.emit('Add', [c.emit('Mul', [c.emit('Add', [c.scalar(1), t]), c.scalar(0.5)]), c.emit('Mul', [c.emit('Mul', [x, c.scalar(0.5)]), c.emit('Mul', [sech2, du])])]);
+      return c.emit('Mul', [c.dy, d]);
+    }
+    if (approximate !== 'none') refuse(c, `unknown approximate ${approximate}`);
+    // y = x·Φ(x): y' = Φ(x) + x·φ(x)
+    const cdf = c.emit('Mul', [c.emit('Add', [c.emit('Erf', [c.emit('Mul', [x, c.scalar(Math.SQRT1_2)])]), c.scalar(1)]), c.scalar(0.5)]);
+    const pdf = c.emit('Mul', [c.emit('Exp', [c.emit('Mul', [x2, c.scalar(-0.5)])]), c.scalar(1 / Math.sqrt(2 * Math.PI))]);
+    return c.emit('Mul', [c.dy, c.emit('Add', [cdf, c.emit('Mul', [x, pdf])])]);
+  }),
+
+  // Indexing and padding
+  Slice: (c) => {
+    const [x, starts, ends, axes, steps] = [c.inputs[0]!, c.inputs[1], c.inputs[2], c.inputs[3], c.inputs[4]];
+    const rest = c.inputs.slice(1).map(() => null);
+    if (!starts || !ends) refuse(c, 'Slice with starts/ends attributes (opset < 10) is not supported');
+    const constant = (t: string | undefined) => {
+      const init = t ? c.initializer(t) : undefined;
+      return init ? Array.from(tensorToFloat32(init)) : undefined;
+    };
+    const [st, en] = [constant(starts), constant(ends)];
+    const ax = axes ? constant(axes) : st?.map((_, i) => i);
+    const sp = steps ? constant(steps) : st?.map(() => 1);
+    const shape = c.staticShape(x);
+    if (st && en && ax && sp && shape && sp.every((v) => v === 1)) {
+      // Unit steps, constant bounds, static sizes: the gradient is dY zero-padded back to x's shape.
+      const rank = shape.length;
+      const pads = Array<number>(2 * rank).fill(0);
+      const ok = ax.every((a0, i) => {
+        const a = a0 < 0 ? a0 + rank : a0;
+        const d = shape[a];
+        if (!isSize(d)) return false;
+        const clamp = (v: number) => Math.min(Math.max(v < 0 ? v + d : v, 0), d);
+        const s = clamp(st[i]!);
+        pads[a] = s;
+        pads[a + rank] = d - Math.max(clamp(en[i]!), s);
+        return true;
+      });
+      if (ok) return [c.emit('Pad', [c.dy, c.ints(pads)]), ...rest];
+    }
+    // General (any steps, dynamic bounds): slice a grid of flat indices the same way and scatter dY there.
+    const grid = c.emit('Reshape', [c.emit('Range', [int64Scalar(c, 0), c.emit('Size', [x]), int64Scalar(c, 1)]), c.shapeOf(x)]);
+    const picked = c.emit('Slice', [grid, ...c.inputs.slice(1)]);
+    return [scatterFlat(c, x, picked, c.dy, false), ...rest];
+  },
+  Gather: (c) => {
+    // dData = ScatterND(zeros, indices[..., None], dY, reduction add), with the gathered axis moved first.
+    const [data, indices] = [c.inputs[0]!, c.inputs[1]!];
+    if (!c.needs(0)) return [null, null];
+    const ds = c.staticShape(data);
+    const is = c.staticShape(indices);
+    if (!ds || !is) refuse(c, `the ranks of ${data} and ${indices} are needed`);
+    const [rd, q] = [ds.length, is.length];
+    const a = c.attrInt('axis', 0) < 0 ? c.attrInt('axis', 0) + rd : c.attrInt('axis', 0);
+    let idx = c.typeOf(indices) === DataType.INT32 ? c.emit('Cast', [indices], { to: DataType.INT64 }) : indices;
+    idx = c.emit('Unsqueeze', [idx, c.ints([-1])]);
+    const moved = [a, ...range(0, a), ...range(a + 1, rd)]; // data's axes with the gathered one first
+    const zerosShape = ds.every(isSize) ? c.ints(moved.map((i) => ds[i] as number)) : a === 0 ? c.shapeOf(data) : c.emit('Gather', [c.shapeOf(data), c.ints(moved)], { axis: 0 });
+    const dyPerm = [...range(a, a + q), ...range(0, a), ...range(a + q, rd + q - 1)];
+    const identity = (p: number[]) => p.every((v, i) => v === i);
+    const updates = identity(dyPerm) ? c.dy : c.emit('Transpose', [c.dy], { perm: dyPerm });
+    const scattered = c.emit('ScatterND', [filled(c, zerosShape, 0), idx, updates], { reduction: 'add' });
+    if (identity(moved)) return [scattered, null];
+    const inverse: number[] = [];
+    moved.forEach((p, i) => (inverse[p] = i));
+    return [c.emit('Transpose', [scattered], { perm: inverse }), null];
+  },
+  Pad: (c) => {
+    // Constant mode: the adjoint of padding by p is padding by −p (crop where it padded, zeros where it cropped).
+    const [x, pads, value, axes] = [c.inputs[0]!, c.inputs[1], c.inputs[2], c.inputs[3]];
+    const mode = c.attrString('mode', 'constant');
+    if (mode !== 'constant') refuse(c, `mode ${mode} is not supported (constant only)`);
+    const init = pads ? c.initializer(pads) : undefined;
+    const negated =
+      init ? c.ints(Array.from(tensorToFloat32(init), (v) => -v))
+      : pads ? c.emit('Neg', [pads])
+      : c.ints((c.attrInts('pads') ?? []).map((v) => -v)); // opset < 11: pads attribute
+    const dx = c.emit('Pad', axes ? [c.dy, negated, '', axes] : [c.dy, negated]);
+    const out: (string | null)[] = [c.needs(0) ? dx : null];
+    if (pads !== undefined) out.push(null);
+    if (value !== undefined) {
+      // The padding value received everything that did not land on x.
+      const total = (t: string) => c.emit('ReduceSum', [t], { keepdims: 0 });
+      out.push(value && c.needs(2) ? c.reshapeLike(c.emit('Sub', [total(c.dy), total(dx)]), value) : null);
+    }
+    if (axes !== undefined) out.push(null);
+    return out;
+  },
+
+  ReduceMax: reduceExtremeGrad,
+  ReduceMin: reduceExtremeGrad,
 };
 
 function isConstantFalse(t: TensorProto | undefined): boolean {
@@ -397,7 +842,7 @@ function broadcastShapes(shapes: StaticShape[]): StaticShape {
 
 const SAME_SHAPE_OPS = new Set([
   'Identity', 'Relu', 'LeakyRelu', 'Sigmoid', 'Tanh', 'Neg', 'Exp', 'Log', 'Sqrt', 'Abs', 'Reciprocal', 'Softmax', 'LogSoftmax',
-  'Clip', 'Dropout', 'Cast', 'Sign', 'Erf', 'BatchNormalization',
+  'Clip', 'Dropout', 'Cast', 'Sign', 'Erf', 'BatchNormalization', 'LayerNormalization', 'HardSigmoid', 'HardSwish', 'Gelu',
 ]);
 const BROADCAST_OPS = new Set(['Add', 'Sub', 'Mul', 'Div', 'Pow', 'Sum', 'Where', 'Greater', 'Less', 'Equal', 'And', 'Or']);
 
@@ -490,6 +935,48 @@ function inferOutputShape(node: NodeProto, get: (t: string) => StaticShape | und
     case 'Expand': {
       const target = constInts(inputs[1] ?? '');
       return target ? broadcastShapes([x, target]) : undefined;
+    }
+    case 'Conv':
+    case 'MaxPool':
+    case 'AveragePool': {
+      const w = op === 'Conv' ? ins[1] : undefined;
+      const kernel = attrInts('kernel_shape') ?? w?.slice(2);
+      if (!kernel || kernel.length !== x.length - 2) return undefined;
+      const r = kernel.length;
+      const strides = attrInts('strides') ?? kernel.map(() => 1);
+      const dilations = attrInts('dilations') ?? kernel.map(() => 1);
+      const pads = attrInts('pads') ?? Array<number>(2 * r).fill(0);
+      const autoPad = attr('auto_pad') ? new TextDecoder().decode(attr('auto_pad')!.s ?? new Uint8Array()) : 'NOTSET';
+      const ceil = attrInt('ceil_mode', 0) === 1;
+      const spatial = x.slice(2).map((h, i) => {
+        const k = kernel[i]!;
+        if (typeof h !== 'number' || h < 0 || typeof k !== 'number' || k < 0) return -1;
+        const s = strides[i]!;
+        if (autoPad === 'SAME_UPPER' || autoPad === 'SAME_LOWER') return Math.ceil(h / s);
+        const span = h + (autoPad === 'VALID' ? 0 : pads[i]! + pads[i + r]!) - ((k - 1) * dilations[i]! + 1);
+        // ceil_mode: a last window that would start in the end padding is dropped; left unknown unless exact.
+        if (ceil && span % s !== 0) return -1;
+        return Math.floor(span / s) + 1;
+      });
+      return [x[0]!, w ? w[0]! : x[1]!, ...spatial];
+    }
+    case 'Gather': {
+      const idx = ins[1];
+      if (!idx) return undefined;
+      const a = norm(attrInt('axis', 0), x.length);
+      return [...x.slice(0, a), ...idx, ...x.slice(a + 1)];
+    }
+    case 'Pad': {
+      const pads = inputs[1] ? constInts(inputs[1]) : attrInts('pads');
+      if (!pads || inputs[3] || pads.length !== 2 * x.length) return x.map(() => -1);
+      return x.map((d, i) => (typeof d === 'number' && d >= 0 ? d + pads[i]! + pads[i + x.length]! : -1));
+    }
+    case 'Slice': {
+      // Sliced sizes are left unknown; the other axes keep theirs.
+      const starts = constInts(inputs[1] ?? '');
+      const axes = inputs[3] ? constInts(inputs[3]) : starts?.map((_, i) => i);
+      const at = new Set((axes ?? x.map((_, i) => i)).map((a) => norm(a, x.length)));
+      return x.map((d, i) => (at.has(i) ? -1 : d));
     }
     case 'SoftmaxCrossEntropyLoss':
       return attr('reduction') && new TextDecoder().decode(attr('reduction')!.s ?? new Uint8Array()) === 'none' ? ins[1] : [];
