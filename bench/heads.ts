@@ -10,7 +10,7 @@
  */
 import { Learner } from '../src/learner.js';
 import { fitStandardizer, type HeadSpec } from '../src/head/head.js';
-import { DEFAULT_FIT, HeadEvaluator, trainHead, type FeatureSet, type FitOptions } from '../src/train/trainer.js';
+import { DEFAULT_FIT, Evaluator, trainHead, type FeatureSet, type FitOptions } from '../src/train/trainer.js';
 import { argmaxRows } from '../src/evaluate/metrics.js';
 
 const args = process.argv.slice(2);
@@ -100,7 +100,7 @@ for (const c of candidates) {
     const started = performance.now();
     const r = await trainHead(features, trainRows, valRows, spec, std, { ...DEFAULT_FIT, ...c.fit, seed });
     seconds += (performance.now() - started) / 1000;
-    const evaluator = await HeadEvaluator.create(spec, std);
+    const evaluator = await Evaluator.forHead(spec, std);
     const predicted = argmaxRows(await evaluator.probabilities(features, valRows, r.params), K);
     await evaluator.release();
     accs.push(valRows.filter((row, i) => predicted[i] === features.labels[row]).length / valRows.length);

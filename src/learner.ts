@@ -15,7 +15,7 @@ import { DEFAULT_HEAD, buildExportGraph, fitStandardizer, HEAD_OUTPUT, validateS
 import { mergeModels } from './onnx/surgery.js';
 import { defaultOpset } from './onnx/proto.js';
 import { inputShape, type PretrainedConfig } from './preprocess/config.js';
-import { DEFAULT_FIT, DEFAULT_LR, HeadEvaluator, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
+import { DEFAULT_FIT, DEFAULT_LR, Evaluator, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
 import { writeArtifact, type Manifest } from './artifact/artifact.js';
 
 export interface LearnerOptions {
@@ -107,7 +107,7 @@ export class Learner {
   /** Metrics of the trained head on the validation rows. */
   async evaluate(): Promise<Metrics> {
     const params = this.trained().params;
-    const evaluator = await HeadEvaluator.create(this.spec, this.standardizer);
+    const evaluator = await Evaluator.forHead(this.spec, this.standardizer);
     try {
       const probs = await evaluator.probabilities(this.data.features, this.data.valRows, params);
       const truth = Int32Array.from(this.data.valRows, (r) => this.data.features.labels[r]!);

@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
 import { learner, GraftModel, GraftError, type Learner } from '../src/index.js';
-import { HeadEvaluator } from '../src/train/trainer.js';
+import { Evaluator } from '../src/train/trainer.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
 import { inputShape } from '../src/preprocess/config.js';
 import { readArtifact } from '../src/artifact/artifact.js';
@@ -79,7 +79,7 @@ describe('Learner on a hymenoptera subset', () => {
     assert.deepEqual(manifest.labels, ['ants', 'bees']);
 
     // Pipeline probabilities: cached features → head.
-    const evaluator = await HeadEvaluator.create(learn.spec, learn.standardizer);
+    const evaluator = await Evaluator.forHead(learn.spec, learn.standardizer);
     const pipeline = await evaluator.probabilities(learn.data.features, learn.data.valRows, learn.result!.params);
     await evaluator.release();
 

@@ -1,7 +1,8 @@
 /**
- * Trains a head on cached features by running its ONNX training graph (forward, loss, gradients) on ONNX
- * Runtime and updating the weights in place with AdamW. Events form a closed list that callbacks subscribe
- * to; early stopping with best-weights restore is one such callback.
+ * Trains ONNX graphs on cached rows (pooled features for a head; boundary activations for a backbone suffix +
+ * head): ONNX Runtime runs the training graph (forward, loss, gradients) and AdamW updates the weights in
+ * place. Events form a closed list that callbacks subscribe to; early stopping with best-weights restore is
+ * one such callback.
  */
 import * as ort from 'onnxruntime-node';
 import { GraftError } from '../errors.js';
@@ -16,13 +17,13 @@ import {
   TRAIN_LABELS,
   TRAIN_LOSS,
   TRAIN_MASK,
-  type HeadParams,
   type HeadSpec,
+  type Param,
   type Standardizer,
 } from '../head/head.js';
-import { encodeModel } from '../onnx/proto.js';
+import { encodeModel, type ModelProto } from '../onnx/proto.js';
 import { Random } from '../util/random.js';
-import { AdamW } from './optimizer.js';
+import { AdamW, type GroupSpec } from './optimizer.js';
 
 /** Features of a dataset: row i of `features` (length dim) has class `labels[i]`. */
 export interface FeatureSet {
@@ -68,7 +69,7 @@ export interface TrainState {
   /** Loss of the last batch (afterBatch). */
   batchLoss: number;
   history: EpochRecord[];
-  params: HeadParams;
+  params: Param[];
   options: FitOptions;
 }
 
@@ -109,29 +110,77 @@ export class EarlyStopping implements Callback {
 }
 
 export interface TrainResult {
-  params: HeadParams;
+  params: Param[];
   history: EpochRecord[];
   bestEpoch: number;
   stoppedEarly: boolean;
 }
 
-/** Runs the head's eval graph over rows of a feature set, returning [rows, numClasses] probabilities. */
-export class HeadEvaluator {
-  private constructor(private readonly session: ort.InferenceSession, private readonly spec: HeadSpec) {}
+/**
+ * What the loop trains, whatever it is (a head on features, or a backbone suffix + head on cached boundary
+ * activations): a training graph (rows, labels, optional dropout mask and weights in; mean loss and one
+ * gradient per weight out) and an evaluation graph over the same weights (probabilities out).
+ */
+export interface Trainable {
+  trainModel: ModelProto;
+  evalModel: ModelProto;
+  /** Parameter groups, head last; each group's lr is its base rate, scaled by the schedule. */
+  groups: GroupSpec[];
+  /** Name of the rows input of both graphs, and the shape of one row. */
+  inputName: string;
+  rowShape: number[];
+  numClasses: number;
+  /** The inverted-dropout mask input of the training graph, when it has one. */
+  mask?: { name: string; width: number; rate: number };
+}
 
-  static async create(spec: HeadSpec, std: Standardizer, threads?: number): Promise<HeadEvaluator> {
-    const session = await ort.InferenceSession.create(encodeModel(buildEvalGraph(spec, std)), threads ? { intraOpNumThreads: threads } : {});
-    return new HeadEvaluator(session, spec);
+/** The head as a Trainable: one parameter group, weights initialised from the seed. */
+export function headTrainable(spec: HeadSpec, std: Standardizer, seed: number, lr: number, weightDecay: number): Trainable {
+  return {
+    trainModel: buildTrainingGraph(spec, std),
+    evalModel: buildEvalGraph(spec, std),
+    groups: [{ name: 'head', params: initParams(spec, seed), lr, weightDecay }],
+    inputName: HEAD_INPUT,
+    rowShape: [spec.inputDim],
+    numClasses: spec.numClasses,
+    ...(spec.kind === 'mlp' && spec.dropout > 0 ? { mask: { name: TRAIN_MASK, width: spec.hidden, rate: spec.dropout } } : {}),
+  };
+}
+
+/** Runs an eval graph over rows of a feature set, returning [rows, numClasses] probabilities. */
+export class Evaluator {
+  private constructor(private readonly session: ort.InferenceSession, private readonly trainable: Pick<Trainable, 'inputName' | 'rowShape'>) {}
+
+  static async create(trainable: Pick<Trainable, 'evalModel' | 'inputName' | 'rowShape'>, threads?: number): Promise<Evaluator> {
+    const session = await ort.InferenceSession.create(encodeModel(trainable.evalModel), threads ? { intraOpNumThreads: threads } : {});
+    return new Evaluator(session, trainable);
   }
 
-  async probabilities(data: FeatureSet, rows: ArrayLike<number>, params: HeadParams): Promise<Float32Array> {
-    const n = rows.length;
-    const x = new Float32Array(n * data.dim);
-    for (let i = 0; i < n; i++) x.set(data.features.subarray(rows[i]! * data.dim, (rows[i]! + 1) * data.dim), i * data.dim);
-    const feeds: Record<string, ort.Tensor> = { [HEAD_INPUT]: new ort.Tensor('float32', x, [n, data.dim]) };
-    for (const p of params) feeds[p.name] = new ort.Tensor('float32', p.data, p.dims);
-    const out = await this.session.run(feeds);
-    return out[HEAD_OUTPUT]!.data as Float32Array;
+  static forHead(spec: HeadSpec, std: Standardizer): Promise<Evaluator> {
+    return Evaluator.create({ evalModel: buildEvalGraph(spec, std), inputName: HEAD_INPUT, rowShape: [spec.inputDim] });
+  }
+
+  /** Probabilities for `rows`, evaluated in chunks so that large activations never make one huge batch. */
+  async probabilities(data: FeatureSet, rows: ArrayLike<number>, params: readonly Param[], chunk = 256): Promise<Float32Array> {
+    let out: Float32Array | undefined;
+    let numClasses = 0;
+    const x = new Float32Array(Math.min(chunk, rows.length) * data.dim);
+    for (let start = 0; start < rows.length; start += chunk) {
+      const n = Math.min(chunk, rows.length - start);
+      for (let i = 0; i < n; i++) {
+        const r = rows[start + i]!;
+        x.set(data.features.subarray(r * data.dim, (r + 1) * data.dim), i * data.dim);
+      }
+      const feeds: Record<string, ort.Tensor> = { [this.trainable.inputName]: new ort.Tensor('float32', x.subarray(0, n * data.dim), [n, ...this.trainable.rowShape]) };
+      for (const p of params) feeds[p.name] = new ort.Tensor('float32', p.data, p.dims);
+      const probs = (await this.session.run(feeds))[HEAD_OUTPUT]!.data as Float32Array;
+      if (!out) {
+        numClasses = probs.length / n;
+        out = new Float32Array(rows.length * numClasses);
+      }
+      out.set(probs, start * numClasses);
+    }
+    return out ?? new Float32Array(0);
   }
 
   async release(): Promise<void> {
@@ -139,7 +188,7 @@ export class HeadEvaluator {
   }
 }
 
-/** Trains a head on `train` rows, validating on `val` rows after every epoch. */
+/** Trains a head on `train` rows of features, validating on `val` rows after every epoch. */
 export async function trainHead(
   data: FeatureSet,
   trainRows: readonly number[],
@@ -149,20 +198,39 @@ export async function trainHead(
   options: FitOptions,
   callbacks: Callback[] = [],
 ): Promise<TrainResult> {
+  return train(headTrainable(spec, std, options.seed, options.lr, options.weightDecay), data, trainRows, valRows, options, callbacks);
+}
+
+/**
+ * The training loop: shuffled mini-batches through the training graph on ONNX Runtime, AdamW in place,
+ * validation after every epoch, events to callbacks, early stopping with best-weights restore.
+ * `options.lr` is ignored here: each group brings its own base rate.
+ */
+export async function train(
+  trainable: Trainable,
+  data: FeatureSet,
+  trainRows: readonly number[],
+  valRows: readonly number[],
+  options: FitOptions,
+  callbacks: Callback[] = [],
+): Promise<TrainResult> {
   if (trainRows.length === 0) throw new GraftError('TRAIN', 'no training examples');
   if (valRows.length === 0) throw new GraftError('TRAIN', 'no validation examples');
-  const params = initParams(spec, options.seed);
-  const session = await ort.InferenceSession.create(encodeModel(buildTrainingGraph(spec, std)));
-  const evaluator = await HeadEvaluator.create(spec, std);
+  const rowSize = trainable.rowShape.reduce((a, b) => a * b, 1);
+  if (rowSize !== data.dim) throw new GraftError('TRAIN', `rows hold ${data.dim} values but the graph takes [${trainable.rowShape}]`);
+  const session = await ort.InferenceSession.create(encodeModel(trainable.trainModel));
+  const evaluator = await Evaluator.create(trainable);
   const rng = new Random(options.seed + 1);
-  const opt = new AdamW(params, { lr: options.lr, weightDecay: options.weightDecay });
+  const opt = new AdamW(trainable.groups, { lr: options.lr, weightDecay: options.weightDecay });
+  const params = [...opt.params];
+  const baseLrs = opt.groups.map((g) => g.lr);
   const B = Math.min(options.batchSize, trainRows.length);
   const { dim } = data;
   // Reused batch buffers (fresh memory is expensive on these machines).
   const x = new Float32Array(B * dim);
   const labels = new BigInt64Array(B);
-  const mask = spec.kind === 'mlp' ? new Float32Array(B * spec.hidden) : undefined;
-  const keep = 1 - spec.dropout;
+  const mask = trainable.mask ? new Float32Array(B * trainable.mask.width) : undefined;
+  const keep = 1 - (trainable.mask?.rate ?? 0);
   const valLabels = Int32Array.from(valRows, (r) => data.labels[r]!);
   const stepsPerEpoch = Math.ceil(trainRows.length / B);
   const stopper = new EarlyStopping(options.patience);
@@ -177,7 +245,8 @@ export async function trainHead(
     for (let epoch = 0; epoch < options.epochs; epoch++) {
       const started = performance.now();
       state.epoch = epoch;
-      opt.setLr(options.schedule === 'cosine' ? (options.lr * (1 + Math.cos((Math.PI * epoch) / options.epochs))) / 2 : options.lr);
+      const factor = options.schedule === 'cosine' ? (1 + Math.cos((Math.PI * epoch) / options.epochs)) / 2 : 1;
+      opt.setLr(baseLrs.map((lr) => lr * factor));
       emit('beforeEpoch');
       rng.shuffle(order);
       let lossSum = 0;
@@ -189,12 +258,13 @@ export async function trainHead(
           labels[i] = BigInt(data.labels[row]!);
         }
         const feeds: Record<string, ort.Tensor> = {
-          [HEAD_INPUT]: new ort.Tensor('float32', x.subarray(0, n * dim), [n, dim]),
+          [trainable.inputName]: new ort.Tensor('float32', x.subarray(0, n * dim), [n, ...trainable.rowShape]),
           [TRAIN_LABELS]: new ort.Tensor('int64', labels.subarray(0, n), [n]),
         };
-        if (mask) {
-          for (let i = 0; i < n * spec.hidden; i++) mask[i] = rng.next() < keep ? 1 / keep : 0;
-          feeds[TRAIN_MASK] = new ort.Tensor('float32', mask.subarray(0, n * spec.hidden), [n, spec.hidden]);
+        if (mask && trainable.mask) {
+          const width = trainable.mask.width;
+          for (let i = 0; i < n * width; i++) mask[i] = rng.next() < keep ? 1 / keep : 0;
+          feeds[trainable.mask.name] = new ort.Tensor('float32', mask.subarray(0, n * width), [n, width]);
         }
         for (const p of params) feeds[p.name] = new ort.Tensor('float32', p.data, p.dims);
         const out = await session.run(feeds);
@@ -207,14 +277,14 @@ export async function trainHead(
         emit('afterBatch');
       }
       const probs = await evaluator.probabilities(data, valRows, params);
-      const predicted = argmaxRows(probs, spec.numClasses);
+      const predicted = argmaxRows(probs, trainable.numClasses);
       let correct = 0;
       for (let i = 0; i < valRows.length; i++) if (predicted[i] === valLabels[i]) correct++;
       state.history.push({
         epoch,
         lr: opt.lr,
         trainLoss: lossSum / order.length,
-        valLoss: crossEntropy(probs, spec.numClasses, valLabels),
+        valLoss: crossEntropy(probs, trainable.numClasses, valLabels),
         valAccuracy: correct / valRows.length,
         seconds: (performance.now() - started) / 1000,
       });
