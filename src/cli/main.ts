@@ -11,6 +11,7 @@ import { GraftError } from '../errors.js';
 import { argmaxRows, computeMetrics, crossEntropy, type Metrics } from '../evaluate/metrics.js';
 import { formatMetrics } from '../evaluate/report.js';
 import { Learner } from '../learner.js';
+import type { TrainResult, TrainState } from '../train/trainer.js';
 import { VERSION } from '../version.js';
 import { createProgress } from './progress.js';
 
@@ -55,6 +56,10 @@ interface TrainFlags {
   cacheDir?: string;
   cache: boolean;
   json: boolean;
+  fineTuneAt?: string;
+  unfreeze?: number;
+  freezeEpochs?: number;
+  lrMult?: number;
 }
 
 async function train(data: string, flags: TrainFlags): Promise<void> {
@@ -96,19 +101,38 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
     ...(flags.patience !== undefined ? { patience: flags.patience } : {}),
   };
   let epochsPlanned = 0;
-  const result = await learn.fit(fit, [
-    {
-      beforeFit: (s) => {
-        epochsPlanned = s.options.epochs;
-        progress.start('train', epochsPlanned);
-      },
-      afterEpoch: (s) => {
-        const h = s.history[s.history.length - 1]!;
-        progress.update(h.epoch + 1, `loss ${h.trainLoss.toFixed(3)} val_loss ${h.valLoss.toFixed(3)} val_acc ${h.valAccuracy.toFixed(3)}`);
-      },
-      afterFit: () => progress.stop(),
+  let phase = 'train';
+  const show = {
+    beforeFit: (st: TrainState) => {
+      epochsPlanned = st.options.epochs;
+      progress.start(phase, epochsPlanned);
     },
-  ]);
+    afterEpoch: (st: TrainState) => {
+      const h = st.history[st.history.length - 1]!;
+      progress.update(h.epoch + 1, `loss ${h.trainLoss.toFixed(3)} val_loss ${h.valLoss.toFixed(3)} val_acc ${h.valAccuracy.toFixed(3)}`);
+    },
+    afterFit: () => progress.stop(),
+  };
+  let result: TrainResult;
+  if (flags.fineTuneAt !== undefined || flags.unfreeze !== undefined) {
+    if (flags.fineTuneAt !== undefined && flags.unfreeze !== undefined) throw new GraftError('USAGE', 'give --fine-tune-at or --unfreeze, not both');
+    const at = flags.fineTuneAt;
+    phase = 'head';
+    const tuned = await learn.fineTune(
+      {
+        ...(at !== undefined ? { fineTuneAt: /^\d+$/.test(at) ? Number(at) : at } : {}),
+        ...(flags.unfreeze !== undefined ? { unfreeze: flags.unfreeze } : {}),
+        ...(flags.freezeEpochs !== undefined ? { freezeEpochs: flags.freezeEpochs } : {}),
+        ...(flags.lrMult !== undefined ? { lrMult: flags.lrMult } : {}),
+        fit,
+      },
+      [show, { afterFit: () => (phase = 'fine-tune') }],
+    );
+    result = tuned.phase2;
+    progress.log(`fine-tuned ${tuned.trainableNodes} backbone nodes (${tuned.trainableTensors} weight tensors) after "${tuned.boundary}" with the head`);
+  } else {
+    result = await learn.fit(fit, [show]);
+  }
   progress.log(
     `trained ${result.history.length}/${epochsPlanned} epochs${result.stoppedEarly ? ' (early stop)' : ''}; best epoch ${result.bestEpoch + 1} restored`,
   );
@@ -203,6 +227,10 @@ export function program(): Command {
     .option('--seed <s>', 'random seed (split, initialisation, shuffling, dropout)', int('--seed'), 0)
     .option('--cache-dir <dir>', 'feature cache directory (default $GRAFT_CACHE or ~/.cache/graft)')
     .option('--no-cache', 'do not read or write the feature cache')
+    .option('--fine-tune-at <n|tensor>', 'fine-tune the backbone from this node index or tensor on (after training the head)')
+    .option('--unfreeze <k>', 'fine-tune the last K blocks of the backbone (after training the head)', int('--unfreeze', 1))
+    .option('--freeze-epochs <e>', 'head-only epochs before unfreezing (fine-tuning; default 3)', int('--freeze-epochs'))
+    .option('--lr-mult <m>', 'the backbone trains at lr / m (fine-tuning; default 10)', positive('--lr-mult'))
     .option('--json', 'print one JSON document on stdout', false)
     .action((data: string, flags: TrainFlags) => train(data, flags));
   cmd

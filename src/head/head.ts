@@ -110,18 +110,18 @@ export function fitStandardizer(features: Float32Array, dim: number, rows: Array
   return { mean: outMean, invStd };
 }
 
-type Mode = { kind: 'train' } | { kind: 'eval' } | { kind: 'export'; params: HeadParams };
+export type Mode = { kind: 'train' } | { kind: 'eval' } | { kind: 'export'; params: HeadParams };
 
 /** Declares the weights (as inputs, or as initializers for export) and returns their tensor names. */
-function declareParams(b: GraphBuilder, spec: HeadSpec, mode: Mode): Map<string, string> {
+export function declareParams(b: GraphBuilder, spec: HeadSpec, mode: Mode): Map<string, string> {
   const names = new Map<string, string>();
   if (mode.kind === 'export') for (const p of mode.params) names.set(p.name, b.constant(p.name, p.data, p.dims));
   else for (const p of paramShapes(spec)) names.set(p.name, b.input(p.name, DataType.FLOAT, p.dims));
   return names;
 }
 
-/** The forward definition shared by every mode; returns the logits tensor. */
-function forward(b: GraphBuilder, spec: HeadSpec, std: Standardizer, x: string, w: Map<string, string>, mask?: string): string {
+/** The forward definition shared by every mode (and by fine-tuning graphs); returns the logits tensor. */
+export function forward(b: GraphBuilder, spec: HeadSpec, std: Standardizer, x: string, w: Map<string, string>, mask?: string): string {
   const mean = b.constant('std.mean', std.mean, [spec.inputDim]);
   const invStd = b.constant('std.inv_std', std.invStd, [spec.inputDim]);
   const z = b.op('Mul', [b.op('Sub', [x, mean]), invStd]);

@@ -77,6 +77,12 @@ export class GraphBuilder {
     return t.name!;
   }
 
+  /** Adds an existing node (copied from another graph); its output names are claimed as they are. */
+  copy(node: NodeProto): void {
+    for (const o of node.output ?? []) if (o) this.claim(o);
+    this.nodes.push(node);
+  }
+
   int64(base: string, values: readonly number[]): string {
     return this.constant(base, BigInt64Array.from(values.map(BigInt)), [values.length]);
   }

@@ -478,3 +478,8 @@ function dequantizeTensor(name: string, t: TensorProto, p: QParams, axis: number
   }
   return tensor(name, out, dims);
 }
+
+/** Whether a model holds quantized operators (and so must be converted before it can be trained). */
+export function isQuantized(model: ModelProto): boolean {
+  return (model.graph!.node ?? []).some((n) => QUANTIZED_OP.test(n.opType ?? '') || (n.domain ?? '') === 'com.microsoft');
+}

@@ -179,3 +179,106 @@ export function mergeModels(first: ModelProto, second: ModelProto, link: string,
     },
   });
 }
+
+/** Nodes in an order where every node comes after the producers of its inputs. */
+export function topologicalOrder(graph: GraphProto): NodeProto[] {
+  const nodes = graph.node ?? [];
+  const producer = new Map<string, NodeProto>();
+  for (const n of nodes) for (const o of n.output ?? []) if (o) producer.set(o, n);
+  const done = new Set<NodeProto>();
+  const order: NodeProto[] = [];
+  const visit = (n: NodeProto) => {
+    // Iterative DFS: deep backbones would overflow the call stack otherwise.
+    const stack: Array<[NodeProto, number]> = [[n, 0]];
+    while (stack.length) {
+      const top = stack[stack.length - 1]!;
+      const [node, i] = top;
+      if (done.has(node)) {
+        stack.pop();
+        continue;
+      }
+      const inputs = node.input ?? [];
+      if (i < inputs.length) {
+        top[1]++;
+        const p = producer.get(inputs[i]!);
+        if (p && !done.has(p)) stack.push([p, 0]);
+      } else {
+        done.add(node);
+        order.push(node);
+        stack.pop();
+      }
+    }
+  };
+  for (const n of nodes) visit(n);
+  return order;
+}
+
+export interface Boundary {
+  /** The tensor through which every path from the input to the output passes. */
+  tensor: string;
+  /** Index in topological order of the node that produces it (nodes after it form the suffix). */
+  index: number;
+  /** Whether it closes a block: produced by a merge (Add, Sum, Concat, Mul of activations) or feeding a branch. */
+  block: boolean;
+}
+
+/**
+ * The tensors at which a graph can be split into a frozen prefix and a trainable suffix with ONE tensor
+ * crossing between them, in order from input to `output`. Constants and initializers do not count as
+ * crossing. Block boundaries (residual joins, branch points) are flagged: "the last K blocks" counts those.
+ */
+export function boundaries(graph: GraphProto, output: string): Boundary[] {
+  const pruned = pruneTo(graph, [output]);
+  const order = topologicalOrder(pruned);
+  const constant = new Set<string>((pruned.initializer ?? []).map((t) => t.name!));
+  for (const n of order) if (n.opType === 'Constant') for (const o of n.output ?? []) constant.add(o);
+  const position = new Map<string, number>();
+  for (const i of pruned.input ?? []) if (!constant.has(i.name!)) position.set(i.name!, -1);
+  order.forEach((n, i) => {
+    for (const o of n.output ?? []) if (o && !constant.has(o)) position.set(o, i);
+  });
+  const lastUse = new Map<string, number>();
+  const consumers = new Map<string, number>();
+  order.forEach((n, i) => {
+    for (const t of n.input ?? []) {
+      if (!position.has(t)) continue;
+      lastUse.set(t, i);
+      consumers.set(t, (consumers.get(t) ?? 0) + 1);
+    }
+  });
+  const producerOf = new Map<string, NodeProto>();
+  for (const n of order) for (const o of n.output ?? []) if (o) producerOf.set(o, n);
+  const result: Boundary[] = [];
+  // Sweep split points: after node i, the crossing set is every activation produced at or before i and used after i.
+  const live = new Set<string>();
+  for (const [t, p] of position) if (p === -1 && (lastUse.get(t) ?? -1) >= 0) live.add(t);
+  order.forEach((n, i) => {
+    for (const o of n.output ?? []) if (o && position.get(o) === i && ((lastUse.get(o) ?? -1) > i || o === output)) live.add(o);
+    for (const t of [...live]) if ((lastUse.get(t) ?? -1) <= i && t !== output) live.delete(t);
+    if (live.size !== 1 || i === order.length - 1) return;
+    const tensor = [...live][0]!;
+    if (position.get(tensor) !== i) return;
+    const op = producerOf.get(tensor)?.opType ?? '';
+    const merge = ['Add', 'Sum', 'Concat', 'Mul'].includes(op) && (producerOf.get(tensor)?.input ?? []).filter((x) => position.has(x)).length >= 2;
+    result.push({ tensor, index: i, block: merge || (consumers.get(tensor) ?? 0) >= 2 });
+  });
+  return result;
+}
+
+/** The part of a graph after `boundary`: nodes that compute `output` from it (plus initializers). */
+export function suffixNodes(graph: GraphProto, boundary: string, output: string): NodeProto[] {
+  const pruned = pruneTo(graph, [output]);
+  const prefix = new Set(pruneTo(pruned, [boundary]).node ?? []);
+  // Constant nodes are copied into the suffix rather than crossing the split.
+  const nodes = topologicalOrder(pruned).filter((n) => !prefix.has(n) || n.opType === 'Constant');
+  const available = new Set<string>([boundary, ...(pruned.initializer ?? []).map((t) => t.name!)]);
+  for (const n of nodes) {
+    for (const t of n.input ?? []) {
+      if (t && !available.has(t)) {
+        throw new GraftError('MODEL', `cannot split at "${boundary}": node ${n.name} (${n.opType}) also reads "${t}" from before it`, { boundary, node: n.name, tensor: t });
+      }
+    }
+    for (const o of n.output ?? []) if (o) available.add(o);
+  }
+  return nodes;
+}

@@ -1,0 +1,252 @@
+/**
+ * Fine-tuning graphs: the backbone is split at a boundary tensor into a frozen prefix (an ordinary inference
+ * session with its weights as initializers, whose output is cached) and a trainable suffix that is rebuilt,
+ * with the head, into one training graph: boundary activations, labels, dropout mask and the trainable weights
+ * in; loss and one gradient per weight out (graft's autodiff). Only the suffix takes weights as inputs, so
+ * the prefix keeps ONNX Runtime's constant-weight optimisations.
+ */
+import * as ort from 'onnxruntime-node';
+import { GraftError } from '../errors.js';
+import { inputShape, type PretrainedConfig } from '../preprocess/config.js';
+import { appendGradients } from '../onnx/autodiff.js';
+import { GraphBuilder } from '../onnx/builder.js';
+import { DataType, defaultOpset, encodeModel, onnx, tensorToFloat32, toNumber, type ModelProto, type NodeProto, type TensorProto } from '../onnx/proto.js';
+import { boundaries, pruneTo, suffixNodes, type Boundary } from '../onnx/surgery.js';
+import {
+  declareParams,
+  forward,
+  gradName,
+  HEAD_OUTPUT,
+  TRAIN_LABELS,
+  TRAIN_LOSS,
+  TRAIN_MASK,
+  type HeadSpec,
+  type Param,
+  type Standardizer,
+} from '../head/head.js';
+import type { FeatureSet, Trainable } from './trainer.js';
+
+/** Weight inputs of the ops that carry trainable parameters (running statistics and shapes excluded). */
+const WEIGHT_INPUTS: Record<string, readonly number[]> = {
+  Conv: [1, 2],
+  ConvTranspose: [1, 2],
+  Gemm: [0, 1, 2],
+  MatMul: [0, 1],
+  BatchNormalization: [1, 2],
+  LayerNormalization: [1, 2],
+  Add: [0, 1],
+  Sub: [0, 1],
+  Mul: [0, 1],
+};
+
+/** Opset at which an op's signature or meaning changed: a suffix copied into an opset-17 graph must not hold them. */
+const CHANGED_AT: Record<string, number> = {
+  Unsqueeze: 13, Squeeze: 13, ReduceSum: 13, Split: 13, Softmax: 13, LogSoftmax: 13, Hardmax: 13, Resize: 13, Pad: 11, Clip: 11, Dropout: 12, BatchNormalization: 14,
+};
+const TRAIN_OPSET = 17;
+
+export interface FreezeSpec {
+  /** Train the last K blocks (residual joins / branch points count as block boundaries). */
+  unfreeze?: number;
+  /** Train from this node (index in topological order) or this tensor on; snapped back to a split point. */
+  fineTuneAt?: number | string;
+}
+
+export interface SuffixPlan {
+  /** The tensor the suffix starts from (its activations are cached). */
+  boundary: string;
+  boundaryIndex: number;
+  nodes: NodeProto[];
+  /** Initializers the suffix reads, by name. */
+  initializers: Map<string, TensorProto>;
+  /** Names of the initializers that are trained. */
+  trainable: string[];
+  /** Output of the suffix: the pooled features `[N, D]`. */
+  output: string;
+}
+
+/** Chooses the split point for a freeze spec and collects what the trainable suffix needs. */
+export function planSuffix(featureModel: ModelProto, output: string, freeze: FreezeSpec): SuffixPlan {
+  const graph = featureModel.graph!;
+  const all = boundaries(graph, output);
+  if (all.length === 0) throw new GraftError('MODEL', `the backbone has no point where one tensor crosses between layers; cannot fine-tune`, {});
+  let chosen: Boundary;
+  if (freeze.unfreeze !== undefined) {
+    const blocks = all.filter((b) => b.block);
+    const k = freeze.unfreeze;
+    if (!Number.isInteger(k) || k < 1) throw new GraftError('USAGE', `--unfreeze must be a positive number of blocks, got ${k}`);
+    if (k > blocks.length) throw new GraftError('USAGE', `--unfreeze ${k}: the backbone has ${blocks.length} blocks`, { blocks: blocks.length });
+    chosen = blocks[blocks.length - k]!;
+  } else if (freeze.fineTuneAt !== undefined) {
+    const at = freeze.fineTuneAt;
+    if (typeof at === 'string') {
+      const exact = all.find((b) => b.tensor === at);
+      if (!exact) {
+        throw new GraftError('USAGE', `--fine-tune-at "${at}" is not a tensor where the backbone can be split; candidates include ${all.slice(-5).map((b) => b.tensor).join(', ')}`, { tensor: at });
+      }
+      chosen = exact;
+    } else {
+      // Node N trainable means the split is after node N-1: the last split point at or before it.
+      const candidates = all.filter((b) => b.index <= at - 1);
+      if (candidates.length === 0) throw new GraftError('USAGE', `--fine-tune-at ${at}: no split point at or before node ${at}`, {});
+      chosen = candidates[candidates.length - 1]!;
+    }
+  } else {
+    throw new GraftError('USAGE', 'say which part of the backbone to train: unfreeze (last K blocks) or fineTuneAt (node index or tensor)');
+  }
+  const nodes = suffixNodes(graph, chosen.tensor, output);
+  const opset = defaultOpset(featureModel);
+  for (const n of nodes) {
+    const changed = CHANGED_AT[n.opType!];
+    if (changed !== undefined && opset < changed && changed <= TRAIN_OPSET) {
+      throw new GraftError('MODEL', `node ${n.name} (${n.opType}) is from opset ${opset}, whose ${n.opType} differs from opset ${TRAIN_OPSET}; fine-tune a later part of the backbone`, {
+        node: n.name,
+        op: n.opType,
+      });
+    }
+  }
+  const byName = new Map((graph.initializer ?? []).map((t) => [t.name!, t]));
+  const initializers = new Map<string, TensorProto>();
+  const trainable = new Set<string>();
+  for (const n of nodes) {
+    (n.input ?? []).forEach((name, i) => {
+      const t = byName.get(name);
+      if (!t) return;
+      initializers.set(name, t);
+      const size = (t.dims ?? []).reduce<number>((a, d) => a * toNumber(d as number), 1);
+      if (t.dataType === DataType.FLOAT && size > 1 && WEIGHT_INPUTS[n.opType!]?.includes(i)) trainable.add(name);
+    });
+  }
+  return { boundary: chosen.tensor, boundaryIndex: chosen.index, nodes, initializers, trainable: [...trainable], output };
+}
+
+/** The suffix's trainable weights as parameters (copies of the initializers' values). */
+export function suffixParams(plan: SuffixPlan): Param[] {
+  return plan.trainable.map((name) => {
+    const t = plan.initializers.get(name)!;
+    const dims = (t.dims ?? []).map((d) => toNumber(d as number));
+    // Weight matrices and kernels decay; biases and normalisation parameters do not.
+    return { name, dims, data: tensorToFloat32(t), decay: dims.length >= 2 };
+  });
+}
+
+function suffixGraph(name: string, plan: SuffixPlan, rowShape: number[], spec: HeadSpec, std: Standardizer, training: boolean): { b: GraphBuilder; logits: string; weights: string[] } {
+  const b = new GraphBuilder(name);
+  b.input(plan.boundary, DataType.FLOAT, ['N', ...rowShape]);
+  const trainable = new Set(plan.trainable);
+  const weights: string[] = [];
+  for (const [tname, t] of plan.initializers) {
+    if (trainable.has(tname)) {
+      b.input(tname, DataType.FLOAT, (t.dims ?? []).map((d) => toNumber(d as number)));
+      weights.push(tname);
+    } else b.initializer(t);
+  }
+  for (const n of plan.nodes) b.copy(n);
+  const head = declareParams(b, spec, { kind: 'train' });
+  const mask = training && spec.kind === 'mlp' && spec.dropout > 0 ? b.input(TRAIN_MASK, DataType.FLOAT, ['N', spec.hidden]) : undefined;
+  const logits = forward(b, spec, std, plan.output, head, mask);
+  return { b, logits, weights: [...weights, ...head.values()] };
+}
+
+/**
+ * The suffix + head as a Trainable: two parameter groups, backbone (at lr / lrMult) and head (at lr).
+ * `headParams` continue from the head trained on frozen features.
+ */
+export function suffixTrainable(
+  plan: SuffixPlan,
+  rowShape: number[],
+  spec: HeadSpec,
+  std: Standardizer,
+  headParams: Param[],
+  options: { lr: number; lrMult: number; weightDecay: number },
+): Trainable {
+  const clash = headParams.find((p) => plan.initializers.has(p.name));
+  if (clash) throw new GraftError('MODEL', `backbone initializer "${clash.name}" has the name of a head weight`, {});
+
+  const train = suffixGraph('finetune_train', plan, rowShape, spec, std, true);
+  train.b.node('SoftmaxCrossEntropyLoss', [train.logits, train.b.input(TRAIN_LABELS, DataType.INT64, ['N'])], { reduction: 'mean' }, { outputs: [TRAIN_LOSS] });
+  train.b.output(TRAIN_LOSS, DataType.FLOAT, []);
+  const grads = appendGradients(train.b, { loss: TRAIN_LOSS, wrt: train.weights });
+  const dims = new Map(train.b.inputs.map((i) => [i.name!, (i.type?.tensorType?.shape?.dim ?? []).map((d) => toNumber(d.dimValue as number))]));
+  for (const w of train.weights) {
+    train.b.op('Identity', [grads.get(w)!], {}, { outputs: [gradName(w)] });
+    train.b.output(gradName(w), DataType.FLOAT, dims.get(w)!);
+  }
+
+  const evaluation = suffixGraph('finetune_eval', plan, rowShape, spec, std, false);
+  evaluation.b.op('Softmax', [evaluation.logits], { axis: 1 }, { outputs: [HEAD_OUTPUT] });
+  evaluation.b.output(HEAD_OUTPUT, DataType.FLOAT, ['N', spec.numClasses]);
+
+  return {
+    trainModel: train.b.model(TRAIN_OPSET),
+    evalModel: evaluation.b.model(TRAIN_OPSET),
+    groups: [
+      { name: 'backbone', params: suffixParams(plan), lr: options.lr / options.lrMult, weightDecay: options.weightDecay },
+      { name: 'head', params: headParams, lr: options.lr, weightDecay: options.weightDecay },
+    ],
+    inputName: plan.boundary,
+    rowShape,
+    numClasses: spec.numClasses,
+    ...(spec.kind === 'mlp' && spec.dropout > 0 ? { mask: { name: TRAIN_MASK, width: spec.hidden, rate: spec.dropout } } : {}),
+  };
+}
+
+/** A copy of `model` whose initializers named in `params` hold the trained values. */
+export function withWeights(model: ModelProto, params: readonly Param[]): ModelProto {
+  const byName = new Map(params.map((p) => [p.name, p]));
+  const initializer = (model.graph!.initializer ?? []).map((t) => {
+    const p = byName.get(t.name!);
+    if (!p) return t;
+    return { name: t.name, dataType: DataType.FLOAT, dims: p.dims, rawData: new Uint8Array(p.data.buffer, p.data.byteOffset, p.data.byteLength).slice() };
+  });
+  return onnx.ModelProto.create({ ...model, graph: { ...model.graph!, initializer } });
+}
+
+/** The frozen prefix: the graph up to `boundary`, flattened to one row per image under the name `output`. */
+export function prefixModel(model: ModelProto, boundary: string, output: string): ModelProto {
+  const pruned = pruneTo(model.graph!, [boundary]);
+  const flatten: NodeProto = { opType: 'Flatten', input: [boundary], output: [output], name: `${output}/Flatten` };
+  return onnx.ModelProto.create({
+    ...model,
+    graph: { ...pruned, node: [...(pruned.node ?? []), flatten], output: [{ name: output, type: { tensorType: { elemType: DataType.FLOAT } } }] },
+  });
+}
+
+/** Shape of one image's activation at `tensor`, by running the graph up to it on one blank image. */
+export async function probeShape(model: ModelProto, tensor: string, config: PretrainedConfig): Promise<number[]> {
+  const pruned = pruneTo(model.graph!, [tensor]);
+  const probe = onnx.ModelProto.create({ ...model, graph: { ...pruned, output: [{ name: tensor }] } });
+  const session = await ort.InferenceSession.create(encodeModel(probe));
+  try {
+    const shape = inputShape(config, 1);
+    const x = new ort.Tensor('float32', new Float32Array(shape.reduce((a, b) => a * b, 1)), shape);
+    return [...(await session.run({ [config.inputName]: x }))[tensor]!.dims.slice(1)];
+  } finally {
+    await session.release();
+  }
+}
+
+/** Pooled features of the frozen backbone, computed from boundary activations by the (untrained) suffix. */
+export async function poolWithSuffix(plan: SuffixPlan, rowShape: number[], activations: FeatureSet, rows: readonly number[], featureDim: number): Promise<FeatureSet> {
+  const b = new GraphBuilder('suffix_features');
+  b.input(plan.boundary, DataType.FLOAT, ['N', ...rowShape]);
+  for (const t of plan.initializers.values()) b.initializer(t);
+  for (const n of plan.nodes) b.copy(n);
+  b.output(plan.output, DataType.FLOAT, ['N', featureDim]);
+  const session = await ort.InferenceSession.create(encodeModel(b.model(TRAIN_OPSET)));
+  const features = new Float32Array(activations.labels.length * featureDim);
+  const chunk = 64;
+  const x = new Float32Array(Math.min(chunk, rows.length) * activations.dim);
+  try {
+    for (let s = 0; s < rows.length; s += chunk) {
+      const part = rows.slice(s, s + chunk);
+      part.forEach((r, i) => x.set(activations.features.subarray(r * activations.dim, (r + 1) * activations.dim), i * activations.dim));
+      const feeds = { [plan.boundary]: new ort.Tensor('float32', x.subarray(0, part.length * activations.dim), [part.length, ...rowShape]) };
+      const data = (await session.run(feeds))[plan.output]!.data as Float32Array;
+      part.forEach((r, i) => features.set(data.subarray(i * featureDim, (i + 1) * featureDim), r * featureDim));
+    }
+  } finally {
+    await session.release();
+  }
+  return { features, dim: featureDim, labels: activations.labels };
+}
