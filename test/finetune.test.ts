@@ -1,0 +1,152 @@
+/**
+ * Fine-tuning on the float MobileNetV2 made from the int8 one: where the backbone can be split, the suffix
+ * training graph, an overfit check on a fixed batch, and the Learner workflow through export.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, mkdir, readdir, rm, symlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as ort from 'onnxruntime-node';
+import { loadBackbone, type Backbone } from '../src/backbone/backbone.js';
+import { FeatureExtractor } from '../src/backbone/extractor.js';
+import { dequantizeModel, isQuantized } from '../src/onnx/dequantize.js';
+import { boundaries } from '../src/onnx/surgery.js';
+import { encodeModel, tensorToFloat32, type ModelProto } from '../src/onnx/proto.js';
+import { fitStandardizer, gradName, initParams, type HeadSpec } from '../src/head/head.js';
+import { planSuffix, poolWithSuffix, prefixModel, probeShape, suffixTrainable, withWeights } from '../src/train/finetune.js';
+import { AdamW } from '../src/train/optimizer.js';
+import { GraftError, GraftModel, learner } from '../src/index.js';
+
+const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+const MODEL = resolve(root, '../shared/models/mobilenetv2-12-int8/model.onnx');
+const HYM = resolve(root, '../shared/data/hymenoptera');
+const FEATURES = 'features';
+
+describe('fine-tuning graphs on MobileNetV2', () => {
+  let backbone: Backbone;
+  let float: ModelProto;
+
+  before(async () => {
+    backbone = await loadBackbone(MODEL);
+    assert.ok(isQuantized(backbone.featureModel));
+    float = dequantizeModel(backbone.featureModel).model;
+    assert.ok(!isQuantized(float));
+  });
+
+  it('finds the inverted-residual block boundaries', () => {
+    const all = boundaries(float.graph!, FEATURES);
+    const blocks = all.filter((b) => b.block);
+    assert.equal(blocks.length, 15);
+    // Every block boundary is a residual join or a tensor feeding one.
+    assert.ok(blocks.some((b) => b.tensor === '452'));
+    const conv = (k: number) => planSuffix(float, FEATURES, { unfreeze: k }).nodes.filter((n) => n.opType === 'Conv').length;
+    // The last K blocks hold 3 convolutions each, plus the final 1x1 convolution to 1280 channels.
+    assert.deepEqual([1, 2, 4, 7].map(conv), [4, 7, 13, 22]);
+  });
+
+  it('resolves --fine-tune-at by node index (snapped back to a split point) and by tensor', () => {
+    const byTensor = planSuffix(float, FEATURES, { fineTuneAt: '443' });
+    assert.equal(byTensor.boundary, '443');
+    const byIndex = planSuffix(float, FEATURES, { fineTuneAt: byTensor.boundaryIndex + 3 });
+    assert.equal(byIndex.boundary, boundaries(float.graph!, FEATURES).filter((b) => b.index <= byTensor.boundaryIndex + 2).at(-1)!.tensor);
+    assert.throws(() => planSuffix(float, FEATURES, { fineTuneAt: 'no-such-tensor' }), (e: unknown) => e instanceof GraftError && e.code === 'USAGE');
+    assert.throws(() => planSuffix(float, FEATURES, { unfreeze: 99 }), (e: unknown) => e instanceof GraftError && /15 blocks/.test(e.message));
+    assert.throws(() => planSuffix(float, FEATURES, {}), (e: unknown) => e instanceof GraftError && e.code === 'USAGE');
+  });
+
+  it('trains only weight tensors of the suffix, and withWeights writes them back', () => {
+    const plan = planSuffix(float, FEATURES, { unfreeze: 2 });
+    assert.equal(plan.trainable.length, 14); // 7 convolutions, weight + bias each
+    const names = new Set(plan.trainable);
+    for (const n of plan.nodes) if (n.opType === 'Clip') for (const i of n.input!.slice(1)) assert.ok(!names.has(i), 'Clip bounds are not trained');
+    const w = plan.initializers.get(plan.trainable[0]!)!;
+    const changed = tensorToFloat32(w).map((v) => v + 1);
+    const updated = withWeights(float, [{ name: w.name!, dims: (w.dims ?? []).map(Number), data: changed, decay: true }]);
+    const after = updated.graph!.initializer!.find((t) => t.name === w.name)!;
+    assert.deepEqual(tensorToFloat32(after), changed);
+  });
+
+  it('overfits a fixed batch of real images: the loss falls at each of the first 20 steps', async () => {
+    const plan = planSuffix(float, FEATURES, { unfreeze: 2 });
+    const rowShape = await probeShape(float, plan.boundary, backbone.config);
+    assert.deepEqual(rowShape, [160, 7, 7]);
+    const files = [
+      ...(await readdir(join(HYM, 'train/ants'))).filter((f) => f.endsWith('.jpg')).slice(0, 4).map((f) => join(HYM, 'train/ants', f)),
+      ...(await readdir(join(HYM, 'train/bees'))).filter((f) => f.endsWith('.jpg')).slice(0, 4).map((f) => join(HYM, 'train/bees', f)),
+    ];
+    const prefix = prefixModel(float, plan.boundary, FEATURES);
+    const extractor = new FeatureExtractor(
+      { ...backbone, featureModel: prefix, featureModelBytes: encodeModel(prefix), config: { ...backbone.config, featureDim: 160 * 49 }, key: 'test' },
+      { cacheDir: false, batchSize: 8 },
+    );
+    const r = await extractor.extract(files);
+    await extractor.close();
+    const labels = Int32Array.from(files, (_, i) => (i < 4 ? 0 : 1));
+    const rows = files.map((_, i) => i);
+    const spec: HeadSpec = { kind: 'mlp', hidden: 64, dropout: 0, inputDim: 1280, numClasses: 2 };
+    const pooled = await poolWithSuffix(plan, rowShape, { features: r.features, dim: r.dim, labels }, rows, 1280);
+    const std = fitStandardizer(pooled.features, 1280, rows);
+    const trainable = suffixTrainable(plan, rowShape, spec, std, initParams(spec, 3), { lr: 1e-4, lrMult: 10, weightDecay: 0 });
+    const session = await ort.InferenceSession.create(encodeModel(trainable.trainModel));
+    const opt = new AdamW(trainable.groups, { lr: 1e-4, weightDecay: 0 });
+    const feeds: Record<string, ort.Tensor> = {
+      [plan.boundary]: new ort.Tensor('float32', r.features, [8, ...rowShape]),
+      labels: new ort.Tensor('int64', BigInt64Array.from(labels, BigInt), [8]),
+    };
+    const losses: number[] = [];
+    for (let step = 0; step < 20; step++) {
+      for (const p of opt.params) feeds[p.name] = new ort.Tensor('float32', p.data, p.dims);
+      const out = await session.run(feeds);
+      losses.push((out.loss!.data as Float32Array)[0]!);
+      opt.step(opt.params.map((p) => out[gradName(p.name)]!.data as Float32Array));
+    }
+    await session.release();
+    for (let i = 1; i < losses.length; i++) assert.ok(losses[i]! < losses[i - 1]!, `step ${i}: ${losses[i - 1]} → ${losses[i]}`);
+    assert.ok(losses[19]! < losses[0]! * 0.2, `losses ${losses[0]} → ${losses[19]}`);
+  });
+});
+
+describe('Learner.fineTune on a hymenoptera subset', () => {
+  let tmp: string;
+
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'graft-finetune-'));
+    for (const split of ['train', 'val']) {
+      for (const cls of ['ants', 'bees']) {
+        await mkdir(join(tmp, 'data', split, cls), { recursive: true });
+        const files = (await readdir(join(HYM, split, cls))).filter((f) => f.endsWith('.jpg')).sort().slice(0, split === 'train' ? 24 : 16);
+        for (const f of files) await symlink(join(HYM, split, cls, f), join(tmp, 'data', split, cls, f));
+      }
+    }
+  });
+
+  after(async () => {
+    await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('trains head then suffix, and the exported graph reproduces the tuned model', async () => {
+    const learn = await learner({ data: join(tmp, 'data'), model: MODEL, cacheDir: join(tmp, 'cache') });
+    const result = await learn.fineTune({ unfreeze: 1, freezeEpochs: 2, fit: { epochs: 3 } });
+    assert.equal(result.phase1!.history.length, 2);
+    assert.equal(result.phase2.history.length, 3);
+    assert.equal(result.boundary, '452');
+    const metrics = await learn.evaluate();
+    assert.ok(metrics.accuracy >= 0.75, `accuracy ${metrics.accuracy}`);
+    const out = join(tmp, 'out');
+    const manifest = await learn.export(out, metrics);
+    assert.equal((manifest.training as { fineTuned?: { from: string } }).fineTuned?.from, '452');
+
+    const model = await GraftModel.load(out);
+    const files = [...learn.data.dataset.train, ...learn.data.dataset.val].map((s) => s.file);
+    const { probabilities } = await model.probabilities(learn.data.valRows.map((r) => files[r]!));
+    await model.close();
+    let correct = 0;
+    learn.data.valRows.forEach((row, i) => {
+      const predicted = probabilities[2 * i + 1]! > probabilities[2 * i]! ? 1 : 0;
+      if (predicted === learn.data.features.labels[row]) correct++;
+    });
+    assert.equal(correct / learn.data.valRows.length, metrics.accuracy);
+  });
+});
