@@ -143,6 +143,22 @@ describe('graft CLI end to end (hymenoptera subset)', () => {
     assert.equal(doc.metrics.accuracy, firstDoc.metrics.accuracy, 'same seed, same result');
   });
 
+  it('fine-tunes the last block with --unfreeze and exports a model that eval reproduces', async () => {
+    const tuned = join(tmp, 'tuned');
+    const run = await graft(['train', data, '--model', MODEL, '--out', tuned, '--cache-dir', cache, '--unfreeze', '1', '--freeze-epochs', '2', '--epochs', '2', '--json']);
+    assert.equal(run.code, 0, run.stderr);
+    const doc = JSON.parse(run.stdout);
+    assert.ok(doc.metrics.accuracy >= 0.8, `accuracy ${doc.metrics.accuracy}`);
+    assert.match(run.stderr, /fine-tuned \d+ backbone nodes .* after "452"/);
+    const manifest = JSON.parse(await readFile(join(tuned, 'graft.json'), 'utf8'));
+    assert.equal(manifest.training.fineTuned.from, '452');
+    const evaluated = await graft(['eval', tuned, data, '--json']);
+    assert.equal(evaluated.code, 0, evaluated.stderr);
+    assert.equal(JSON.parse(evaluated.stdout).metrics.accuracy, doc.metrics.accuracy);
+    const both = await graft(['train', data, '--model', MODEL, '--out', join(tmp, 'x'), '--unfreeze', '1', '--fine-tune-at', '452']);
+    assert.equal(both.code, 2);
+  });
+
   it('fails clearly on a dataset with one class, with a JSON error document', async () => {
     const one = join(tmp, 'one');
     await linkSubset(one, 'train', 3);

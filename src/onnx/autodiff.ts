@@ -340,6 +340,50 @@ function convWeightGrad(c: GradContext, x: string, dy: string, w: string, win: W
   return c.emit('Transpose', [cropped], { perm: swap01 });
 }
 
+/**
+ * A 1×1 convolution (stride 1, no padding, one group) is a matrix product over channels at every position,
+ * and so are its gradients: as MatMul/Gemm they run several times faster than as ConvTranspose and the
+ * batch-channel-swapped Conv (MobileNet-style backbones are mostly 1×1 convolutions).
+ * dX[n] = Wᵀ·dY[n], with W viewed as (M, C) and dY as (N, M, positions).
+ */
+function pointwiseInputGrad(c: GradContext, dy: string, w: string, x: string): string {
+  const wt = c.emit('Transpose', [c.emit('Reshape', [w, c.ints([0, -1])])], { perm: [1, 0] }); // (C, M)
+  const dy3 = c.emit('Reshape', [dy, c.ints([0, 0, -1])]); // (N, M, P)
+  return c.reshapeLike(c.emit('MatMul', [wt, dy3]), x);
+}
+
+/**
+ * With stride 1 and dilation 1, a convolution's input gradient is the convolution of dY with the kernel
+ * flipped in space (and, for one group, with input and output channels exchanged), padded by k−1−p. ONNX
+ * Runtime runs that Conv, depthwise ones above all, much faster than the equivalent ConvTranspose.
+ * Returns undefined where this form does not apply (strides, dilations, grouped non-depthwise, unknown kernel).
+ */
+function flippedConvInputGrad(c: GradContext, dy: string, w: string, win: Window, group: number): string | undefined {
+  const r = win.rank;
+  const ws = c.staticShape(w);
+  if (!win.strides.every((v) => v === 1) || !win.dilations.every((v) => v === 1)) return undefined;
+  if (!win.kernel.every((k) => k !== undefined) || !ws || !ws.every(isSize)) return undefined;
+  const kernel = win.kernel as number[];
+  const [m, cg] = ws as number[];
+  const depthwise = group > 1 && cg === 1 && m === group;
+  if (group !== 1 && !depthwise) return undefined;
+  const pads = [...kernel.map((k, i) => k - 1 - win.pads[i]!), ...kernel.map((k, i) => k - 1 - win.pads[i + r]!)];
+  if (pads.some((p) => p < 0)) return undefined;
+  const axes = range(2, 2 + r);
+  const flipped = c.emit('Slice', [w, c.ints(axes.map(() => -1)), c.ints(kernel.map((k) => -k - 1)), c.ints(axes), c.ints(axes.map(() => -1))]);
+  const kernelT = depthwise ? flipped : c.emit('Transpose', [flipped], { perm: [1, 0, ...axes] });
+  return c.emit('Conv', [dy, kernelT], { pads, group: depthwise ? group : undefined });
+}
+
+/** dW = dY·Xᵀ summed over batch and positions: both viewed as (channels, N·positions), one Gemm. */
+function pointwiseWeightGrad(c: GradContext, x: string, dy: string, w: string): string {
+  const rows = (t: string) => {
+    const rank = c.staticShape(t)?.length ?? 4;
+    return c.emit('Reshape', [c.emit('Transpose', [t], { perm: [1, 0, ...range(2, rank)] }), c.ints([0, -1])]);
+  };
+  return c.reshapeLike(c.emit('Gemm', [rows(dy), rows(x)], { transB: 1 }), w);
+}
+
 /** A [C] vector reshaped to broadcast along axis 1 of a rank-`rank` tensor. */
 function perChannel(c: GradContext, v: string, rank: number): string {
   return rank <= 2 ? v : c.emit('Unsqueeze', [v, c.ints(range(1, rank - 1))]);
@@ -636,9 +680,11 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const kernel = kernelAttr ?? range(0, rank).map((i) => (isSize(ws?.[i + 2]) ? (ws![i + 2] as number) : undefined));
     const win = windowOf(c, x, kernel);
     const group = c.attrInt('group', 1);
+    const pointwise = group === 1 && kernel.every((k) => k === 1) && win.strides.every((v) => v === 1) && win.pads.every((v) => v === 0);
+    const inputGrad = () => (pointwise ? pointwiseInputGrad(c, c.dy, w, x) : (flippedConvInputGrad(c, c.dy, w, win, group) ?? convTransposeTo(c, c.dy, w, x, win, group)));
     const out: (string | null)[] = [
-      c.needs(0) ? convTransposeTo(c, c.dy, w, x, win, group) : null,
-      c.needs(1) ? convWeightGrad(c, x, c.dy, w, win, group) : null,
+      c.needs(0) ? inputGrad() : null,
+      c.needs(1) ? (pointwise ? pointwiseWeightGrad(c, x, c.dy, w) : convWeightGrad(c, x, c.dy, w, win, group)) : null,
     ];
     if (b !== undefined) out.push(b && c.needs(2) ? c.emit('ReduceSum', [c.dy, c.ints([0, ...range(2, 2 + rank)])], { keepdims: 0 }) : null);
     return out;

@@ -1,0 +1,131 @@
+/**
+ * Fine-tuning step time: forward + backward + AdamW of the last K inverted-residual blocks of MobileNetV2 +
+ * the default head, batch 32, on cached block inputs; graft (ONNX Runtime + in-place AdamW) against PyTorch
+ * CPU measured in the same run (bench/finetune_torch.py with Debian's python3-torch, tcmalloc, OpenBLAS,
+ * channels_last, the same thread count).
+ *
+ *   node dist/bench/finetune.js [--threads T] [--blocks 2,4,7] [--profile]
+ *
+ * --profile adds where graft's time goes, from ONNX Runtime's profiler, summed by op type.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as ort from 'onnxruntime-node';
+import { loadBackbone } from '../src/backbone/backbone.js';
+import { dequantizeModel } from '../src/onnx/dequantize.js';
+import { encodeModel } from '../src/onnx/proto.js';
+import { gradName, initParams, type HeadSpec } from '../src/head/head.js';
+import { planSuffix, probeShape, suffixTrainable } from '../src/train/finetune.js';
+import { AdamW } from '../src/train/optimizer.js';
+import { Random } from '../src/util/random.js';
+
+const args = process.argv.slice(2);
+const option = (name: string, fallback: string) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1]! : fallback;
+};
+const threads = Number(option('--threads', String(availableParallelism())));
+const blocks = option('--blocks', '2,4,7').split(',').map(Number);
+const profile = args.includes('--profile');
+const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+const MODEL = resolve(root, '../shared/models/mobilenetv2-12-int8/model.onnx');
+const B = 32;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+const backbone = await loadBackbone(MODEL);
+const float = dequantizeModel(backbone.featureModel).model;
+const spec: HeadSpec = { kind: 'mlp', hidden: 512, dropout: 0.5, inputDim: 1280, numClasses: 5 };
+const std = { mean: new Float32Array(1280), invStd: new Float32Array(1280).fill(1) };
+const rng = new Random(0);
+
+const graft: Record<number, { median: number; min: number; input: number[]; run: number; update: number; profile?: Record<string, number> }> = {};
+for (const k of blocks) {
+  const plan = planSuffix(float, 'features', { unfreeze: k });
+  const rowShape = await probeShape(float, plan.boundary, backbone.config);
+  const trainable = suffixTrainable(plan, rowShape, spec, std, initParams(spec, 0), { lr: 1e-4, lrMult: 10, weightDecay: 0.01 });
+  const session = await ort.InferenceSession.create(encodeModel(trainable.trainModel), {
+    intraOpNumThreads: threads,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+    ...(profile ? { enableProfiling: true, profileFilePrefix: `/tmp/graft-finetune-${k}` } : {}),
+  });
+  const opt = new AdamW(trainable.groups, { lr: 1e-4, weightDecay: 0.01 });
+  const size = rowShape.reduce((a, b) => a * b, 1);
+  const feeds: Record<string, ort.Tensor> = {
+    [plan.boundary]: new ort.Tensor('float32', Float32Array.from({ length: B * size }, () => Math.max(0, rng.normal())), [B, ...rowShape]),
+    labels: new ort.Tensor('int64', BigInt64Array.from({ length: B }, () => BigInt(rng.int(5))), [B]),
+    dropout_mask: new ort.Tensor('float32', Float32Array.from({ length: B * 512 }, () => (rng.next() < 0.5 ? 2 : 0)), [B, 512]),
+  };
+  const total: number[] = [];
+  const runs: number[] = [];
+  const updates: number[] = [];
+  for (let step = 0; step < 25; step++) {
+    const t0 = performance.now();
+    for (const p of opt.params) feeds[p.name] = new ort.Tensor('float32', p.data, p.dims);
+    const out = await session.run(feeds);
+    const t1 = performance.now();
+    opt.step(opt.params.map((p) => out[gradName(p.name)]!.data as Float32Array));
+    const t2 = performance.now();
+    if (step >= 5) {
+      total.push(t2 - t0);
+      runs.push(t1 - t0);
+      updates.push(t2 - t1);
+    }
+  }
+  let byOp: Record<string, number> | undefined;
+  if (profile) {
+    session.endProfiling();
+    // The profiler names its file from the prefix and a timestamp; take the newest.
+    const prefix = `graft-finetune-${k}`;
+    const file = readdirSync('/tmp').filter((f) => f.startsWith(prefix) && f.endsWith('.json')).sort().pop();
+    if (file) byOp = summarizeProfile(join('/tmp', file));
+  }
+  await session.release();
+  graft[k] = { median: median(total), min: Math.min(...total), input: rowShape, run: median(runs), update: median(updates), ...(byOp ? { profile: byOp } : {}) };
+}
+
+/** Percent of kernel time by op type (forward and backward ops together). */
+function summarizeProfile(file: string): Record<string, number> {
+  const events = JSON.parse(readFileSync(file, 'utf8')) as Array<{ cat: string; name: string; dur: number; args?: { op_name?: string } }>;
+  rmSync(file, { force: true });
+  const byOp = new Map<string, number>();
+  let sum = 0;
+  for (const e of events) {
+    if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time')) continue;
+    const op = e.args?.op_name ?? '?';
+    byOp.set(op, (byOp.get(op) ?? 0) + e.dur);
+    sum += e.dur;
+  }
+  return Object.fromEntries([...byOp].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([op, t]) => [op, +((100 * t) / sum).toFixed(1)]));
+}
+
+let torch: { torch: string; ms: Record<string, { median: number; min: number; input: number[] }> } | undefined;
+const tcmalloc = '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4';
+try {
+  const out = execFileSync('/usr/bin/python3', [resolve(root, 'bench/finetune_torch.py'), String(threads), ...blocks.map(String)], {
+    env: { ...process.env, OPENBLAS_NUM_THREADS: String(threads), ...(existsSync(tcmalloc) ? { LD_PRELOAD: tcmalloc } : {}) },
+    encoding: 'utf8',
+  });
+  torch = JSON.parse(out.trim().split('\n').pop()!);
+} catch (e) {
+  console.error(`PyTorch reference not run (${(e as Error).message.split('\n')[0]}); apt-get install python3-torch python3-torchvision libopenblas0-pthread libtcmalloc-minimal4`);
+}
+
+const rows = blocks.map((k) => {
+  const g = graft[k]!;
+  const t = torch?.ms[String(k)];
+  return {
+    blocks: k,
+    input: g.input.join('x'),
+    graftMs: +g.median.toFixed(1),
+    graftRunMs: +g.run.toFixed(1),
+    graftUpdateMs: +g.update.toFixed(1),
+    torchMs: t ? +t.median.toFixed(1) : null,
+    ratio: t ? +(g.median / t.median).toFixed(2) : null,
+    ...(g.profile ? { profile: g.profile } : {}),
+  };
+});
+console.log(JSON.stringify({ threads, batch: B, torch: torch?.torch ?? null, tcmalloc: existsSync(tcmalloc), rows }, null, 2));
