@@ -11,7 +11,7 @@ import { GraftError } from '../errors.js';
 import { argmaxRows, computeMetrics, crossEntropy, type Metrics } from '../evaluate/metrics.js';
 import { formatMetrics } from '../evaluate/report.js';
 import { Learner } from '../learner.js';
-import type { TrainResult, TrainState } from '../train/trainer.js';
+import type { OptimizerKind, ScheduleKind, TrainResult, TrainState } from '../train/trainer.js';
 import { VERSION } from '../version.js';
 import { createProgress } from './progress.js';
 
@@ -23,6 +23,11 @@ const int = (name: string, min = 0) => (v: string) => {
 const positive = (name: string) => (v: string) => {
   const n = Number(v);
   if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number, got "${v}"`);
+  return n;
+};
+const fractionOf = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!(n >= 0 && n < 1)) throw new InvalidArgumentError(`${name} must be in [0, 1), got "${v}"`);
   return n;
 };
 const fraction = (v: string) => {
@@ -60,6 +65,11 @@ interface TrainFlags {
   unfreeze?: number;
   freezeEpochs?: number;
   lrMult?: number;
+  optimizer?: OptimizerKind;
+  schedule?: ScheduleKind;
+  warmup?: number;
+  clipNorm?: number;
+  momentum?: number;
 }
 
 async function train(data: string, flags: TrainFlags): Promise<void> {
@@ -99,6 +109,11 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
     ...(flags.batchSize !== undefined ? { batchSize: flags.batchSize } : {}),
     ...(flags.weightDecay !== undefined ? { weightDecay: flags.weightDecay } : {}),
     ...(flags.patience !== undefined ? { patience: flags.patience } : {}),
+    ...(flags.optimizer !== undefined ? { optimizer: flags.optimizer } : {}),
+    ...(flags.schedule !== undefined ? { schedule: flags.schedule } : {}),
+    ...(flags.warmup !== undefined ? { warmup: flags.warmup } : {}),
+    ...(flags.clipNorm !== undefined ? { clipNorm: flags.clipNorm } : {}),
+    ...(flags.momentum !== undefined ? { momentum: flags.momentum } : {}),
   };
   let epochsPlanned = 0;
   let phase = 'train';
@@ -223,6 +238,11 @@ export function program(): Command {
     .option('--batch-size <n>', 'training batch size', int('--batch-size', 1))
     .option('--weight-decay <x>', 'decoupled weight decay', Number)
     .option('--patience <n>', 'early-stopping patience in epochs (0: off)', int('--patience'))
+    .addOption(new Option('--optimizer <name>', 'optimizer (default adamw)').choices(['adamw', 'adam', 'sgd']))
+    .addOption(new Option('--schedule <name>', 'learning-rate schedule over the epochs (default cosine)').choices(['constant', 'cosine', 'one-cycle', 'step']))
+    .option('--warmup <f>', 'fraction of the steps spent warming the learning rate up', fractionOf('--warmup'))
+    .option('--clip-norm <x>', "clip the gradients' global L2 norm", positive('--clip-norm'))
+    .option('--momentum <x>', 'SGD momentum (default 0.9)', fractionOf('--momentum'))
     .option('--val-split <f>', 'validation fraction when DATA has no val folder', fraction, undefined)
     .option('--seed <s>', 'random seed (split, initialisation, shuffling, dropout)', int('--seed'), 0)
     .option('--cache-dir <dir>', 'feature cache directory (default $GRAFT_CACHE or ~/.cache/graft)')

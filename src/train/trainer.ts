@@ -23,7 +23,8 @@ import {
 } from '../head/head.js';
 import { encodeModel, type ModelProto } from '../onnx/proto.js';
 import { Random } from '../util/random.js';
-import { AdamW, type GroupSpec } from './optimizer.js';
+import { Adam, AdamW, clipGradNorm, SGD, type GroupSpec, type Optimizer } from './optimizer.js';
+import { constant, cosine, oneCycle, Scheduler, step, warmup, type Schedule, type Schedules } from './schedule.js';
 
 /** Features of a dataset: row i of `features` (length dim) has class `labels[i]`. */
 export interface FeatureSet {
@@ -40,11 +41,75 @@ export interface FitOptions {
   /** Stop after this many epochs without a lower validation loss (0 disables early stopping). */
   patience: number;
   seed: number;
-  /** Learning-rate schedule over the epochs. */
-  schedule: 'constant' | 'cosine';
+  /** Learning-rate schedule over all steps of `epochs` (a multiplier of each group's base rate). */
+  schedule: ScheduleKind;
+  /** Fraction of the steps spent warming the learning rate up linearly from 0 (0: none). */
+  warmup: number;
+  optimizer: OptimizerKind;
+  /** SGD momentum (Adam's β1 stays 0.9 unless a one-cycle schedule cycles it). */
+  momentum: number;
+  /** Clip the gradients' global L2 norm to this value (0: off). */
+  clipNorm: number;
 }
 
-export const DEFAULT_FIT: FitOptions = { epochs: 60, lr: 3e-4, batchSize: 32, weightDecay: 0.3, patience: 8, seed: 0, schedule: 'cosine' };
+export type ScheduleKind = 'constant' | 'cosine' | 'one-cycle' | 'step';
+export type OptimizerKind = 'adamw' | 'adam' | 'sgd';
+
+export const DEFAULT_FIT: FitOptions = {
+  epochs: 60,
+  lr: 3e-4,
+  batchSize: 32,
+  weightDecay: 0.3,
+  patience: 8,
+  seed: 0,
+  schedule: 'cosine',
+  warmup: 0,
+  optimizer: 'adamw',
+  momentum: 0.9,
+  clipNorm: 0,
+};
+
+/** The optimizer named in the options, over the given groups (weight decay: decoupled for AdamW, L2 otherwise). */
+export function makeOptimizer(groups: GroupSpec[], options: Pick<FitOptions, 'optimizer' | 'lr' | 'weightDecay' | 'momentum'>): Optimizer {
+  const { lr, weightDecay } = options;
+  switch (options.optimizer) {
+    case 'adamw':
+      return new AdamW(groups, { lr, weightDecay });
+    case 'adam':
+      return new Adam(groups, { lr, weightDecay });
+    case 'sgd':
+      return new SGD(groups, { lr, weightDecay, momentum: options.momentum });
+    default:
+      throw new GraftError('USAGE', `unknown optimizer "${options.optimizer as string}": use adamw, adam or sgd`);
+  }
+}
+
+/** Per-step schedules (learning-rate multiplier, and momentum for one-cycle) for the options. */
+export function makeSchedules(options: Pick<FitOptions, 'schedule' | 'warmup' | 'optimizer' | 'momentum'>): Schedules {
+  let lr: Schedule;
+  let momentum: Schedule | undefined;
+  switch (options.schedule) {
+    case 'constant':
+      lr = constant(1);
+      break;
+    case 'cosine':
+      lr = cosine(1, 0);
+      break;
+    case 'step':
+      lr = step(1, [0.5, 0.75], 0.1);
+      break;
+    case 'one-cycle': {
+      const cycle = oneCycle(options.optimizer === 'sgd' ? { moms: [options.momentum + 0.05, options.momentum - 0.05, options.momentum + 0.05] } : {});
+      lr = cycle.lr;
+      momentum = cycle.momentum;
+      break;
+    }
+    default:
+      throw new GraftError('USAGE', `unknown schedule "${options.schedule as string}": use constant, cosine, one-cycle or step`);
+  }
+  if (options.warmup > 0) lr = warmup(options.warmup, lr);
+  return { lr, ...(momentum ? { momentum } : {}) };
+}
 
 /** Measured defaults per head (bench/heads.ts): the wide MLP wants a lower rate than the linear head. */
 export const DEFAULT_LR: Record<HeadSpec['kind'], number> = { mlp: 3e-4, linear: 1e-3 };
@@ -221,9 +286,8 @@ export async function train(
   const session = await ort.InferenceSession.create(encodeModel(trainable.trainModel));
   const evaluator = await Evaluator.create(trainable);
   const rng = new Random(options.seed + 1);
-  const opt = new AdamW(trainable.groups, { lr: options.lr, weightDecay: options.weightDecay });
+  const opt = makeOptimizer(trainable.groups, options);
   const params = [...opt.params];
-  const baseLrs = opt.groups.map((g) => g.lr);
   const B = Math.min(options.batchSize, trainRows.length);
   const { dim } = data;
   // Reused batch buffers (fresh memory is expensive on these machines).
@@ -233,6 +297,7 @@ export async function train(
   const keep = 1 - (trainable.mask?.rate ?? 0);
   const valLabels = Int32Array.from(valRows, (r) => data.labels[r]!);
   const stepsPerEpoch = Math.ceil(trainRows.length / B);
+  const scheduler = new Scheduler(opt, stepsPerEpoch * options.epochs, makeSchedules(options));
   const stopper = new EarlyStopping(options.patience);
   const all: Callback[] = [...callbacks, stopper];
   const state: TrainState = { epoch: 0, step: 0, stepsPerEpoch, batchLoss: NaN, history: [], params, options };
@@ -245,8 +310,6 @@ export async function train(
     for (let epoch = 0; epoch < options.epochs; epoch++) {
       const started = performance.now();
       state.epoch = epoch;
-      const factor = options.schedule === 'cosine' ? (1 + Math.cos((Math.PI * epoch) / options.epochs)) / 2 : 1;
-      opt.setLr(baseLrs.map((lr) => lr * factor));
       emit('beforeEpoch');
       rng.shuffle(order);
       let lossSum = 0;
@@ -270,7 +333,10 @@ export async function train(
         const out = await session.run(feeds);
         const loss = (out[TRAIN_LOSS]!.data as Float32Array)[0]!;
         if (!Number.isFinite(loss)) throw new GraftError('TRAIN', `training diverged at epoch ${epoch + 1} (loss ${loss}); lower the learning rate`, { epoch, lr: opt.lr });
-        opt.step(params.map((p) => out[gradName(p.name)]!.data as Float32Array));
+        const grads = params.map((p) => out[gradName(p.name)]!.data as Float32Array);
+        if (options.clipNorm > 0) clipGradNorm(grads, options.clipNorm);
+        scheduler.setStep(state.step);
+        opt.step(grads);
         lossSum += loss * n;
         state.step++;
         state.batchLoss = loss;
