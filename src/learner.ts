@@ -13,9 +13,9 @@ import { computeMetrics, argmaxRows, crossEntropy, type Metrics } from './evalua
 import { loadBackbone, FEATURES, type Backbone } from './backbone/backbone.js';
 import { FeatureExtractor, type ExtractProgress } from './backbone/extractor.js';
 import { DEFAULT_HEAD, buildExportGraph, fitStandardizer, HEAD_OUTPUT, initParams, validateSpec, type Param, type HeadKind, type HeadSpec, type Standardizer } from './head/head.js';
-import { mergeModels } from './onnx/surgery.js';
+import { boundaries, mergeModels } from './onnx/surgery.js';
 import { defaultOpset, encodeModel, type ModelProto } from './onnx/proto.js';
-import { inputShape, type PretrainedConfig } from './preprocess/config.js';
+import { inputShape, preprocessKey, type PretrainedConfig } from './preprocess/config.js';
 import { isQuantized, dequantizeModel } from './onnx/dequantize.js';
 import { planSuffix, prefixModel, probeShape, poolWithSuffix, suffixTrainable, withWeights, type FreezeSpec, type SuffixPlan } from './train/finetune.js';
 import { DEFAULT_FIT, DEFAULT_LR, Evaluator, train, type Trainable, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
@@ -54,8 +54,13 @@ export class Learner {
   readonly standardizer: Standardizer;
   result: TrainResult | undefined;
   private fitOptions: FitOptions | undefined;
-  /** Set by fineTune(): the tuned float backbone and what evaluate() runs on. */
+  /** Set once the backbone runs in float for training (fine-tuning): its weights as trained so far. */
   private tuned: TunedState | undefined;
+  private float: ModelProto | undefined;
+  /** What the next fit() trains besides the head (undefined: the backbone is frozen). */
+  private unfrozen: FreezeSpec | undefined;
+  /** What evaluate() runs: the last trained graph, its rows and weights. */
+  private evaluation: { graph: Promise<Evaluator>; data: FeatureSet; params: Param[] } | undefined;
   private standardizerInUse: Standardizer;
 
   private constructor(readonly options: LearnerOptions, readonly backbone: Backbone, readonly data: LearnerData, readonly seed: number) {
@@ -104,84 +109,170 @@ export class Learner {
     return this.data.dataset.classes;
   }
 
-  /** Trains the head on the training features, early-stopping on validation loss. */
+  /**
+   * Trains what is unfrozen: by default the head alone, on the cached features of the frozen backbone; after
+   * unfreeze()/freezeTo(), the unfrozen blocks of the (float) backbone with the head, continuing from the
+   * current weights (and, once the backbone has been trained, a frozen backbone keeps its tuned weights).
+   * Early-stops on validation loss.
+   */
   async fit(options: Partial<FitOptions> = {}, callbacks: Callback[] = []): Promise<TrainResult> {
+    if (this.unfrozen) return this.fitSuffix(this.unfrozen, false, { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, seed: this.seed, ...options }, DEFAULT_FINE_TUNE.lrMult, callbacks);
+    if (this.tuned) return this.fitSuffix({ unfreeze: 1 }, true, { ...DEFAULT_FIT, lr: DEFAULT_LR[this.spec.kind], seed: this.seed, ...options }, 1, callbacks);
     this.fitOptions = { ...DEFAULT_FIT, lr: DEFAULT_LR[this.spec.kind], seed: this.seed, ...options };
-    this.tuned = undefined;
     this.standardizerInUse = this.standardizer;
     this.result = await trainHead(this.data.features, this.data.trainRows, this.data.valRows, this.spec, this.standardizer, this.fitOptions, callbacks);
+    this.setEvaluation(Evaluator.forHead(this.spec, this.standardizer), this.data.features, this.result.params);
     return this.result;
+  }
+
+  /** Number of blocks of the backbone (block boundaries: residual joins and branch points). */
+  blockCount(): number {
+    return boundaries(this.floatModel().graph!, FEATURES).filter((b) => b.block).length;
+  }
+
+  /** fastai's freeze(): the next fit() trains the head only. */
+  freeze(): void {
+    this.unfrozen = undefined;
+  }
+
+  /** The next fit() trains every block of the backbone with the head. */
+  unfreeze(): void {
+    this.unfrozen = { unfreeze: this.blockCount() };
+  }
+
+  /**
+   * fastai's freezeTo over the parameter groups [block 1, …, block B, head]: groups before `n` are frozen;
+   * a negative `n` counts from the end (freezeTo(-1): the head only; freezeTo(-3): the last 2 blocks + head).
+   */
+  freezeTo(n: number): void {
+    const groups = this.blockCount() + 1;
+    if (!Number.isInteger(n) || n === 0 || Math.abs(n) > groups) throw new GraftError('USAGE', `freezeTo(${n}): expected ±1 … ±${groups} (${groups - 1} blocks + the head)`);
+    const trainable = n < 0 ? -n : groups - n;
+    this.unfrozen = trainable > 1 ? { unfreeze: trainable - 1 } : undefined;
   }
 
   /**
    * fastai's recipe: train the head on the frozen backbone for `freezeEpochs`, then unfreeze the last
    * `unfreeze` blocks (or everything from `fineTuneAt` on) and train them with the head, the backbone at
-   * `lr / lrMult`. A quantized backbone is converted to float first. The frozen prefix runs once over the
-   * images; its output is cached and only the suffix is run each epoch.
+   * `lr / lrMult`; with `gradual`, one more block is unfrozen at each stage. A quantized backbone is converted
+   * to float first. The frozen prefix runs once over the images (cached); only the suffix runs each epoch.
    */
   async fineTune(options: FineTuneOptions, callbacks: Callback[] = []): Promise<FineTuneResult> {
     const fit: FitOptions = { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, seed: this.seed, ...options.fit };
     const freezeEpochs = options.freezeEpochs ?? DEFAULT_FINE_TUNE.freezeEpochs;
     const lrMult = options.lrMult ?? DEFAULT_FINE_TUNE.lrMult;
-    const floatModel = isQuantized(this.backbone.featureModel) ? dequantizeModel(this.backbone.featureModel).model : this.backbone.featureModel;
-    const plan = planSuffix(floatModel, FEATURES, options);
-    const files = [...this.data.dataset.train, ...this.data.dataset.val].map((s) => s.file);
+    const model = this.floatModel();
+    const plan = planSuffix(model, FEATURES, options);
 
-    // Boundary activations: the frozen prefix, run once (and cached on disk like features).
-    const rowShape = await probeShape(floatModel, plan.boundary, this.backbone.config);
-    const prefix = prefixModel(floatModel, plan.boundary, FEATURES);
+    // Phase 1: the head on the frozen (float) backbone's pooled features, computed from the boundary activations.
+    const { rowShape, activations } = await this.activationsAt(model, plan);
+    const pooled = await poolWithSuffix(plan, rowShape, activations, [...this.data.trainRows, ...this.data.valRows], this.backbone.config.featureDim);
+    const std = fitStandardizer(pooled.features, pooled.dim, this.data.trainRows);
+    let phase1: TrainResult | undefined;
+    if (freezeEpochs > 0) {
+      const headFit = { ...fit, lr: options.headLr ?? DEFAULT_LR[this.spec.kind], epochs: freezeEpochs };
+      phase1 = await trainHead(pooled, this.data.trainRows, this.data.valRows, this.spec, std, headFit, callbacks);
+    }
+    this.standardizerInUse = std;
+    this.result = phase1 ?? { params: initParams(this.spec, this.seed), history: [], bestEpoch: -1, stoppedEarly: false };
+    this.tuned = { featureModel: model, from: plan.boundary, trainableTensors: 0 };
+    this.setEvaluation(Evaluator.forHead(this.spec, std), pooled, this.result.params);
+
+    // Phase 2: suffix + head with discriminative learning rates; gradually, one block more per stage.
+    const stages: FreezeSpec[] = [];
+    if (options.gradual && options.unfreeze !== undefined) for (let k = 1; k <= options.unfreeze; k++) stages.push({ unfreeze: k });
+    else stages.push(options);
+    let phase2: TrainResult | undefined;
+    for (let i = 0; i < stages.length; i++) {
+      const epochs = Math.max(1, Math.round(fit.epochs / stages.length));
+      phase2 = await this.fitSuffix(stages[i]!, false, { ...fit, epochs }, lrMult, callbacks, i === stages.length - 1 ? fit : undefined);
+    }
+    const last = planSuffix(model, FEATURES, stages[stages.length - 1]!);
+    return { phase1, phase2: phase2!, boundary: last.boundary, trainableTensors: last.trainable.length, trainableNodes: last.nodes.length };
+  }
+
+  /** Metrics of the trained head (and tuned backbone) on the validation rows. */
+  async evaluate(): Promise<Metrics> {
+    this.trained();
+    const { graph, data, params } = this.evaluation!;
+    const evaluator = await graph;
+    const probs = await evaluator.probabilities(data, this.data.valRows, params);
+    const truth = Int32Array.from(this.data.valRows, (r) => this.data.features.labels[r]!);
+    const loss = crossEntropy(probs, this.spec.numClasses, truth);
+    return computeMetrics(this.classes, truth, argmaxRows(probs, this.spec.numClasses), { loss });
+  }
+
+  /** Replaces what evaluate() runs, releasing the previous evaluation session. */
+  private setEvaluation(graph: Promise<Evaluator>, data: FeatureSet, params: Param[]): void {
+    const previous = this.evaluation?.graph;
+    this.evaluation = { graph, data, params };
+    void previous?.then((e) => e.release(), () => undefined);
+  }
+
+  /** Releases the sessions the learner holds (the evaluation graph). */
+  async close(): Promise<void> {
+    const graph = this.evaluation?.graph;
+    this.evaluation = undefined;
+    await graph?.then((e) => e.release(), () => undefined);
+  }
+
+  /** The backbone in float (quantized ones converted once), with any fine-tuned weights. */
+  private floatModel(): ModelProto {
+    if (this.tuned) return this.tuned.featureModel;
+    this.float ??= isQuantized(this.backbone.featureModel) ? dequantizeModel(this.backbone.featureModel).model : this.backbone.featureModel;
+    return this.float;
+  }
+
+  /**
+   * Activations at the plan's boundary for every image, from the frozen prefix run as an ordinary session
+   * (weights as initializers). Cached on disk under the prefix's content hash, so tuned weights never hit
+   * stale entries.
+   */
+  private async activationsAt(model: ModelProto, plan: SuffixPlan): Promise<{ rowShape: number[]; activations: FeatureSet }> {
+    const files = [...this.data.dataset.train, ...this.data.dataset.val].map((s) => s.file);
+    const rowShape = await probeShape(model, plan.boundary, this.backbone.config);
+    const prefix = prefixModel(model, plan.boundary, FEATURES);
+    const bytes = encodeModel(prefix);
     const boundaryBackbone: Backbone = {
       ...this.backbone,
       featureModel: prefix,
-      featureModelBytes: encodeModel(prefix),
+      featureModelBytes: bytes,
       config: { ...this.backbone.config, featureDim: rowShape.reduce((a, b) => a * b, 1) },
-      key: createHash('sha256').update(`${this.backbone.key}\nfloat boundary ${plan.boundary}`).digest('hex').slice(0, 32),
+      key: createHash('sha256').update(bytes).update(`\n${preprocessKey(this.backbone.config)}`).digest('hex').slice(0, 32),
     };
     const extractor = new FeatureExtractor(boundaryBackbone, { ...(this.options.cacheDir !== undefined ? { cacheDir: this.options.cacheDir } : {}) });
-    let activations: FeatureSet;
     try {
       const r = await extractor.extract(files, (p) => this.options.onProgress?.({ ...p, split: p.done < this.data.dataset.train.length ? 'train' : 'val' }));
       for (const row of [...this.data.trainRows, ...this.data.valRows]) {
         if (!r.valid[row]) throw new GraftError('TRAIN', `${files[row]}: decoded for features but not for fine-tuning`, { file: files[row] });
       }
-      activations = { features: r.features, dim: r.dim, labels: this.data.features.labels };
+      return { rowShape, activations: { features: r.features, dim: r.dim, labels: this.data.features.labels } };
     } finally {
       await extractor.close();
     }
-
-    // Phase 1: the head on the frozen (float) backbone's pooled features.
-    const frozen = await poolWithSuffix(plan, rowShape, activations, [...this.data.trainRows, ...this.data.valRows], this.backbone.config.featureDim);
-    const std = fitStandardizer(frozen.features, frozen.dim, this.data.trainRows);
-    const headFit = { ...fit, lr: options.headLr ?? DEFAULT_LR[this.spec.kind], epochs: freezeEpochs };
-    const phase1 = freezeEpochs > 0 ? await trainHead(frozen, this.data.trainRows, this.data.valRows, this.spec, std, headFit, callbacks) : undefined;
-    const headParams = phase1?.params ?? initParams(this.spec, this.seed);
-
-    // Phase 2: suffix + head, discriminative learning rates.
-    const trainable = suffixTrainable(plan, rowShape, this.spec, std, headParams, { lr: fit.lr, lrMult, weightDecay: fit.weightDecay });
-    const phase2 = await train(trainable, activations, this.data.trainRows, this.data.valRows, fit, callbacks);
-    const headNames = new Set(headParams.map((p) => p.name));
-    const backboneParams = phase2.params.filter((p) => !headNames.has(p.name));
-    this.fitOptions = fit;
-    this.standardizerInUse = std;
-    this.result = { ...phase2, params: phase2.params.filter((p) => headNames.has(p.name)) };
-    this.tuned = { featureModel: withWeights(floatModel, backboneParams), trainable, activations, params: phase2.params, plan };
-    return { phase1, phase2, boundary: plan.boundary, trainableTensors: plan.trainable.length, trainableNodes: plan.nodes.length };
   }
 
-  /** Metrics of the trained head (and tuned backbone) on the validation rows. */
-  async evaluate(): Promise<Metrics> {
-    const params = this.trained().params;
-    const tuned = this.tuned;
-    const evaluator = tuned ? await Evaluator.create(tuned.trainable) : await Evaluator.forHead(this.spec, this.standardizerInUse);
-    const data = tuned ? tuned.activations : this.data.features;
-    try {
-      const probs = await evaluator.probabilities(data, this.data.valRows, tuned ? tuned.params : params);
-      const truth = Int32Array.from(this.data.valRows, (r) => this.data.features.labels[r]!);
-      const loss = crossEntropy(probs, this.spec.numClasses, truth);
-      return computeMetrics(this.classes, truth, argmaxRows(probs, this.spec.numClasses), { loss });
-    } finally {
-      await evaluator.release();
+  /** Trains the suffix after `spec`'s boundary with the head (or, with `frozenBackbone`, the head alone through it). */
+  private async fitSuffix(spec: FreezeSpec, frozenBackbone: boolean, fit: FitOptions, lrMult: number, callbacks: Callback[], record: FitOptions = fit): Promise<TrainResult> {
+    const model = this.floatModel();
+    const plan = planSuffix(model, FEATURES, spec);
+    const { rowShape, activations } = await this.activationsAt(model, plan);
+    if (!this.result) {
+      // No head yet: standardise on the float backbone's own pooled features.
+      const pooled = await poolWithSuffix(plan, rowShape, activations, this.data.trainRows, this.backbone.config.featureDim);
+      this.standardizerInUse = fitStandardizer(pooled.features, pooled.dim, this.data.trainRows);
     }
+    const head = (this.result?.params ?? initParams(this.spec, this.seed)).map((p) => ({ ...p, data: p.data.slice() }));
+    const trainable = suffixTrainable(plan, rowShape, this.spec, this.standardizerInUse, head, { lr: fit.lr, lrMult, weightDecay: fit.weightDecay });
+    if (frozenBackbone) trainable.groups[0]!.frozen = true;
+    const result = await train(trainable, activations, this.data.trainRows, this.data.valRows, fit, callbacks);
+    const headNames = new Set(head.map((p) => p.name));
+    const backboneParams = result.params.filter((p) => !headNames.has(p.name));
+    this.fitOptions = record;
+    this.result = { ...result, params: result.params.filter((p) => headNames.has(p.name)) };
+    this.tuned = { featureModel: withWeights(model, backboneParams), from: plan.boundary, trainableTensors: frozenBackbone ? 0 : plan.trainable.length };
+    this.setEvaluation(Evaluator.create(trainable), activations, result.params);
+    return result;
   }
 
   /** Writes `dir/model.onnx` (backbone + head, one graph) and `dir/graft.json`. */
@@ -206,7 +297,7 @@ export class Learner {
         bestEpoch: result.bestEpoch + 1,
         stoppedEarly: result.stoppedEarly,
         history: result.history,
-        ...(this.tuned ? { fineTuned: { from: this.tuned.plan.boundary, trainableTensors: this.tuned.plan.trainable.length, float: true } } : {}),
+        ...(this.tuned ? { fineTuned: { from: this.tuned.from, trainableTensors: this.tuned.trainableTensors, float: true } } : {}),
       },
       ...(metrics ? { metrics } : {}),
       data: {
@@ -247,6 +338,8 @@ export interface FineTuneOptions extends FreezeSpec {
   lrMult?: number;
   /** Learning rate of the head-only phase (default: the head's default). */
   headLr?: number;
+  /** Unfreeze one more block per stage (1, 2, …, unfreeze), the epochs shared between stages. */
+  gradual?: boolean;
   /** Options of the unfrozen phase (epochs, lr = the head's rate, batch size, decay, patience). */
   fit?: Partial<FitOptions>;
 }
@@ -262,9 +355,9 @@ export interface FineTuneResult {
 export const DEFAULT_FINE_TUNE = { lr: 1e-4, lrMult: 10, freezeEpochs: 3 } as const;
 
 interface TunedState {
+  /** The float backbone with its current weights (what export writes). */
   featureModel: ModelProto;
-  trainable: Trainable;
-  activations: FeatureSet;
-  params: Param[];
-  plan: SuffixPlan;
+  /** Where the last backbone training started, and how many weight tensors it trained. */
+  from: string;
+  trainableTensors: number;
 }

@@ -13,11 +13,12 @@ import { loadBackbone, type Backbone } from '../src/backbone/backbone.js';
 import { FeatureExtractor } from '../src/backbone/extractor.js';
 import { dequantizeModel, isQuantized } from '../src/onnx/dequantize.js';
 import { boundaries } from '../src/onnx/surgery.js';
-import { encodeModel, tensorToFloat32, type ModelProto } from '../src/onnx/proto.js';
+import { decodeModel, encodeModel, tensorToFloat32, type ModelProto } from '../src/onnx/proto.js';
 import { fitStandardizer, gradName, initParams, type HeadSpec } from '../src/head/head.js';
 import { planSuffix, poolWithSuffix, prefixModel, probeShape, suffixTrainable, withWeights } from '../src/train/finetune.js';
 import { AdamW } from '../src/train/optimizer.js';
 import { GraftError, GraftModel, learner } from '../src/index.js';
+import { readArtifact } from '../src/artifact/artifact.js';
 
 const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const MODEL = resolve(root, '../shared/models/mobilenetv2-12-int8/model.onnx');
@@ -124,6 +125,44 @@ describe('Learner.fineTune on a hymenoptera subset', () => {
 
   after(async () => {
     await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('freeze / freezeTo / unfreeze choose what fit() trains, continuing from the current weights', async () => {
+    const learn = await learner({ data: join(tmp, 'data'), model: MODEL, cacheDir: join(tmp, 'cache') });
+    assert.equal(learn.blockCount(), 15);
+    assert.throws(() => learn.freezeTo(0), (e: unknown) => e instanceof GraftError && e.code === 'USAGE');
+    assert.throws(() => learn.freezeTo(-17), (e: unknown) => e instanceof GraftError && /15 blocks/.test(e.message));
+    await learn.fit({ epochs: 3 });
+    const headOnly = await learn.evaluate();
+    learn.freezeTo(-2); // the last block + the head
+    const tuned = await learn.fit({ epochs: 2, patience: 0 });
+    assert.equal(tuned.history.length, 2);
+    const manifest = await learn.export(join(tmp, 'tuned'), await learn.evaluate());
+    assert.equal((manifest.training as { fineTuned?: { from: string; trainableTensors: number } }).fineTuned?.from, '452');
+    assert.equal((manifest.training as { fineTuned?: { trainableTensors: number } }).fineTuned?.trainableTensors, 8);
+    // Back to a frozen backbone: the head trains through the tuned backbone, whose weights stay as they are.
+    learn.freeze();
+    await learn.fit({ epochs: 1, patience: 0 });
+    const again = await learn.export(join(tmp, 'again'));
+    const weights = async (dir: string) => {
+      const { modelBytes } = await readArtifact(dir);
+      const m = decodeModel(modelBytes);
+      return m.graph!.initializer!.filter((t) => !t.name!.startsWith('head/')).map((t) => tensorToFloat32(t));
+    };
+    const [w1, w2] = [await weights(join(tmp, 'tuned')), await weights(join(tmp, 'again'))];
+    assert.deepEqual(w1, w2);
+    assert.ok(headOnly.accuracy > 0.5);
+    await learn.close();
+  });
+
+  it('gradual unfreezing trains one more block per stage', async () => {
+    const learn = await learner({ data: join(tmp, 'data'), model: MODEL, cacheDir: join(tmp, 'cache') });
+    const seen: string[] = [];
+    const result = await learn.fineTune({ unfreeze: 2, gradual: true, freezeEpochs: 1, fit: { epochs: 2, patience: 0 } }, [{ beforeFit: (s) => seen.push(`${s.params.length}`) }]);
+    // Head-only (4 head weights), then the last block (+8 tensors), then the last two blocks (+14 tensors).
+    assert.deepEqual(seen, ['4', '12', '18']);
+    assert.equal(result.boundary, '443');
+    await learn.close();
   });
 
   it('trains head then suffix, and the exported graph reproduces the tuned model', async () => {
