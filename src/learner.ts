@@ -180,7 +180,7 @@ export class Learner {
 
     // Phase 2: suffix + head with discriminative learning rates; gradually, one block more per stage.
     const stages: FreezeSpec[] = [];
-    if (options.gradual && options.unfreeze !== undefined) for (let k = 1; k <= options.unfreeze; k++) stages.push({ unfreeze: k });
+    if (options.gradual && options.unfreeze !== undefined) for (let k = 1; k <= options.unfreeze; k++) stages.push({ unfreeze: k, ...(options.batchNorm ? { batchNorm: options.batchNorm } : {}) });
     else stages.push(options);
     let phase2: TrainResult | undefined;
     for (let i = 0; i < stages.length; i++) {
@@ -267,11 +267,13 @@ export class Learner {
     if (frozenBackbone) trainable.groups[0]!.frozen = true;
     const result = await train(trainable, activations, this.data.trainRows, this.data.valRows, fit, callbacks);
     const headNames = new Set(head.map((p) => p.name));
-    const backboneParams = result.params.filter((p) => !headNames.has(p.name));
+    // Running statistics (batchNorm 'train') go into the exported backbone with the trained weights.
+    const statistics = (trainable.state ?? []).map((t) => ({ name: t.name, dims: t.dims, data: t.data, decay: false }));
+    const backboneParams = [...result.params.filter((p) => !headNames.has(p.name)), ...statistics];
     this.fitOptions = record;
     this.result = { ...result, params: result.params.filter((p) => headNames.has(p.name)) };
     this.tuned = { featureModel: withWeights(model, backboneParams), from: plan.boundary, trainableTensors: frozenBackbone ? 0 : plan.trainable.length };
-    this.setEvaluation(Evaluator.create(trainable), activations, result.params);
+    this.setEvaluation(Evaluator.create(trainable), activations, [...result.params, ...statistics]);
     return result;
   }
 

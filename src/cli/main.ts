@@ -65,6 +65,7 @@ interface TrainFlags {
   unfreeze?: number;
   freezeEpochs?: number;
   lrMult?: number;
+  batchNorm?: 'frozen-stats' | 'train';
   optimizer?: OptimizerKind;
   schedule?: ScheduleKind;
   warmup?: number;
@@ -139,6 +140,7 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
         ...(flags.unfreeze !== undefined ? { unfreeze: flags.unfreeze } : {}),
         ...(flags.freezeEpochs !== undefined ? { freezeEpochs: flags.freezeEpochs } : {}),
         ...(flags.lrMult !== undefined ? { lrMult: flags.lrMult } : {}),
+        ...(flags.batchNorm !== undefined ? { batchNorm: flags.batchNorm } : {}),
         fit,
       },
       [show, { afterFit: () => (phase = 'fine-tune') }],
@@ -238,6 +240,7 @@ export function program(): Command {
     .option('--batch-size <n>', 'training batch size', int('--batch-size', 1))
     .option('--weight-decay <x>', 'decoupled weight decay', Number)
     .option('--patience <n>', 'early-stopping patience in epochs (0: off)', int('--patience'))
+    .addOption(new Option('--batch-norm <policy>', 'BatchNorm in the fine-tuned blocks: keep pretrained statistics, or train them').choices(['frozen-stats', 'train']))
     .addOption(new Option('--optimizer <name>', 'optimizer (default adamw)').choices(['adamw', 'adam', 'sgd']))
     .addOption(new Option('--schedule <name>', 'learning-rate schedule over the epochs (default cosine)').choices(['constant', 'cosine', 'one-cycle', 'step']))
     .option('--warmup <f>', 'fraction of the steps spent warming the learning rate up', fractionOf('--warmup'))

@@ -50,7 +50,16 @@ export interface FreezeSpec {
   unfreeze?: number;
   /** Train from this node (index in topological order) or this tensor on; snapped back to a split point. */
   fineTuneAt?: number | string;
+  /**
+   * BatchNormalization in the trained part: `frozen-stats` (default) keeps inference mode with the pretrained
+   * running statistics (scale and shift still train); `train` normalises with batch statistics while training
+   * and updates the running statistics (momentum 0.9), which the exported graph then uses.
+   */
+  batchNorm?: BatchNormPolicy;
 }
+
+export type BatchNormPolicy = 'frozen-stats' | 'train';
+
 
 export interface SuffixPlan {
   /** The tensor the suffix starts from (its activations are cached). */
@@ -63,6 +72,9 @@ export interface SuffixPlan {
   trainable: string[];
   /** Output of the suffix: the pooled features `[N, D]`. */
   output: string;
+  batchNorm: BatchNormPolicy;
+  /** Running mean and variance of the suffix's BatchNormalization nodes (updated when batchNorm is `train`). */
+  statistics: string[];
 }
 
 /** Chooses the split point for a freeze spec and collects what the trainable suffix needs. */
@@ -117,7 +129,10 @@ export function planSuffix(featureModel: ModelProto, output: string, freeze: Fre
       if (t.dataType === DataType.FLOAT && size > 1 && WEIGHT_INPUTS[n.opType!]?.includes(i)) trainable.add(name);
     });
   }
-  return { boundary: chosen.tensor, boundaryIndex: chosen.index, nodes, initializers, trainable: [...trainable], output };
+  const batchNorm = freeze.batchNorm ?? 'frozen-stats';
+  if (batchNorm !== 'frozen-stats' && batchNorm !== 'train') throw new GraftError('USAGE', `batchNorm must be "frozen-stats" or "train", got ${JSON.stringify(batchNorm)}`);
+  const statistics = nodes.filter((n) => n.opType === 'BatchNormalization').flatMap((n) => [n.input![3]!, n.input![4]!]);
+  return { boundary: chosen.tensor, boundaryIndex: chosen.index, nodes, initializers, trainable: [...trainable], output, batchNorm, statistics };
 }
 
 /** The suffix's trainable weights as parameters (copies of the initializers' values). */
@@ -130,18 +145,34 @@ export function suffixParams(plan: SuffixPlan): Param[] {
   });
 }
 
+export const stateOutput = (name: string) => `state.${name}`;
+
 function suffixGraph(name: string, plan: SuffixPlan, rowShape: number[], spec: HeadSpec, std: Standardizer, training: boolean): { b: GraphBuilder; logits: string; weights: string[] } {
   const b = new GraphBuilder(name);
   b.input(plan.boundary, DataType.FLOAT, ['N', ...rowShape]);
   const trainable = new Set(plan.trainable);
+  // With batchNorm 'train' the running statistics are state: inputs of both graphs, outputs of the training one.
+  const state = new Set(plan.batchNorm === 'train' ? plan.statistics : []);
   const weights: string[] = [];
   for (const [tname, t] of plan.initializers) {
+    const dims = (t.dims ?? []).map((d) => toNumber(d as number));
     if (trainable.has(tname)) {
-      b.input(tname, DataType.FLOAT, (t.dims ?? []).map((d) => toNumber(d as number)));
+      b.input(tname, DataType.FLOAT, dims);
       weights.push(tname);
-    } else b.initializer(t);
+    } else if (state.has(tname)) b.input(tname, DataType.FLOAT, dims);
+    else b.initializer(t);
   }
-  for (const n of plan.nodes) b.copy(n);
+  for (const n of plan.nodes) {
+    if (!(training && state.size > 0 && n.opType === 'BatchNormalization')) {
+      b.copy(n);
+      continue;
+    }
+    const [, , , mean, variance] = n.input!;
+    const attribute = [...(n.attribute ?? []).filter((a) => a.name !== 'training_mode'), { name: 'training_mode', type: onnx.AttributeProto.AttributeType.INT, i: 1 }];
+    b.copy({ ...n, attribute, output: [n.output![0]!, stateOutput(mean!), stateOutput(variance!)] });
+    b.output(stateOutput(mean!), DataType.FLOAT, []);
+    b.output(stateOutput(variance!), DataType.FLOAT, []);
+  }
   const head = declareParams(b, spec, { kind: 'train' });
   const mask = training && spec.kind === 'mlp' && spec.dropout > 0 ? b.input(TRAIN_MASK, DataType.FLOAT, ['N', spec.hidden]) : undefined;
   const logits = forward(b, spec, std, plan.output, head, mask);
@@ -187,6 +218,14 @@ export function suffixTrainable(
     inputName: plan.boundary,
     rowShape,
     numClasses: spec.numClasses,
+    ...(plan.batchNorm === 'train' && plan.statistics.length
+      ? {
+          state: plan.statistics.map((name) => {
+            const t = plan.initializers.get(name)!;
+            return { name, output: stateOutput(name), dims: (t.dims ?? []).map((d) => toNumber(d as number)), data: tensorToFloat32(t) };
+          }),
+        }
+      : {}),
     ...(spec.kind === 'mlp' && spec.dropout > 0 ? { mask: { name: TRAIN_MASK, width: spec.hidden, rate: spec.dropout } } : {}),
   };
 }

@@ -4,7 +4,6 @@
  * place. Events form a closed list that callbacks subscribe to; early stopping with best-weights restore is
  * one such callback.
  */
-import * as ort from 'onnxruntime-node';
 import { GraftError } from '../errors.js';
 import { crossEntropy, argmaxRows } from '../evaluate/metrics.js';
 import {
@@ -23,6 +22,7 @@ import {
 } from '../head/head.js';
 import { encodeModel, type ModelProto } from '../onnx/proto.js';
 import { Random } from '../util/random.js';
+import { RemoteSession, type Feed } from './remote-session.js';
 import { Adam, AdamW, clipGradNorm, SGD, type GroupSpec, type Optimizer } from './optimizer.js';
 import { constant, cosine, oneCycle, Scheduler, step, warmup, type Schedule, type Schedules } from './schedule.js';
 
@@ -135,6 +135,8 @@ export interface TrainState {
   batchLoss: number;
   history: EpochRecord[];
   params: Param[];
+  /** Running statistics carried by the training graph (restored with the weights by early stopping). */
+  state: Param[];
   options: FitOptions;
 }
 
@@ -162,7 +164,7 @@ export class EarlyStopping implements Callback {
     if (loss < this.best - this.minDelta) {
       this.best = loss;
       this.bestEpoch = s.epoch;
-      this.snapshot = s.params.map((p) => p.data.slice());
+      this.snapshot = [...s.params, ...s.state].map((p) => p.data.slice());
     } else if (this.patience > 0 && s.epoch - this.bestEpoch >= this.patience) {
       this.stoppedEarly = true;
       throw new CancelFit(`no lower validation loss for ${this.patience} epochs`);
@@ -170,7 +172,7 @@ export class EarlyStopping implements Callback {
   };
 
   afterFit = (s: TrainState): void => {
-    if (this.snapshot.length) s.params.forEach((p, i) => p.data.set(this.snapshot[i]!));
+    if (this.snapshot.length) [...s.params, ...s.state].forEach((p, i) => p.data.set(this.snapshot[i]!));
   };
 }
 
@@ -197,6 +199,19 @@ export interface Trainable {
   numClasses: number;
   /** The inverted-dropout mask input of the training graph, when it has one. */
   mask?: { name: string; width: number; rate: number };
+  /**
+   * Running statistics (BatchNorm in training mode): fed to both graphs as `name`, replaced after every
+   * training step by the training graph's output `output`.
+   */
+  state?: StateTensor[];
+}
+
+/** A running statistic updated by the training graph: fed as `name`, its new value read from `output`. */
+export interface StateTensor {
+  name: string;
+  output: string;
+  dims: number[];
+  data: Float32Array;
 }
 
 /** The head as a Trainable: one parameter group, weights initialised from the seed. */
@@ -214,10 +229,10 @@ export function headTrainable(spec: HeadSpec, std: Standardizer, seed: number, l
 
 /** Runs an eval graph over rows of a feature set, returning [rows, numClasses] probabilities. */
 export class Evaluator {
-  private constructor(private readonly session: ort.InferenceSession, private readonly trainable: Pick<Trainable, 'inputName' | 'rowShape'>) {}
+  private constructor(private readonly session: RemoteSession, private readonly trainable: Pick<Trainable, 'inputName' | 'rowShape'>) {}
 
   static async create(trainable: Pick<Trainable, 'evalModel' | 'inputName' | 'rowShape'>, threads?: number): Promise<Evaluator> {
-    const session = await ort.InferenceSession.create(encodeModel(trainable.evalModel), threads ? { intraOpNumThreads: threads } : {});
+    const session = await RemoteSession.create(encodeModel(trainable.evalModel), threads ? { threads } : {});
     return new Evaluator(session, trainable);
   }
 
@@ -236,9 +251,9 @@ export class Evaluator {
         const r = rows[start + i]!;
         x.set(data.features.subarray(r * data.dim, (r + 1) * data.dim), i * data.dim);
       }
-      const feeds: Record<string, ort.Tensor> = { [this.trainable.inputName]: new ort.Tensor('float32', x.subarray(0, n * data.dim), [n, ...this.trainable.rowShape]) };
-      for (const p of params) feeds[p.name] = new ort.Tensor('float32', p.data, p.dims);
-      const probs = (await this.session.run(feeds))[HEAD_OUTPUT]!.data as Float32Array;
+      const feeds: Record<string, Feed> = { [this.trainable.inputName]: { type: 'float32', data: x.subarray(0, n * data.dim), dims: [n, ...this.trainable.rowShape] } };
+      for (const p of params) feeds[p.name] = { type: 'float32', data: p.data, dims: p.dims };
+      const probs = (await this.session.run(feeds, [HEAD_OUTPUT]))[HEAD_OUTPUT]!.data;
       if (!out) {
         numClasses = probs.length / n;
         out = new Float32Array(rows.length * numClasses);
@@ -283,8 +298,12 @@ export async function train(
   if (valRows.length === 0) throw new GraftError('TRAIN', 'no validation examples');
   const rowSize = trainable.rowShape.reduce((a, b) => a * b, 1);
   if (rowSize !== data.dim) throw new GraftError('TRAIN', `rows hold ${data.dim} values but the graph takes [${trainable.rowShape}]`);
-  const session = await ort.InferenceSession.create(encodeModel(trainable.trainModel));
-  const evaluator = await Evaluator.create(trainable);
+  // Both sessions run on worker threads: ONNX Runtime's run blocks its thread, and the main thread must stay free.
+  const session = await RemoteSession.create(encodeModel(trainable.trainModel));
+  const evaluator = await Evaluator.create(trainable).catch(async (e: unknown) => {
+    await session.release();
+    throw e;
+  });
   const rng = new Random(options.seed + 1);
   const opt = makeOptimizer(trainable.groups, options);
   const params = [...opt.params];
@@ -300,7 +319,8 @@ export async function train(
   const scheduler = new Scheduler(opt, stepsPerEpoch * options.epochs, makeSchedules(options));
   const stopper = new EarlyStopping(options.patience);
   const all: Callback[] = [...callbacks, stopper];
-  const state: TrainState = { epoch: 0, step: 0, stepsPerEpoch, batchLoss: NaN, history: [], params, options };
+  const stateParams: Param[] = (trainable.state ?? []).map((t) => ({ name: t.name, dims: t.dims, data: t.data, decay: false }));
+  const state: TrainState = { epoch: 0, step: 0, stepsPerEpoch, batchLoss: NaN, history: [], params, state: stateParams, options };
   const emit = (event: TrainEvent) => {
     for (const cb of all) cb[event]?.(state);
   };
@@ -320,20 +340,22 @@ export async function train(
           x.set(data.features.subarray(row * dim, (row + 1) * dim), i * dim);
           labels[i] = BigInt(data.labels[row]!);
         }
-        const feeds: Record<string, ort.Tensor> = {
-          [trainable.inputName]: new ort.Tensor('float32', x.subarray(0, n * dim), [n, ...trainable.rowShape]),
-          [TRAIN_LABELS]: new ort.Tensor('int64', labels.subarray(0, n), [n]),
+        const feeds: Record<string, Feed> = {
+          [trainable.inputName]: { type: 'float32', data: x.subarray(0, n * dim), dims: [n, ...trainable.rowShape] },
+          [TRAIN_LABELS]: { type: 'int64', data: labels.subarray(0, n), dims: [n] },
         };
         if (mask && trainable.mask) {
           const width = trainable.mask.width;
           for (let i = 0; i < n * width; i++) mask[i] = rng.next() < keep ? 1 / keep : 0;
-          feeds[trainable.mask.name] = new ort.Tensor('float32', mask.subarray(0, n * width), [n, width]);
+          feeds[trainable.mask.name] = { type: 'float32', data: mask.subarray(0, n * width), dims: [n, width] };
         }
-        for (const p of params) feeds[p.name] = new ort.Tensor('float32', p.data, p.dims);
+        for (const p of params) feeds[p.name] = { type: 'float32', data: p.data, dims: p.dims };
+        for (const t of stateParams) feeds[t.name] = { type: 'float32', data: t.data, dims: t.dims };
         const out = await session.run(feeds);
-        const loss = (out[TRAIN_LOSS]!.data as Float32Array)[0]!;
+        for (const t of trainable.state ?? []) t.data.set(out[t.output]!.data);
+        const loss = out[TRAIN_LOSS]!.data[0]!;
         if (!Number.isFinite(loss)) throw new GraftError('TRAIN', `training diverged at epoch ${epoch + 1} (loss ${loss}); lower the learning rate`, { epoch, lr: opt.lr });
-        const grads = params.map((p) => out[gradName(p.name)]!.data as Float32Array);
+        const grads = params.map((p) => out[gradName(p.name)]!.data);
         if (options.clipNorm > 0) clipGradNorm(grads, options.clipNorm);
         scheduler.setStep(state.step);
         opt.step(grads);
@@ -342,7 +364,7 @@ export async function train(
         state.batchLoss = loss;
         emit('afterBatch');
       }
-      const probs = await evaluator.probabilities(data, valRows, params);
+      const probs = await evaluator.probabilities(data, valRows, [...params, ...stateParams]);
       const predicted = argmaxRows(probs, trainable.numClasses);
       let correct = 0;
       for (let i = 0; i < valRows.length; i++) if (predicted[i] === valLabels[i]) correct++;
