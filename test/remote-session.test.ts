@@ -220,6 +220,27 @@ describe('RemoteSession', () => {
     await session.release();
   });
 
+  it('hands the worker of a released session to the next one, which starts afresh', async () => {
+    const workerOf = (s: RemoteSession) => (s as unknown as { worker: Worker }).worker;
+    const first = await RemoteSession.create(model);
+    await first.run(feedsFor([1, 2, 3, 4, 5, 6], [1n, 2n]));
+    const used = workerOf(first);
+    await first.release();
+    // Same feed name, another shape and size: the staging and private buffers of the first session are gone.
+    const b = new GraphBuilder('other');
+    b.input('x', DataType.FLOAT, [2, 5]);
+    b.node('ReduceSum', ['x'], { keepdims: 0 }, { outputs: ['s'] });
+    b.output('s', DataType.FLOAT, []);
+    const second = await RemoteSession.create(encodeModel(b.model(13)));
+    try {
+      assert.equal(workerOf(second), used);
+      const out = await second.run({ x: { type: 'float32', data: Float32Array.of(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), dims: [2, 5] } });
+      assert.deepEqual([...out.s!.data], [55]);
+    } finally {
+      await second.release();
+    }
+  });
+
   it('lets the process exit after release (and an idle session does not hold it either)', async () => {
     const url = JSON.stringify(new URL('../src/train/remote-session.js', import.meta.url).href);
     const bytes = JSON.stringify([...model]);

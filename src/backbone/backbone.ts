@@ -130,7 +130,7 @@ function checkInput(file: string, config: PretrainedConfig, name: string, dims: 
 }
 
 /** Runs the graph up to `tensor` on one blank image to learn the tensor's shape (and that it is float). */
-async function probeTensor(model: ModelProto, config: PretrainedConfig, tensor: string, file: string): Promise<number[]> {
+export async function probeTensor(model: ModelProto, config: PretrainedConfig, tensor: string, file = '<model>'): Promise<number[]> {
   const pruned = pruneTo(model.graph!, [tensor]);
   pruned.output = [{ name: tensor }];
   const probe = onnx.ModelProto.create({ ...model, graph: pruned });

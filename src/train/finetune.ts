@@ -7,7 +7,8 @@
  */
 import * as ort from 'onnxruntime-node';
 import { GraftError } from '../errors.js';
-import { inputShape, type PretrainedConfig } from '../preprocess/config.js';
+import { probeTensor } from '../backbone/backbone.js';
+import type { PretrainedConfig } from '../preprocess/config.js';
 import { appendGradients } from '../onnx/autodiff.js';
 import { GraphBuilder } from '../onnx/builder.js';
 import { DataType, defaultOpset, encodeModel, onnx, tensorToFloat32, toNumber, type ModelProto, type NodeProto, type TensorProto } from '../onnx/proto.js';
@@ -251,18 +252,9 @@ export function prefixModel(model: ModelProto, boundary: string, output: string)
   });
 }
 
-/** Shape of one image's activation at `tensor`, by running the graph up to it on one blank image. */
+/** Shape of one image's activation at `tensor` (without the batch axis). */
 export async function probeShape(model: ModelProto, tensor: string, config: PretrainedConfig): Promise<number[]> {
-  const pruned = pruneTo(model.graph!, [tensor]);
-  const probe = onnx.ModelProto.create({ ...model, graph: { ...pruned, output: [{ name: tensor }] } });
-  const session = await ort.InferenceSession.create(encodeModel(probe));
-  try {
-    const shape = inputShape(config, 1);
-    const x = new ort.Tensor('float32', new Float32Array(shape.reduce((a, b) => a * b, 1)), shape);
-    return [...(await session.run({ [config.inputName]: x }))[tensor]!.dims.slice(1)];
-  } finally {
-    await session.release();
-  }
+  return (await probeTensor(model, config, tensor)).slice(1);
 }
 
 /** Pooled features of the frozen backbone, computed from boundary activations by the (untrained) suffix. */

@@ -1,29 +1,27 @@
 /**
- * Worker side of RemoteSession: one ONNX Runtime session whose `run` (which blocks its thread) runs here, so
- * the main thread stays responsive. Feeds arrive in per-name shared staging buffers (copied here into private
- * buffers, since ONNX Runtime rejects SharedArrayBuffer-backed tensors) or as transferred private buffers;
- * outputs go back transferred.
+ * Worker side of RemoteSession: hosts one ONNX Runtime session at a time, whose `run` (which blocks its thread)
+ * runs here so that the main thread stays responsive. Feeds arrive in per-name shared staging buffers (copied
+ * here into private buffers, since ONNX Runtime rejects SharedArrayBuffer-backed tensors) or as transferred
+ * private buffers; outputs go back transferred. After `release` the worker can host the next session.
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 
 export type FeedType = 'float32' | 'int64';
 
-export interface SessionWorkerData {
-  model: Uint8Array;
-  threads?: number;
-  spin?: boolean;
-}
-
 /**
  * One feed of a request: either `bytes` in the staging buffer of its name (`stage` comes along when that
- * buffer is new, and is kept for later requests), or its own `buffer`, transferred.
+ * buffer is new, and is kept for later requests of the session), or its own `buffer`, transferred.
  */
 export type FeedMessage = { name: string; type: FeedType; dims: number[] } & ({ bytes: number; stage?: SharedArrayBuffer } | { buffer: ArrayBuffer });
 
-export type SessionRequest = { kind: 'run'; id: number; feeds: FeedMessage[]; outputs?: string[] } | { kind: 'release' };
+export type SessionRequest =
+  | { kind: 'create'; model: Uint8Array; threads?: number; spin?: boolean }
+  | { kind: 'run'; id: number; feeds: FeedMessage[]; outputs?: string[] }
+  | { kind: 'release' };
 
 export type SessionReply =
+  | { kind: 'idle' }
   | { kind: 'ready'; inputNames: string[]; outputNames: string[] }
   | { kind: 'failed'; error: string }
   | { kind: 'result'; id: number; outputs: Record<string, { data: Float32Array; dims: number[] }> }
@@ -31,20 +29,25 @@ export type SessionReply =
   | { kind: 'released' };
 
 const port = parentPort!;
-const data = workerData as SessionWorkerData;
-
-const session = await ort.InferenceSession.create(data.model, {
-  ...(data.threads ? { intraOpNumThreads: data.threads } : {}),
-  ...(data.spin === false ? { extra: { session: { intra_op: { allow_spinning: '0' } } } } : {}),
-}).catch((e: Error) => {
-  port.postMessage({ kind: 'failed', error: e.message } satisfies SessionReply);
-  return undefined;
-});
-
+let session: ort.InferenceSession | undefined;
 /** Staging buffers by feed name (shared with the main thread) and the private copies ONNX Runtime reads. */
 const stages = new Map<string, SharedArrayBuffer>();
 const privates = new Map<string, ArrayBuffer>();
 const ownBuffers = new Set<ArrayBuffer>();
+
+const reply = (m: SessionReply, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
+
+async function create(req: Extract<SessionRequest, { kind: 'create' }>): Promise<void> {
+  try {
+    session = await ort.InferenceSession.create(req.model, {
+      ...(req.threads ? { intraOpNumThreads: req.threads } : {}),
+      ...(req.spin === undefined ? {} : { extra: { session: { intra_op: { allow_spinning: req.spin ? '1' : '0' } } } }),
+    });
+    reply({ kind: 'ready', inputNames: [...session.inputNames], outputNames: [...session.outputNames] });
+  } catch (e) {
+    reply({ kind: 'failed', error: (e as Error).message });
+  }
+}
 
 function privateBuffer(name: string, bytes: number): ArrayBuffer {
   let buffer = privates.get(name);
@@ -76,8 +79,9 @@ function toTensor(feed: FeedMessage): ort.Tensor {
     : new ort.Tensor('float32', new Float32Array(buffer, 0, bytes / 4), feed.dims);
 }
 
-async function run(session: ort.InferenceSession, req: Extract<SessionRequest, { kind: 'run' }>): Promise<void> {
+async function run(req: Extract<SessionRequest, { kind: 'run' }>): Promise<void> {
   try {
+    if (!session) throw new Error('no session');
     const feeds: Record<string, ort.Tensor> = {};
     for (const f of req.feeds) feeds[f.name] = toTensor(f);
     const results = req.outputs ? await session.run(feeds, req.outputs) : await session.run(feeds);
@@ -91,29 +95,30 @@ async function run(session: ort.InferenceSession, req: Extract<SessionRequest, {
       transfer.add(out.buffer as ArrayBuffer);
       outputs[name] = { data: out, dims: [...t.dims] };
     }
-    port.postMessage({ kind: 'result', id: req.id, outputs } satisfies SessionReply, [...transfer]);
+    reply({ kind: 'result', id: req.id, outputs }, [...transfer]);
   } catch (e) {
-    port.postMessage({ kind: 'error', id: req.id, error: (e as Error).message } satisfies SessionReply);
+    reply({ kind: 'error', id: req.id, error: (e as Error).message });
   }
+}
+
+async function release(): Promise<void> {
+  await session?.release();
+  session = undefined;
+  stages.clear();
+  privates.clear();
+  ownBuffers.clear();
+  reply({ kind: 'released' });
 }
 
 // One request at a time: `run` starts on a later tick, and the next request must not overwrite a private
 // buffer before then.
-function serve(session: ort.InferenceSession): void {
-  let queue = Promise.resolve();
-  port.on('message', (req: SessionRequest) => {
-    if (req.kind === 'run') queue = queue.then(() => run(session, req));
-    else if (req.kind === 'release')
-      queue = queue.then(async () => {
-        await session.release();
-        port.postMessage({ kind: 'released' } satisfies SessionReply);
-      });
-    // A request this worker does not understand is a bug on the other side: end the worker (the main thread
-    // then rejects whatever is pending).
-    else throw new Error(`unknown session request ${JSON.stringify((req as { kind?: unknown }).kind)}`);
-  });
-  port.postMessage({ kind: 'ready', inputNames: [...session.inputNames], outputNames: [...session.outputNames] } satisfies SessionReply);
-}
-
-// Without a session no listener is installed, and the worker ends once 'failed' is posted.
-if (session) serve(session);
+let queue = Promise.resolve();
+port.on('message', (req: SessionRequest) => {
+  if (req.kind === 'create') queue = queue.then(() => create(req));
+  else if (req.kind === 'run') queue = queue.then(() => run(req));
+  else if (req.kind === 'release') queue = queue.then(release);
+  // A request this worker does not understand is a bug on the other side: end the worker (the main thread
+  // then rejects whatever is pending).
+  else throw new Error(`unknown session request ${JSON.stringify((req as { kind?: unknown }).kind)}`);
+});
+reply({ kind: 'idle' });
