@@ -452,3 +452,16 @@ test('bad loss or wrt names are usage errors', () => {
   assert.throws(() => appendGradients(b, { loss: 'nope', wrt: [x] }), (e: unknown) => e instanceof GraftError && e.code === 'USAGE');
   assert.throws(() => appendGradients(b, { loss, wrt: ['nope'] }), (e: unknown) => e instanceof GraftError && e.code === 'USAGE');
 });
+
+test('Clip passes the gradient on its bounds too (as torch.clamp): x in [min, max]', async () => {
+  const b = new GraphBuilder('clip_bounds', '');
+  const x = b.input('x', DataType.FLOAT, [6]);
+  const y = b.op('Clip', [x, b.constant('lo', new Float32Array([0]), []), b.constant('hi', new Float32Array([6]), [])]);
+  const loss = b.op('ReduceSum', [y, b.int64('axes', [0])], { keepdims: 0 });
+  const grads = appendGradients(b, { loss, wrt: [x] });
+  b.output(grads.get(x)!, DataType.FLOAT, [6]);
+  const session = await ort.InferenceSession.create(encodeModel(b.model()));
+  const out = await session.run({ x: new ort.Tensor('float32', new Float32Array([-1, 0, 3, 6, 7, 5.999]), [6]) });
+  await session.release();
+  assert.deepEqual([...(out[grads.get(x)!]!.data as Float32Array)], [0, 1, 1, 1, 0, 1]);
+});

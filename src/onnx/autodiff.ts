@@ -514,14 +514,14 @@ export const GRAD_RULES: Record<string, GradRule> = {
     return [dx, dp];
   },
   Clip: (c) => {
-    // Gradient passes where min < x < max; the bound that was hit receives the rest.
+    // Gradient passes where min ≤ x ≤ max (as torch.clamp's backward), i.e. where Clip left x unchanged:
+    // one Equal against the forward output instead of two comparisons and an And. A bound that was passed
+    // receives the rest.
     const x = c.inputs[0]!;
     const lo = c.inputs[1] || (hasAttr(c.node, 'min') ? c.scalar(c.attrFloat('min', 0)) : ''); // attributes before opset 11
     const hi = c.inputs[2] || (hasAttr(c.node, 'max') ? c.scalar(c.attrFloat('max', 0)) : '');
     const zero = c.scalar(0);
-    const conds = [lo ? c.emit('Greater', [x, lo]) : '', hi ? c.emit('Less', [x, hi]) : ''].filter(Boolean);
-    const inside = conds.length === 2 ? c.emit('And', conds) : conds[0];
-    const dx = !c.needs(0) ? null : inside ? c.emit('Where', [inside, c.dy, zero]) : c.dy;
+    const dx = !c.needs(0) ? null : lo || hi ? c.emit('Where', [c.emit('Equal', [x, c.outputs[0]!]), c.dy, zero]) : c.dy;
     const dlo = c.needs(1) ? c.unbroadcast(c.emit('Where', [c.emit('Less', [x, lo]), c.dy, zero]), c.inputs[1]!) : null;
     const dhi = c.needs(2) ? c.unbroadcast(c.emit('Where', [c.emit('Greater', [x, hi]), c.dy, zero]), c.inputs[2]!) : null;
     return [dx, dlo, dhi].slice(0, c.inputs.length);
