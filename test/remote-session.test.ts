@@ -121,22 +121,17 @@ describe('RemoteSession', () => {
     assert.deepEqual([...some.z!.data], [25]);
   });
 
-  it('copies feeds when run is called, and processes runs in order', async () => {
-    // Ten runs in flight at once from one reused buffer (the first through the staging buffers, the others as
-    // private copies while those are in use), then ten more after they settle.
+  it('processes runs in order', async () => {
+    // Ten runs in flight at once (the first through the staging buffers, the others as private copies while
+    // those are in use), then ten more after they settle.
     for (let round = 0; round < 2; round++) {
-      const x = new Float32Array(6);
-      const idx = new BigInt64Array(2);
       const settled: number[] = [];
-      const runs = Array.from({ length: 10 }, (_, i) => {
-        x.fill(i + 10 * round);
-        idx.fill(BigInt(i));
-        const feeds: Record<string, Feed> = { ...feedsFor([0, 0, 0], [0n]), x: { type: 'float32', data: x, dims: [2, 3] }, idx: { type: 'int64', data: idx, dims: [2] } };
-        return remote.run(feeds).then((out) => {
+      const runs = Array.from({ length: 10 }, (_, i) =>
+        remote.run(feedsFor(Array(6).fill(i + 10 * round), [BigInt(i), BigInt(i)])).then((out) => {
           settled.push(i);
           return out;
-        });
-      });
+        }),
+      );
       const outs = await Promise.all(runs);
       assert.deepEqual(settled, [...Array(10).keys()]);
       outs.forEach((out, i) => {
@@ -144,6 +139,39 @@ describe('RemoteSession', () => {
         assert.deepEqual([...out.z!.data], [i * i, i * i]);
       });
     }
+  });
+
+  it('moves a session whose runs are short to the calling thread, and keeps the others on their worker', async () => {
+    const short = await RemoteSession.create(model, { inlineBelowMs: 1000 });
+    const long = await RemoteSession.create(model, { inlineBelowMs: 1e-6 });
+    try {
+      // The first short run on the worker moves `short`; `long` stays after three runs.
+      for (let i = 0; i < 4; i++) await Promise.all([short.run(feedsFor([1, 2, 3], [1n])), long.run(feedsFor([1, 2, 3], [1n]))]);
+      const settled: number[] = [];
+      const runs = Array.from({ length: 5 }, (_, i) =>
+        short.run(feedsFor([i, 2 * i, 3, 4, 5, 6], [BigInt(i)])).then((out) => {
+          settled.push(i);
+          return out;
+        }),
+      );
+      const outs = await Promise.all(runs);
+      assert.equal(short.inline, true);
+      assert.deepEqual(settled, [0, 1, 2, 3, 4]);
+      for (let i = 0; i < 5; i++) {
+        const expected = await direct.run(toOrt(feedsFor([i, 2 * i, 3, 4, 5, 6], [BigInt(i)])));
+        for (const name of ['y', 'z', 's']) assert.deepEqual(outs[i]![name]!.data, expected[name]!.data, name);
+      }
+      const bad = { ...feedsFor([1, 2, 3], [1n]), x: { type: 'float32', data: Float32Array.of(1, 2, 3, 4), dims: [1, 4] } } satisfies Record<string, Feed>;
+      const message = await direct.run(toOrt(bad)).then(() => '', (e: Error) => e.message);
+      assert.match(message, /dimension/i);
+      await assert.rejects(short.run(bad), (e: unknown) => e instanceof GraftError && e.code === 'TRAIN' && e.message.includes(message));
+      await long.run(feedsFor([1, 2, 3], [1n]));
+      assert.equal(long.inline, false);
+    } finally {
+      await short.release();
+      await long.release();
+    }
+    await assert.rejects(short.run(feedsFor([1, 2, 3], [1n])), (e: unknown) => e instanceof GraftError && /released/.test(e.message));
   });
 
   it("rejects a failed run with a GraftError carrying ONNX Runtime's message, and keeps working", async () => {

@@ -3,18 +3,23 @@
  * it for the whole run (100-400 ms per fine-tuning step), which would freeze progress output and any server on
  * the main thread; here the main thread only copies the feeds and waits.
  *
- * Feeds are copied when `run` is called, so the caller may refill its buffers as soon as `run` returns. The
- * copy goes into one shared staging buffer per feed name, allocated once and reused, which the worker copies
- * into private buffers of its own (ONNX Runtime rejects SharedArrayBuffer-backed tensors). That measured as
- * fast as or faster than posting the arrays (structured clone) for both a fine-tuning step (~50 feeds, ~10 MB)
- * and a head step (6 feeds, ~3 MB), and allocates nothing per step. A run called while the staging buffers
- * still hold an earlier request's feeds posts private copies instead. Outputs come back transferred (no copy).
+ * Feeds are copied into one shared staging buffer per feed name, allocated once and reused, which the worker
+ * copies into private buffers of its own (ONNX Runtime rejects SharedArrayBuffer-backed tensors). That
+ * measured as fast as or faster than posting the arrays (structured clone) for both a fine-tuning step
+ * (~50 feeds, ~10 MB) and a head step (6 feeds, ~3 MB), and allocates nothing per step. A run called while
+ * the staging buffers still hold an earlier request's feeds posts private copies instead. Outputs come back
+ * transferred (no copy).
+ *
+ * The worker costs about 1 ms per run (the two copies and two thread hand-offs): nothing next to a
+ * fine-tuning step, but as much as a whole head step. With `inlineBelowMs`, a session whose first runs prove
+ * shorter than that moves to the calling thread, where blocking for so short a time is harmless.
  *
  * Starting a worker and loading ONNX Runtime into it costs 100-150 ms, as much as a whole head fit, so
  * released sessions leave their worker to a small pool that the next session takes it from. Idle workers do
  * not keep the process alive.
  */
 import { Worker } from 'node:worker_threads';
+import * as ort from 'onnxruntime-node';
 import { GraftError, invalidParameter } from '../errors.js';
 import type { FeedMessage, FeedType, SessionReply, SessionRequest } from './session-worker.js';
 
@@ -36,12 +41,20 @@ export interface RemoteSessionOptions {
   threads?: number;
   /** Let idle intra-op threads spin-wait for work (default: ONNX Runtime's, which spins). */
   spin?: boolean;
+  /**
+   * Move the session to the calling thread when one of its first three runs takes less than this many
+   * milliseconds on the worker (default 0: never).
+   */
+  inlineBelowMs?: number;
 }
 
 interface Pending {
   resolve: (outputs: Record<string, Output>) => void;
   reject: (error: Error) => void;
 }
+
+/** Runs measured on the worker before deciding to stay there (the first ones are the slowest). */
+const INLINE_PROBES = 3;
 
 /** Idle workers (ONNX Runtime loaded, no session), at most MAX_IDLE. */
 const idle: Worker[] = [];
@@ -104,8 +117,19 @@ function nextReply(worker: Worker): Promise<SessionReply> {
   });
 }
 
+function sessionOptions(options: RemoteSessionOptions): ort.InferenceSession.SessionOptions {
+  return {
+    ...(options.threads ? { intraOpNumThreads: options.threads } : {}),
+    ...(options.spin === undefined ? {} : { extra: { session: { intra_op: { allow_spinning: options.spin ? '1' : '0' } } } }),
+  };
+}
+
+const runFailed = (message: string) => new GraftError('TRAIN', `ONNX Runtime run failed: ${message}`, { error: message });
+
 export class RemoteSession {
   private readonly pending = new Map<number, Pending>();
+  /** Every run not yet settled, wherever it runs (release waits for them). */
+  private readonly inflight = new Set<Promise<unknown>>();
   /** Staging buffer by feed name, and whether the worker already holds it. */
   private readonly stages = new Map<string, { buffer: SharedArrayBuffer; posted: boolean }>();
   /** The request whose feeds are in the staging buffers until the worker has taken them (its reply). */
@@ -115,9 +139,17 @@ export class RemoteSession {
   private closed: GraftError | undefined;
   private released: Promise<void> | undefined;
   private readonly listeners: { message: (m: SessionReply) => void; error: (e: Error) => void; exit: (code: number) => void };
+  /** Runs measured on the worker, while deciding whether to go inline. */
+  private probes = 0;
+  /** Resolves once the session has moved to the calling thread (runs called meanwhile wait for it). */
+  private moving: Promise<void> | undefined;
+  private local: ort.InferenceSession | undefined;
 
   private constructor(
     private readonly worker: Worker,
+    /** Kept until it is decided where the session runs. */
+    private model: Uint8Array | undefined,
+    private readonly options: RemoteSessionOptions,
     readonly inputNames: readonly string[],
     readonly outputNames: readonly string[],
   ) {
@@ -142,9 +174,8 @@ export class RemoteSession {
     worker.ref();
     // Posting a view copies its whole buffer: cut the model out when it is part of a larger one.
     const bytes = model.byteOffset === 0 && model.byteLength === model.buffer.byteLength ? model : model.slice();
-    const request: SessionRequest = { kind: 'create', model: bytes, ...options };
     const created = nextReply(worker);
-    worker.postMessage(request);
+    worker.postMessage({ kind: 'create', model: bytes, options: sessionOptions(options) } satisfies SessionRequest);
     const first = await created;
     if (first.kind !== 'ready') {
       // The worker holds no session: it can serve the next one.
@@ -152,73 +183,128 @@ export class RemoteSession {
       const error = first.kind === 'failed' ? first.error : `unexpected reply ${first.kind}`;
       throw new GraftError('TRAIN', `ONNX Runtime could not create a session: ${error}`, { error });
     }
-    return new RemoteSession(worker, first.inputNames, first.outputNames);
+    return new RemoteSession(worker, options.inlineBelowMs ? bytes : undefined, options, first.inputNames, first.outputNames);
+  }
+
+  /** Whether the session has moved to the calling thread (see `inlineBelowMs`). */
+  get inline(): boolean {
+    return this.local !== undefined;
   }
 
   /**
-   * Runs the session on `feeds` (copied before this returns) and resolves with the requested outputs (all by
-   * default; float32 only). Runs are processed in the order they are called; a failed run rejects with a
-   * GraftError ('TRAIN') carrying ONNX Runtime's message.
+   * Runs the session on `feeds` and resolves with the requested outputs (all by default; float32 only). The
+   * feeds must not change until the returned promise settles. Runs are processed in the order they are
+   * called; a failed run rejects with a GraftError ('TRAIN') carrying ONNX Runtime's message.
    */
   run(feeds: Record<string, Feed>, outputs?: readonly string[]): Promise<Record<string, Output>> {
-    if (this.closed) return Promise.reject(this.closed);
     if (this.released) return Promise.reject(new GraftError('TRAIN', 'the session was released'));
-    const id = this.nextId++;
-    const useStage = this.staged === undefined;
-    const messages: FeedMessage[] = [];
-    const transfer: ArrayBuffer[] = [];
-    try {
-      for (const [name, feed] of Object.entries(feeds)) {
-        const { type, data } = feed;
-        const ok = (type === 'float32' && data instanceof Float32Array) || (type === 'int64' && data instanceof BigInt64Array);
-        if (!ok) throw invalidParameter(`feed ${name}`, 'a float32 (Float32Array) or int64 (BigInt64Array) tensor', `${String(type)} ${data?.constructor?.name}`);
-        const dims = [...feed.dims];
-        const src = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-        if (useStage) {
-          let stage = this.stages.get(name);
-          if (!stage || stage.buffer.byteLength < data.byteLength) {
-            stage = { buffer: new SharedArrayBuffer(data.byteLength), posted: false };
-            this.stages.set(name, stage);
-          }
-          new Uint8Array(stage.buffer, 0, data.byteLength).set(src);
-          messages.push({ name, type, dims, bytes: data.byteLength, ...(stage.posted ? {} : { stage: stage.buffer }) });
-          stage.posted = true;
-        } else {
-          const copy = src.slice();
-          transfer.push(copy.buffer);
-          messages.push({ name, type, dims, buffer: copy.buffer });
-        }
-      }
-    } catch (e) {
-      return Promise.reject(e);
+    for (const [name, { type, data }] of Object.entries(feeds)) {
+      const ok = (type === 'float32' && data instanceof Float32Array) || (type === 'int64' && data instanceof BigInt64Array);
+      if (!ok) return Promise.reject(invalidParameter(`feed ${name}`, 'a float32 (Float32Array) or int64 (BigInt64Array) tensor', `${String(type)} ${data?.constructor?.name}`));
     }
-    if (useStage) this.staged = id;
-    const result = new Promise<Record<string, Output>>((resolve, reject) => this.pending.set(id, { resolve, reject }));
-    // Keep the process alive while a run is pending.
-    if (this.pending.size === 1) this.worker.ref();
-    const request: SessionRequest = { kind: 'run', id, feeds: messages, ...(outputs ? { outputs: [...outputs] } : {}) };
-    this.worker.postMessage(request, transfer);
+    const result =
+      this.local ? this.runLocal(this.local, feeds, outputs)
+      : this.moving ? this.moving.then(() => (this.local ? this.runLocal(this.local, feeds, outputs) : this.runRemote(feeds, outputs)))
+      : this.runRemote(feeds, outputs);
+    this.inflight.add(result);
+    const settled = () => this.inflight.delete(result);
+    result.then(settled, settled);
     return result;
   }
 
   /** Waits for the runs already called, then releases the session (its worker goes back to the pool). */
   release(): Promise<void> {
     this.released ??= (async () => {
-      await Promise.all([...this.pending.keys()].map((id) => new Promise<void>((resolve) => this.whenSettled(id, resolve))));
-      if (this.closed) return;
-      this.closed = new GraftError('TRAIN', 'the session was released');
-      this.worker.off('message', this.listeners.message);
-      this.worker.off('error', this.listeners.error);
-      this.worker.off('exit', this.listeners.exit);
-      // Ending a worker while ONNX Runtime runs aborts the process: the session is released in the worker.
-      this.worker.ref();
-      const released = nextReply(this.worker);
-      this.worker.postMessage({ kind: 'release' } satisfies SessionRequest);
-      const reply = await released.catch(() => undefined);
-      if (reply?.kind === 'released') await giveBack(this.worker);
-      else await this.worker.terminate();
+      await Promise.allSettled([...this.inflight, this.moving]);
+      if (this.local) await this.local.release();
+      else await this.releaseWorker();
     })();
     return this.released;
+  }
+
+  private runRemote(feeds: Record<string, Feed>, outputs?: readonly string[]): Promise<Record<string, Output>> {
+    if (this.closed) return Promise.reject(this.closed);
+    const id = this.nextId++;
+    const useStage = this.staged === undefined;
+    const messages: FeedMessage[] = [];
+    const transfer: ArrayBuffer[] = [];
+    for (const [name, { type, data, dims }] of Object.entries(feeds)) {
+      const src = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      if (useStage) {
+        let stage = this.stages.get(name);
+        if (!stage || stage.buffer.byteLength < data.byteLength) {
+          stage = { buffer: new SharedArrayBuffer(data.byteLength), posted: false };
+          this.stages.set(name, stage);
+        }
+        new Uint8Array(stage.buffer, 0, data.byteLength).set(src);
+        messages.push({ name, type, dims: [...dims], bytes: data.byteLength, ...(stage.posted ? {} : { stage: stage.buffer }) });
+        stage.posted = true;
+      } else {
+        const copy = src.slice();
+        transfer.push(copy.buffer);
+        messages.push({ name, type, dims: [...dims], buffer: copy.buffer });
+      }
+    }
+    if (useStage) this.staged = id;
+    const result = new Promise<Record<string, Output>>((resolve, reject) => this.pending.set(id, { resolve, reject }));
+    // Keep the process alive while a run is pending.
+    if (this.pending.size === 1) this.worker.ref();
+    this.worker.postMessage({ kind: 'run', id, feeds: messages, ...(outputs ? { outputs: [...outputs] } : {}) } satisfies SessionRequest, transfer);
+    return result;
+  }
+
+  private async runLocal(session: ort.InferenceSession, feeds: Record<string, Feed>, outputs?: readonly string[]): Promise<Record<string, Output>> {
+    let results: ort.InferenceSession.ReturnType;
+    try {
+      const tensors: Record<string, ort.Tensor> = {};
+      for (const [name, { type, data, dims }] of Object.entries(feeds)) tensors[name] = new ort.Tensor(type, data, dims);
+      results = outputs ? await session.run(tensors, outputs) : await session.run(tensors);
+    } catch (e) {
+      throw runFailed((e as Error).message);
+    }
+    const out: Record<string, Output> = {};
+    for (const [name, t] of Object.entries(results)) {
+      if (t.type !== 'float32') throw runFailed(`output ${name} is ${t.type}; only float32 outputs are returned`);
+      out[name] = { data: t.data as Float32Array, dims: [...t.dims] };
+    }
+    return out;
+  }
+
+  /** While the first runs on the worker are measured: the first short one moves the session inline. */
+  private probe(ms: number): void {
+    const threshold = this.options.inlineBelowMs ?? 0;
+    const model = this.model;
+    if (threshold <= 0 || !model || this.moving) return;
+    if (++this.probes >= INLINE_PROBES) this.model = undefined;
+    if (ms >= threshold) return;
+    this.model = undefined;
+    this.moving = (async () => {
+      try {
+        const local = await ort.InferenceSession.create(model, sessionOptions(this.options));
+        // Runs already on the worker finish there; later ones wait for the move.
+        await Promise.allSettled([...this.pending.keys()].map((id) => new Promise<void>((resolve) => this.whenSettled(id, resolve))));
+        this.local = local;
+        await this.releaseWorker();
+      } catch {
+        // Stay on the worker.
+      }
+    })();
+  }
+
+  /** Releases the worker's session and returns the worker to the pool. */
+  private async releaseWorker(): Promise<void> {
+    if (this.closed) return;
+    this.closed = new GraftError('TRAIN', 'the session was released');
+    this.worker.off('message', this.listeners.message);
+    this.worker.off('error', this.listeners.error);
+    this.worker.off('exit', this.listeners.exit);
+    // Ending a worker while ONNX Runtime runs aborts the process: the session is released in the worker.
+    this.worker.ref();
+    const released = nextReply(this.worker);
+    this.worker.postMessage({ kind: 'release' } satisfies SessionRequest);
+    const reply = await released.catch(() => undefined);
+    if (reply?.kind === 'released') await giveBack(this.worker);
+    else await this.worker.terminate();
   }
 
   /** Calls `then` once request `id` is no longer pending. */
@@ -243,9 +329,10 @@ export class RemoteSession {
     const p = this.pending.get(m.id);
     this.pending.delete(m.id);
     if (this.pending.size === 0) this.worker.unref();
+    if (m.kind === 'result') this.probe(m.ms);
     if (!p) return;
     if (m.kind === 'result') p.resolve(m.outputs);
-    else p.reject(new GraftError('TRAIN', `ONNX Runtime run failed: ${m.error}`, { error: m.error }));
+    else p.reject(runFailed(m.error));
   }
 
   /** The worker is gone: every pending and later run rejects with `error`. */

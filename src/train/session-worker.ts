@@ -16,7 +16,7 @@ export type FeedType = 'float32' | 'int64';
 export type FeedMessage = { name: string; type: FeedType; dims: number[] } & ({ bytes: number; stage?: SharedArrayBuffer } | { buffer: ArrayBuffer });
 
 export type SessionRequest =
-  | { kind: 'create'; model: Uint8Array; threads?: number; spin?: boolean }
+  | { kind: 'create'; model: Uint8Array; options: ort.InferenceSession.SessionOptions }
   | { kind: 'run'; id: number; feeds: FeedMessage[]; outputs?: string[] }
   | { kind: 'release' };
 
@@ -24,7 +24,8 @@ export type SessionReply =
   | { kind: 'idle' }
   | { kind: 'ready'; inputNames: string[]; outputNames: string[] }
   | { kind: 'failed'; error: string }
-  | { kind: 'result'; id: number; outputs: Record<string, { data: Float32Array; dims: number[] }> }
+  /** `ms`: how long ONNX Runtime's run took. */
+  | { kind: 'result'; id: number; outputs: Record<string, { data: Float32Array; dims: number[] }>; ms: number }
   | { kind: 'error'; id: number; error: string }
   | { kind: 'released' };
 
@@ -39,10 +40,7 @@ const reply = (m: SessionReply, transfer: ArrayBuffer[] = []) => port.postMessag
 
 async function create(req: Extract<SessionRequest, { kind: 'create' }>): Promise<void> {
   try {
-    session = await ort.InferenceSession.create(req.model, {
-      ...(req.threads ? { intraOpNumThreads: req.threads } : {}),
-      ...(req.spin === undefined ? {} : { extra: { session: { intra_op: { allow_spinning: req.spin ? '1' : '0' } } } }),
-    });
+    session = await ort.InferenceSession.create(req.model, req.options);
     reply({ kind: 'ready', inputNames: [...session.inputNames], outputNames: [...session.outputNames] });
   } catch (e) {
     reply({ kind: 'failed', error: (e as Error).message });
@@ -84,7 +82,9 @@ async function run(req: Extract<SessionRequest, { kind: 'run' }>): Promise<void>
     if (!session) throw new Error('no session');
     const feeds: Record<string, ort.Tensor> = {};
     for (const f of req.feeds) feeds[f.name] = toTensor(f);
+    const started = performance.now();
     const results = req.outputs ? await session.run(feeds, req.outputs) : await session.run(feeds);
+    const ms = performance.now() - started;
     const outputs: Record<string, { data: Float32Array; dims: number[] }> = {};
     const transfer = new Set<ArrayBuffer>();
     for (const [name, t] of Object.entries(results)) {
@@ -95,7 +95,7 @@ async function run(req: Extract<SessionRequest, { kind: 'run' }>): Promise<void>
       transfer.add(out.buffer as ArrayBuffer);
       outputs[name] = { data: out, dims: [...t.dims] };
     }
-    reply({ kind: 'result', id: req.id, outputs }, [...transfer]);
+    reply({ kind: 'result', id: req.id, outputs, ms }, [...transfer]);
   } catch (e) {
     reply({ kind: 'error', id: req.id, error: (e as Error).message });
   }
