@@ -18,7 +18,7 @@ import { defaultOpset, encodeModel, type ModelProto } from './onnx/proto.js';
 import { inputShape, preprocessKey, type PretrainedConfig } from './preprocess/config.js';
 import { isQuantized, dequantizeModel } from './onnx/dequantize.js';
 import { planSuffix, prefixModel, probeShape, poolWithSuffix, suffixTrainable, withWeights, type FreezeSpec, type SuffixPlan } from './train/finetune.js';
-import { DEFAULT_FIT, DEFAULT_LR, Evaluator, train, type Trainable, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
+import { DEFAULT_FIT, DEFAULT_LR, Evaluator, train, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
 import { writeArtifact, type Manifest } from './artifact/artifact.js';
 
 export interface LearnerOptions {
@@ -116,8 +116,8 @@ export class Learner {
    * Early-stops on validation loss.
    */
   async fit(options: Partial<FitOptions> = {}, callbacks: Callback[] = []): Promise<TrainResult> {
-    if (this.unfrozen) return this.fitSuffix(this.unfrozen, false, { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, seed: this.seed, ...options }, DEFAULT_FINE_TUNE.lrMult, callbacks);
-    if (this.tuned) return this.fitSuffix({ unfreeze: 1 }, true, { ...DEFAULT_FIT, lr: DEFAULT_LR[this.spec.kind], seed: this.seed, ...options }, 1, callbacks);
+    if (this.unfrozen) return (await this.fitSuffix(this.unfrozen, false, { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, seed: this.seed, ...options }, DEFAULT_FINE_TUNE.lrMult, callbacks)).result;
+    if (this.tuned) return (await this.fitSuffix({ unfreeze: 1 }, true, { ...DEFAULT_FIT, lr: DEFAULT_LR[this.spec.kind], seed: this.seed, ...options }, 1, callbacks)).result;
     this.fitOptions = { ...DEFAULT_FIT, lr: DEFAULT_LR[this.spec.kind], seed: this.seed, ...options };
     this.standardizerInUse = this.standardizer;
     this.result = await trainHead(this.data.features, this.data.trainRows, this.data.valRows, this.spec, this.standardizer, this.fitOptions, callbacks);
@@ -183,11 +183,12 @@ export class Learner {
     if (options.gradual && options.unfreeze !== undefined) for (let k = 1; k <= options.unfreeze; k++) stages.push({ unfreeze: k, ...(options.batchNorm ? { batchNorm: options.batchNorm } : {}) });
     else stages.push(options);
     let phase2: TrainResult | undefined;
+    let last = plan;
     for (let i = 0; i < stages.length; i++) {
       const epochs = Math.max(1, Math.round(fit.epochs / stages.length));
-      phase2 = await this.fitSuffix(stages[i]!, false, { ...fit, epochs }, lrMult, callbacks, i === stages.length - 1 ? fit : undefined);
+      // The stages only train blocks after the phase-1 boundary, so its activations stay valid.
+      ({ result: phase2, plan: last } = await this.fitSuffix(stages[i]!, false, { ...fit, epochs }, lrMult, callbacks, i === stages.length - 1 ? fit : undefined, { plan, rowShape, activations }));
     }
-    const last = planSuffix(model, FEATURES, stages[stages.length - 1]!);
     return { phase1, phase2: phase2!, boundary: last.boundary, trainableTensors: last.trainable.length, trainableNodes: last.nodes.length };
   }
 
@@ -253,10 +254,18 @@ export class Learner {
   }
 
   /** Trains the suffix after `spec`'s boundary with the head (or, with `frozenBackbone`, the head alone through it). */
-  private async fitSuffix(spec: FreezeSpec, frozenBackbone: boolean, fit: FitOptions, lrMult: number, callbacks: Callback[], record: FitOptions = fit): Promise<TrainResult> {
+  private async fitSuffix(
+    spec: FreezeSpec,
+    frozenBackbone: boolean,
+    fit: FitOptions,
+    lrMult: number,
+    callbacks: Callback[],
+    record: FitOptions = fit,
+    extracted?: { plan: SuffixPlan; rowShape: number[]; activations: FeatureSet },
+  ): Promise<{ result: TrainResult; plan: SuffixPlan }> {
     const model = this.floatModel();
     const plan = planSuffix(model, FEATURES, spec);
-    const { rowShape, activations } = await this.activationsAt(model, plan);
+    const { rowShape, activations } = extracted?.plan.boundary === plan.boundary ? extracted : await this.activationsAt(model, plan);
     if (!this.result) {
       // No head yet: standardise on the float backbone's own pooled features.
       const pooled = await poolWithSuffix(plan, rowShape, activations, this.data.trainRows, this.backbone.config.featureDim);
@@ -274,7 +283,7 @@ export class Learner {
     this.result = { ...result, params: result.params.filter((p) => headNames.has(p.name)) };
     this.tuned = { featureModel: withWeights(model, backboneParams), from: plan.boundary, trainableTensors: frozenBackbone ? 0 : plan.trainable.length };
     this.setEvaluation(Evaluator.create(trainable), activations, [...result.params, ...statistics]);
-    return result;
+    return { result, plan };
   }
 
   /** Writes `dir/model.onnx` (backbone + head, one graph) and `dir/graft.json`. */

@@ -143,7 +143,7 @@ describe('Learner.fineTune on a hymenoptera subset', () => {
     // Back to a frozen backbone: the head trains through the tuned backbone, whose weights stay as they are.
     learn.freeze();
     await learn.fit({ epochs: 1, patience: 0 });
-    const again = await learn.export(join(tmp, 'again'));
+    await learn.export(join(tmp, 'again'));
     const weights = async (dir: string) => {
       const { modelBytes } = await readArtifact(dir);
       const m = decodeModel(modelBytes);

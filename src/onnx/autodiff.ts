@@ -822,7 +822,7 @@ export const GRAD_RULES: Record<string, GradRule> = {
   },
   Pad: (c) => {
     // Constant mode: the adjoint of padding by p is padding by −p (crop where it padded, zeros where it cropped).
-    const [x, pads, value, axes] = [c.inputs[0]!, c.inputs[1], c.inputs[2], c.inputs[3]];
+    const [pads, value, axes] = [c.inputs[1], c.inputs[2], c.inputs[3]];
     const mode = c.attrString('mode', 'constant');
     if (mode !== 'constant') refuse(c, `mode ${mode} is not supported (constant only)`);
     const init = pads ? c.initializer(pads) : undefined;
