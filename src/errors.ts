@@ -6,7 +6,8 @@ export type GraftErrorCode =
   | 'MODEL' // an ONNX model could not be read, cut or run
   | 'CONFIG' // a PretrainedConfig that does not fit its model
   | 'ARTIFACT' // an exported model directory that is missing or inconsistent
-  | 'TRAIN'; // training could not proceed
+  | 'TRAIN' // training could not proceed
+  | 'HUB'; // a hub file could not be found, fetched or verified (or offline mode forbids fetching it)
 
 export class GraftError extends Error {
   readonly code: GraftErrorCode;
