@@ -1,6 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { GraftError } from '../errors.js';
+import type { ModelProto } from '../onnx/proto.js';
 
 /** One weight as a TensorFlow.js `weightsManifest` describes it. */
 export interface TfjsWeightEntry {
@@ -40,6 +41,23 @@ export interface TfjsModel {
   json: TfjsModelJson;
   weights: Map<string, TfjsWeight>;
   source: string;
+}
+
+/** What both importers return: the ONNX model and where the TensorFlow.js names ended up. */
+export interface ConvertedModel {
+  /** Opset 17, float32, batch dimension symbolic (`N`). */
+  model: ModelProto;
+  /** The input's name; it keeps TensorFlow's layout (NHWC for images). */
+  inputName: string;
+  /** The input's dimensions in TensorFlow order, -1 where unknown (the batch): e.g. `[-1, 224, 224, 3]`. */
+  inputShape: number[];
+  /** ONNX output names: the model's own outputs, then any asked for, in TensorFlow's layout. */
+  outputs: string[];
+  /**
+   * Layer (layers format) or node (graph format) name → the ONNX tensor holding its value inside the graph,
+   * where every 4-D activation is NCHW: the names to cut at.
+   */
+  layerOutputs: Map<string, string>;
 }
 
 const QUANT_BYTES = { uint8: 1, uint16: 2, float16: 2 } as const;
