@@ -12,6 +12,8 @@ import { GraftError } from './errors.js';
 import { computeMetrics, argmaxRows, crossEntropy, type Metrics } from './evaluate/metrics.js';
 import { loadBackbone, FEATURES, type Backbone } from './backbone/backbone.js';
 import { FeatureExtractor, type ExtractProgress } from './backbone/extractor.js';
+import { resolveModel } from './backbone/resolve.js';
+import type { HubOptions } from './hub/hub.js';
 import { DEFAULT_HEAD, buildExportGraph, fitStandardizer, HEAD_OUTPUT, initParams, validateSpec, type Param, type HeadKind, type HeadSpec, type Standardizer } from './head/head.js';
 import { boundaries, mergeModels } from './onnx/surgery.js';
 import { defaultOpset, encodeModel, type ModelProto } from './onnx/proto.js';
@@ -24,8 +26,15 @@ import { writeArtifact, type Manifest } from './artifact/artifact.js';
 export interface LearnerOptions {
   /** Dataset folder: `DIR/train/<class>/*` + `DIR/val/<class>/*`, or `DIR/<class>/*`. */
   data: string;
-  /** Path of an ONNX image model. */
-  model: string;
+  /**
+   * The backbone: a path of an ONNX image model, or a zoo name (`graft models`). Default: the hub
+   * MobileNetV2 when cached or reachable, else the bundled offline backbone (see `notice`).
+   */
+  model?: string;
+  /** Hub endpoint, token, cache and offline mode (default: from HF_* environment variables). */
+  hub?: HubOptions;
+  /** One-line messages for the user (which backbone was chosen when none was named). */
+  onNotice?: (message: string) => void;
   /** Tensor to cut the model at (default: the input of its last global pooling). */
   cut?: string;
   /** Preprocessing overrides on top of the model's own config. */
@@ -75,7 +84,17 @@ export class Learner {
   static async create(options: LearnerOptions): Promise<Learner> {
     const seed = options.seed ?? 0;
     const dataset = await scanImageFolder(options.data, { ...(options.valSplit !== undefined ? { valSplit: options.valSplit } : {}), seed });
-    const backbone = await loadBackbone(options.model, { ...(options.cut ? { cut: options.cut } : {}), ...(options.config ? { config: options.config } : {}) });
+    const resolved = await resolveModel(options.model, {
+      ...(options.hub ? { hub: options.hub } : {}),
+      ...(typeof options.cacheDir === 'string' ? { cacheDir: options.cacheDir } : {}),
+    });
+    if (resolved.notice) options.onNotice?.(resolved.notice);
+    const backbone = await loadBackbone(resolved.file, {
+      ...(options.cut ? { cut: options.cut } : {}),
+      ...(options.config ? { config: options.config } : {}),
+      ...(resolved.config ? { modelConfig: resolved.config } : {}),
+      ...(resolved.name ? { name: resolved.name } : {}),
+    });
     const extractor = new FeatureExtractor(backbone, { ...(options.cacheDir !== undefined ? { cacheDir: options.cacheDir } : {}) });
     try {
       const files = [...dataset.train, ...dataset.val];
@@ -299,7 +318,7 @@ export class Learner {
       labels: this.classes,
       config: this.backbone.config,
       model: { input: this.backbone.config.inputName, output: HEAD_OUTPUT, inputShape: ['N', ...inputShape(this.backbone.config, 1).slice(1)] },
-      backbone: { file: this.backbone.source.file, sha256: this.backbone.source.sha256, cut: this.backbone.config.cut, cutReason: this.backbone.cutReason },
+      backbone: { ...(this.backbone.source.name ? { name: this.backbone.source.name } : {}), file: this.backbone.source.file, sha256: this.backbone.source.sha256, cut: this.backbone.config.cut, cutReason: this.backbone.cutReason },
       head: this.spec,
       training: {
         ...this.fitOptions!,

@@ -29,7 +29,7 @@ export interface Manifest {
   /** Preprocessing the model expects; apply it exactly (predict and load() do). */
   config: PretrainedConfig & { cut: string; featureDim: number };
   model: { file: string; sha256: string; input: string; output: string; inputShape: Array<number | string> };
-  backbone: { file: string; sha256: string; cut: string; cutReason: string };
+  backbone: { name?: string; file: string; sha256: string; cut: string; cutReason: string };
   head: HeadSpec;
   training: Record<string, unknown> & { seed: number };
   metrics?: Metrics;

@@ -8,7 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { GraftError } from '../errors.js';
 import { inputShape, preprocessKey, resolveConfig, validateConfig, type PretrainedConfig } from '../preprocess/config.js';
-import { decodeModel, encodeModel, onnx, valueInfoShape, type ModelProto } from '../onnx/proto.js';
+import { decodeModel, encodeModel, onnx, valueInfoShape, type GraphProto, type ModelProto } from '../onnx/proto.js';
 import { cutModel, findCut, pruneTo, tensorNames } from '../onnx/surgery.js';
 
 export interface BackboneSource {
@@ -16,6 +16,8 @@ export interface BackboneSource {
   file: string;
   /** sha256 of the ONNX file's bytes. */
   sha256: string;
+  /** Zoo name, when loaded by name. */
+  name?: string;
 }
 
 export interface Backbone {
@@ -36,6 +38,10 @@ export interface LoadBackboneOptions {
   cut?: string;
   /** Overrides applied on top of the model's own config (sidecar `pretrained_cfg.json`) and defaults. */
   config?: Partial<PretrainedConfig>;
+  /** The model's own config when it does not live in a sidecar (a zoo entry and its preprocessor file). */
+  modelConfig?: Partial<PretrainedConfig>;
+  /** The zoo name the model was loaded by, recorded with the backbone. */
+  name?: string;
 }
 
 export const FEATURES = 'features';
@@ -59,8 +65,8 @@ export async function loadBackbone(path: string, options: LoadBackboneOptions = 
   }
   const input = imageInputs[0]!;
   const dims = valueInfoShape(input) ?? [];
-  const sidecar = await readSidecar(join(dirname(file), 'pretrained_cfg.json'));
-  const config = resolveConfig(options.config, sidecar, inferFromInput(input.name!, dims));
+  const own = options.modelConfig ?? (await readSidecar(join(dirname(file), 'pretrained_cfg.json')));
+  const config = resolveConfig(options.config, own, inferFromInput(input.name!, dims));
   checkInput(file, config, input.name!, dims);
 
   let cut: string;
@@ -75,14 +81,19 @@ export async function loadBackbone(path: string, options: LoadBackboneOptions = 
     ({ tensor: cut, reason: cutReason } = findCut(model));
   }
   const probed = await probeTensor(model, config, cut, file);
-  const featureDim = probed.length === 4 ? (config.layout === 'NCHW' ? probed[1]! : probed[3]!) : probed.slice(1).reduce((a, b) => a * b, 1);
+  const layout = probed.length === 4 ? featureMapLayout(graph, cut, config.layout) : config.layout;
+  // 4-D: channels of a feature map (pooled); 3-D [N, tokens, D]: the class token; 2-D: as is.
+  const featureDim =
+    probed.length === 4 ? (layout === 'NCHW' ? probed[1]! : probed[3]!)
+    : probed.length === 3 ? probed[2]!
+    : probed.slice(1).reduce((a, b) => a * b, 1);
   if (config.featureDim !== undefined && config.featureDim !== featureDim) {
     throw new GraftError('CONFIG', `${file}: config says featureDim ${config.featureDim} but tensor ${cut} has ${featureDim} channels`, { file, cut });
   }
-  const featureModel = cutModel(model, cut, { layout: config.layout, rank: probed.length, output: FEATURES });
+  const featureModel = cutModel(model, cut, { layout, rank: probed.length, output: FEATURES });
   const fullConfig = validateConfig({ ...config, cut, featureDim }) as Backbone['config'];
   const key = createHash('sha256').update(`${sha256}\n${cut}\n${preprocessKey(fullConfig)}`).digest('hex').slice(0, 32);
-  return { source: { file, sha256 }, config: fullConfig, cutReason, featureModel, featureModelBytes: encodeModel(featureModel), key };
+  return { source: { file, sha256, ...(options.name ? { name: options.name } : {}) }, config: fullConfig, cutReason, featureModel, featureModelBytes: encodeModel(featureModel), key };
 }
 
 async function readSidecar(path: string): Promise<Partial<PretrainedConfig> | undefined> {
@@ -97,6 +108,35 @@ async function readSidecar(path: string): Promise<Partial<PretrainedConfig> | un
   } catch (cause) {
     throw new GraftError('CONFIG', `${path}: not valid JSON (${(cause as Error).message})`, { file: path }, { cause });
   }
+}
+
+/** ONNX ops whose 4-D tensors are channels-first by definition. */
+const NCHW_OPS = new Set(['Conv', 'ConvTranspose', 'BatchNormalization', 'GlobalAveragePool', 'GlobalMaxPool', 'MaxPool', 'AveragePool', 'QLinearConv', 'QLinearGlobalAveragePool', 'InstanceNormalization', 'LRN']);
+const LAYOUT_KEEPING = new Set(['Relu', 'Clip', 'Add', 'Mul', 'Sub', 'Div', 'Sigmoid', 'HardSigmoid', 'HardSwish', 'LeakyRelu', 'Identity', 'DequantizeLinear', 'QuantizeLinear', 'Tanh', 'Elu', 'Dropout']);
+
+/**
+ * Layout of a 4-D feature map: channels-first when an ONNX conv/pool/norm produces or reads it (directly or
+ * through elementwise ops), whatever the image input's layout (converted TensorFlow models take NHWC
+ * images but compute in NCHW); otherwise the input's layout.
+ */
+function featureMapLayout(graph: GraphProto, tensor: string, inputLayout: PretrainedConfig['layout']): PretrainedConfig['layout'] {
+  const nodes = graph.node ?? [];
+  const seen = new Set<string>();
+  const queue = [tensor];
+  while (queue.length > 0 && seen.size < 64) {
+    const t = queue.shift()!;
+    if (seen.has(t)) continue;
+    seen.add(t);
+    for (const n of nodes) {
+      const produces = n.output?.includes(t);
+      const reads = n.input?.includes(t);
+      if (!produces && !reads) continue;
+      if (NCHW_OPS.has(n.opType!)) return 'NCHW';
+      if (n.opType === 'Transpose') return inputLayout;
+      if (LAYOUT_KEEPING.has(n.opType!)) for (const next of produces ? (n.input ?? []) : (n.output ?? [])) if (next) queue.push(next);
+    }
+  }
+  return inputLayout;
 }
 
 /** What the graph's input itself says: its name, NCHW vs NHWC, and a fixed spatial size. */

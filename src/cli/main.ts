@@ -13,6 +13,7 @@ import { formatMetrics } from '../evaluate/report.js';
 import { Learner } from '../learner.js';
 import type { OptimizerKind, ScheduleKind, TrainResult, TrainState } from '../train/trainer.js';
 import { VERSION } from '../version.js';
+import { formatBytes, hubOptions, importCommand, models, pull, type HubFlags } from './backbones.js';
 import { createProgress } from './progress.js';
 
 const int = (name: string, min = 0) => (v: string) => {
@@ -48,6 +49,7 @@ function printSkipped(skipped: Skipped[]): void {
 
 interface TrainFlags {
   model?: string;
+  offline?: boolean;
   cut?: string;
   out: string;
   head: 'mlp' | 'linear';
@@ -74,12 +76,23 @@ interface TrainFlags {
 }
 
 async function train(data: string, flags: TrainFlags): Promise<void> {
-  if (!flags.model) throw new GraftError('USAGE', 'no backbone given: pass --model PATH to an ONNX image model');
   const progress = createProgress();
   const started = performance.now();
   const learn = await Learner.create({
     data,
-    model: flags.model,
+    ...(flags.model !== undefined ? { model: flags.model } : {}),
+    hub: {
+      ...hubOptions(flags),
+      onProgress: (() => {
+        const begun = new Set<string>();
+        return (p) => {
+          const key = `${p.repo}/${p.path}`;
+          if (!begun.has(key)) progress.log(`downloading ${key} (${formatBytes(p.total)}${p.resumedFrom ? `, resuming at ${formatBytes(p.resumedFrom)}` : ''})`);
+          begun.add(key);
+        };
+      })(),
+    },
+    onNotice: (message) => progress.log(message),
     head: flags.head,
     seed: flags.seed,
     ...(flags.cut ? { cut: flags.cut } : {}),
@@ -100,7 +113,7 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
   progress.stop();
   const { backbone, data: d } = learn;
   progress.log(
-    `backbone ${basename(backbone.source.file)} cut at "${backbone.config.cut}" (${backbone.cutReason}), ${backbone.config.featureDim} features; ` +
+    `backbone ${backbone.source.name ?? basename(backbone.source.file)} cut at "${backbone.config.cut}" (${backbone.cutReason}), ${backbone.config.featureDim} features; ` +
       `${d.trainRows.length} train / ${d.valRows.length} val images, ${learn.classes.length} classes; ` +
       `features: ${d.extraction.cached} cached, ${d.extraction.extracted} extracted in ${d.extraction.seconds.toFixed(1)} s`,
   );
@@ -231,7 +244,8 @@ export function program(): Command {
     .command('train')
     .description('extract features with a pretrained backbone and train a new head on them')
     .argument('<data>', 'dataset folder: DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*')
-    .option('--model <path>', 'ONNX image model to use as the backbone')
+    .option('--model <path|name>', 'backbone: an ONNX image model, or a zoo name (graft models); default mobilenetv2 from the hub when cached or reachable, else the bundled offline one')
+    .option('--offline', 'never touch the network (also HF_HUB_OFFLINE=1)')
     .option('--cut <tensor>', 'tensor to cut the model at (default: the input of its last global pooling)')
     .option('--out <dir>', 'output directory for model.onnx and graft.json', 'graft-model')
     .addOption(new Option('--head <kind>', 'new classifier head').choices(['mlp', 'linear']).default('mlp'))
@@ -271,6 +285,26 @@ export function program(): Command {
     .option('--top-k <k>', 'number of ranked classes per image', int('--top-k', 1), 5)
     .option('--json', 'print one JSON document on stdout', false)
     .action((modelDir: string, images: string[], flags: { topK: number; json: boolean }) => predict(modelDir, images, flags));
+  cmd
+    .command('models')
+    .description('list the model zoo: size, licence, feature dimension, and whether each is cached')
+    .option('--offline', 'never touch the network (also HF_HUB_OFFLINE=1)')
+    .option('--json', 'print one JSON document on stdout', false)
+    .action((flags: HubFlags) => models(flags));
+  cmd
+    .command('pull')
+    .description('download a zoo model (and its preprocessing and tokenizer files) into the Hugging Face cache')
+    .argument('<model>', 'zoo name (graft models)')
+    .option('--offline', 'only check the cache (also HF_HUB_OFFLINE=1)')
+    .option('--json', 'print one JSON document on stdout', false)
+    .action((name: string, flags: HubFlags) => pull(name, flags));
+  cmd
+    .command('import')
+    .description('convert a TensorFlow.js model (layers or graph format: Keras, Teachable Machine) to ONNX')
+    .argument('<source>', 'folder holding model.json and its weight files (or the model.json itself)')
+    .requiredOption('--out <dir>', 'output folder for model.onnx, pretrained_cfg.json (and labels.json)')
+    .option('--json', 'print one JSON document on stdout', false)
+    .action((source: string, flags: { out: string; json: boolean }) => importCommand(source, flags));
   return cmd;
 }
 

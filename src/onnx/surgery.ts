@@ -83,7 +83,7 @@ function isSpatialReduceMean(n: NodeProto): boolean {
 export interface CutOptions {
   /** Layout of the cut tensor when it is 4-D: NCHW pools axes 2,3; NHWC pools axes 1,2. */
   layout: 'NCHW' | 'NHWC';
-  /** Rank of the cut tensor (as probed by running the model): 2 = already pooled, 4 = feature map. */
+  /** Rank of the cut tensor (as probed by running the model): 2 = already pooled, 3 = token sequence, 4 = feature map. */
   rank: number;
   /** Name of the new output holding [N, D] features. */
   output?: string;
@@ -118,6 +118,11 @@ export function cutModel(model: ModelProto, tensor: string, options: CutOptions)
     nodes.push({ opType: 'Flatten', input: [pooled], output: [output], name: `${output}/Flatten` });
   } else if (options.rank === 2) {
     nodes.push({ opType: 'Identity', input: [tensor], output: [output], name: `${output}/Identity` });
+  } else if (options.rank === 3) {
+    // A token sequence [N, T, D] (ViT, DINOv2): the class token, as timm's 'token' pooling.
+    const index = `${output}/token_index`;
+    initializers.push({ name: index, dataType: onnx.TensorProto.DataType.INT64, dims: [], int64Data: [0] });
+    nodes.push({ opType: 'Gather', input: [tensor, index], output: [output], name: `${output}/ClassToken`, attribute: [{ name: 'axis', type: onnx.AttributeProto.AttributeType.INT, i: 1 }] });
   } else {
     nodes.push({ opType: 'Flatten', input: [tensor], output: [output], name: `${output}/Flatten` });
   }

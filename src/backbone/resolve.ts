@@ -1,0 +1,169 @@
+/**
+ * From what the user typed after `--model` to an ONNX file on disk and the config that travels with it:
+ * a path, a zoo name (downloaded through the hub cache, or converted from a bundled package), or nothing
+ * (the default: the hub MobileNetV2 when cached or reachable, else the bundled offline one).
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { convertGraphModel } from '../convert/tfjs-graph.js';
+import { NSFWJS_VERSION, readNsfwjsModel } from '../convert/nsfwjs.js';
+import { GraftError } from '../errors.js';
+import { cachedFile, hubFile, hubSettings, type HubOptions } from '../hub/hub.js';
+import { encodeModel } from '../onnx/proto.js';
+import type { PretrainedConfig } from '../preprocess/config.js';
+import { configFromPreprocessor } from '../preprocess/hf-config.js';
+import { writeFileAtomic } from '../util/fs.js';
+import { defaultCacheDir } from './cache.js';
+import { HUB_DEFAULT, OFFLINE_DEFAULT, ZOO, zooEntry, type HubSource, type ZooEntry } from './zoo.js';
+
+export interface ResolvedModel {
+  /** Local path of the ONNX file. */
+  file: string;
+  /** The zoo name, when the model came from the zoo. */
+  name?: string;
+  /** The model's own config (zoo entry + its preprocessor file), in place of a sidecar pretrained_cfg.json. */
+  config?: Partial<PretrainedConfig>;
+  /** One line saying which backbone was chosen and why, when the user did not name one. */
+  notice?: string;
+}
+
+export interface ResolveOptions {
+  hub?: HubOptions;
+  /** graft's cache root (converted bundled models live in `<root>/backbones`). Default `$GRAFT_CACHE` or ~/.cache/graft. */
+  cacheDir?: string;
+  /** How long the default-backbone choice waits for the hub to answer (ms). */
+  probeTimeoutMs?: number;
+}
+
+/** Files of a hub entry, the ONNX file first. */
+function hubFiles(source: HubSource): string[] {
+  return [source.file, ...(source.preprocessor ? [source.preprocessor] : []), ...(source.extraFiles ?? [])];
+}
+
+/** Whether every file of an entry is on disk (bundled ones always are, once nsfwjs is installed). */
+export async function isCached(entry: ZooEntry, options: ResolveOptions = {}): Promise<boolean> {
+  if (entry.source.kind === 'bundled') return true;
+  const { repo, revision } = entry.source;
+  for (const path of hubFiles(entry.source)) if (!(await cachedFile({ repo, path, ...(revision ? { revision } : {}) }, options.hub))) return false;
+  return true;
+}
+
+export interface PulledFile {
+  path: string;
+  local: string;
+  bytes: number;
+}
+
+/** Downloads (or finds in the cache) every file of a zoo entry; converts a bundled one. */
+export async function pullModel(name: string, options: ResolveOptions = {}): Promise<{ entry: ZooEntry; files: PulledFile[] }> {
+  const entry = requireEntry(name);
+  if (entry.source.kind === 'bundled') {
+    const local = await convertBundled(entry, options);
+    return { entry, files: [{ path: `nsfwjs@${NSFWJS_VERSION}/${entry.source.model}`, local, bytes: (await stat(local)).size }] };
+  }
+  const { repo, revision, sha256 } = entry.source;
+  const files: PulledFile[] = [];
+  for (const path of hubFiles(entry.source)) {
+    const local = await hubFile({ repo, path, ...(revision ? { revision } : {}), ...(path === entry.source.file && sha256 ? { sha256 } : {}) }, options.hub);
+    files.push({ path, local, bytes: (await stat(local)).size });
+  }
+  return { entry, files };
+}
+
+function requireEntry(name: string): ZooEntry {
+  const entry = zooEntry(name);
+  if (!entry)
+    throw new GraftError('USAGE', `unknown model "${name}": not a file, and not one of the zoo's models (${ZOO.map((e) => e.name).join(', ')}); see \`graft models\``, {
+      model: name,
+    });
+  return entry;
+}
+
+/** Turns `--model` (or its absence) into a local ONNX file and its config. */
+export async function resolveModel(spec: string | undefined, options: ResolveOptions = {}): Promise<ResolvedModel> {
+  if (spec === undefined) return resolveDefault(options);
+  if (existsSync(spec)) {
+    const s = await stat(spec);
+    return { file: resolve(s.isDirectory() ? join(spec, 'model.onnx') : spec) };
+  }
+  if (/[\\/]|\.onnx$/i.test(spec) && !zooEntry(spec)) throw new GraftError('MODEL', `${resolve(spec)}: no such file`, { file: resolve(spec) });
+  return resolveEntry(requireEntry(spec), options);
+}
+
+async function resolveEntry(entry: ZooEntry, options: ResolveOptions): Promise<ResolvedModel> {
+  if (entry.task !== 'image')
+    throw new GraftError('USAGE', `${entry.name} is a ${entry.task} model; image training needs an image backbone (${ZOO.filter((e) => e.task === 'image').map((e) => e.name).join(', ')})`, {
+      model: entry.name,
+    });
+  const { files } = await pullModel(entry.name, options);
+  const file = files[0]!.local;
+  if (entry.source.kind === 'bundled') return { file, name: entry.name };
+  let fromProcessor: Partial<PretrainedConfig> = {};
+  const processor = files.find((f) => f.path === (entry.source as HubSource).preprocessor);
+  if (processor) {
+    let json: unknown;
+    try {
+      json = JSON.parse(await readFile(processor.local, 'utf8'));
+    } catch (e) {
+      throw new GraftError('CONFIG', `${processor.local}: not valid JSON (${(e as Error).message})`, { file: processor.local }, { cause: e });
+    }
+    fromProcessor = configFromPreprocessor(json, processor.local);
+  }
+  return { file, name: entry.name, config: { ...fromProcessor, ...entry.config, featureDim: entry.featureDim } };
+}
+
+/** Whether the hub answers at all within the timeout (any HTTP status counts as an answer). */
+async function hubReachable(options: ResolveOptions): Promise<boolean> {
+  const { endpoint, offline } = hubSettings(options.hub);
+  if (offline) return false;
+  try {
+    const res = await (options.hub?.fetch ?? fetch)(endpoint, { method: 'HEAD', signal: AbortSignal.timeout(options.probeTimeoutMs ?? 4000) });
+    await res.body?.cancel();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function resolveDefault(options: ResolveOptions): Promise<ResolvedModel> {
+  const hubDefault = zooEntry(HUB_DEFAULT)!;
+  if (await isCached(hubDefault, options))
+    return { ...(await resolveEntry(hubDefault, options)), notice: `no --model given: using ${HUB_DEFAULT} (${hubDefault.source.kind === 'hub' ? hubDefault.source.repo : ''}, from the hub cache)` };
+  const { endpoint, offline } = hubSettings(options.hub);
+  if (await hubReachable(options)) {
+    try {
+      return { ...(await resolveEntry(hubDefault, options)), notice: `no --model given: using ${HUB_DEFAULT} (downloaded from ${endpoint})` };
+    } catch (e) {
+      const why = e instanceof GraftError ? e.message : String(e);
+      return { ...(await resolveEntry(zooEntry(OFFLINE_DEFAULT)!, options)), notice: `no --model given: ${HUB_DEFAULT} could not be fetched (${why}); using the bundled ${OFFLINE_DEFAULT}` };
+    }
+  }
+  const why = offline ? 'offline mode' : `${endpoint} not reachable`;
+  return { ...(await resolveEntry(zooEntry(OFFLINE_DEFAULT)!, options)), notice: `no --model given: ${why}; using the bundled offline backbone ${OFFLINE_DEFAULT}` };
+}
+
+/** A bundled TensorFlow.js model converted to ONNX once, cached as `<graft cache>/backbones/<name>/model.onnx`. */
+async function convertBundled(entry: ZooEntry, options: ResolveOptions): Promise<string> {
+  if (entry.source.kind !== 'bundled') throw new Error('not a bundled entry');
+  const dir = join(options.cacheDir ?? defaultCacheDir(), 'backbones', `${entry.name}-nsfwjs-${NSFWJS_VERSION}`);
+  const file = join(dir, 'model.onnx');
+  if (existsSync(file) && existsSync(join(dir, 'pretrained_cfg.json'))) return file;
+  const converted = convertGraphModel(readNsfwjsModel(entry.source.model));
+  await mkdir(dir, { recursive: true });
+  await writeFileAtomic(join(dir, 'pretrained_cfg.json'), JSON.stringify({ ...BUNDLED_CONFIG, inputName: converted.inputName }, null, 2) + '\n');
+  await writeFileAtomic(file, encodeModel(converted.model));
+  return file;
+}
+
+/** nsfwjs feeds its MobileNets RGB in [0, 1] (the graph scales to [-1, 1] itself), resized to 224×224. */
+const BUNDLED_CONFIG: Partial<PretrainedConfig> = {
+  layout: 'NHWC',
+  inputSize: [224, 224],
+  resize: 'squash',
+  cropPct: 1,
+  interpolation: 'bilinear',
+  scale: 1 / 255,
+  mean: [0, 0, 0],
+  std: [1, 1, 1],
+};
