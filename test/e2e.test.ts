@@ -172,8 +172,8 @@ describe('graft CLI end to end (hymenoptera subset)', () => {
   });
 
   it('a usage error exits with status 2', async () => {
-    const run = await graft(['train', data, '--out', join(tmp, 'x')]);
+    const run = await graft(['train', data, '--model', MODEL, '--out', join(tmp, 'x'), '--epochs', '0']);
     assert.equal(run.code, 2);
-    assert.match(run.stderr, /--model/);
+    assert.match(run.stderr, /--epochs must be an integer ≥ 1, got "0"/);
   });
 });
