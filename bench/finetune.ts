@@ -92,13 +92,18 @@ function summarizeProfile(file: string): Record<string, number> {
   const events = JSON.parse(readFileSync(file, 'utf8')) as Array<{ cat: string; name: string; dur: number; args?: { op_name?: string } }>;
   rmSync(file, { force: true });
   const byOp = new Map<string, number>();
+  const byNode = new Map<string, number>();
   let sum = 0;
   for (const e of events) {
     if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time')) continue;
     const op = e.args?.op_name ?? '?';
     byOp.set(op, (byOp.get(op) ?? 0) + e.dur);
+    const node = `${op} ${e.name.replace(/_kernel_time$/, '')}`;
+    byNode.set(node, (byNode.get(node) ?? 0) + e.dur);
     sum += e.dur;
   }
+  // The costliest nodes, to stderr: where a faster gradient formulation would pay.
+  for (const [node, t] of [...byNode].sort((a, b) => b[1] - a[1]).slice(0, 15)) console.error(`${((100 * t) / sum).toFixed(1).padStart(5)}%  ${node}`);
   return Object.fromEntries([...byOp].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([op, t]) => [op, +((100 * t) / sum).toFixed(1)]));
 }
 

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { GraftError } from '../src/errors.js';
 import { cachedFile, hubFile, hubSettings, repoFolder, type DownloadProgress } from '../src/hub/hub.js';
@@ -15,6 +15,7 @@ const config = new TextEncoder().encode(JSON.stringify({ image_mean: [0.5, 0.5, 
 const cut: ServedFile = { content: new Uint8Array(randomBytes(200_000)), lfs: true, cutAfter: 70_000, cutTimes: 1 };
 const corrupt: ServedFile = { content: new Uint8Array(randomBytes(5_000)), lfs: true, announcedSha256: 'a'.repeat(64) };
 const secret = new Uint8Array(randomBytes(1000));
+const twice = new Uint8Array(randomBytes(100_000));
 
 let server: HubServer;
 let cacheDir: string;
@@ -32,6 +33,8 @@ before(async () => {
     'acme/vision': { files: { 'onnx/model.onnx': { content: model, lfs: true }, 'preprocessor_config.json': { content: config } }, commit: 'c'.repeat(40) },
     'acme/flaky': { files: { 'model.onnx': cut } },
     'acme/corrupt': { files: { 'model.onnx': corrupt } },
+    'acme/twice': { files: { 'model.onnx': { content: twice, lfs: true } } },
+    'acme/stale': { files: { 'model.onnx': { content: twice, lfs: true } } },
     'acme/private': { files: { 'model.onnx': { content: secret, lfs: true } }, token: 'hf_secret' },
   });
   cacheDir = await mkdtemp(join(tmpdir(), 'graft-hub-'));
@@ -60,6 +63,21 @@ describe('hub client', () => {
     const again = await hubFile({ repo: 'acme/vision', path: 'onnx/model.onnx' }, opts());
     assert.equal(again, path);
     assert.equal(server.log.length, requests, 'a cached file costs no request');
+  });
+
+  test('concurrent requests for one file download it once; a lock left by a dead process is taken over', async () => {
+    const ref = { repo: 'acme/twice', path: 'model.onnx' };
+    const before = server.log.filter((l) => l.startsWith('GET /cdn/acme--twice/')).length;
+    const [a, b] = await Promise.all([hubFile(ref, opts()), hubFile(ref, opts())]);
+    assert.equal(a, b);
+    assert.deepEqual(new Uint8Array(readFileSync(a)), twice);
+    assert.equal(server.log.filter((l) => l.startsWith('GET /cdn/acme--twice/') && !l.includes('bytes=0-0')).length - before, 1);
+    const stale = { repo: 'acme/stale', path: 'model.onnx' };
+    const blob = join(repoFolder(cacheDir, 'acme/stale'), 'blobs', sha256(twice));
+    mkdirSync(dirname(blob), { recursive: true });
+    writeFileSync(`${blob}.lock`, '999999999');
+    assert.deepEqual(new Uint8Array(readFileSync(await hubFile(stale, opts()))), twice);
+    assert.ok(!existsSync(`${blob}.lock`));
   });
 
   test('a small git file is verified by its git blob id', async () => {

@@ -173,7 +173,7 @@ async function download(ref: HubFileRef, settings: HubSettings, options: HubOpti
   await mkdir(dirname(blob), { recursive: true });
   await mkdir(dirname(pointer), { recursive: true });
 
-  if (!(await isFile(blob))) {
+  async function fetchBlob(): Promise<void> {
     const incomplete = `${blob}.incomplete`;
     const hash = expected ? createHash('sha256') : gitBlobHash(total);
     const have = await resumeFrom(incomplete, total, hash);
@@ -193,6 +193,17 @@ async function download(ref: HubFileRef, settings: HubSettings, options: HubOpti
     }
     await rename(incomplete, blob);
   }
+
+
+  if (!(await isFile(blob))) {
+    const release = await lockBlob(blob);
+    try {
+      // Another process may have finished the same blob while this one waited for the lock.
+      if (!(await isFile(blob))) await fetchBlob();
+    } finally {
+      await release();
+    }
+  }
   await rm(pointer, { force: true });
   await symlink(relative(dirname(pointer), blob), pointer);
   if (!COMMIT.test(revision)) {
@@ -202,6 +213,35 @@ async function download(ref: HubFileRef, settings: HubSettings, options: HubOpti
     await rename(`${refFile}.tmp`, refFile);
   }
   return pointer;
+}
+
+/**
+ * One writer per blob across processes: `<blob>.lock` holds the writer's pid. A lock whose process is gone
+ * is stale and taken over; otherwise wait for it (another graft downloading the same file).
+ */
+async function lockBlob(blob: string): Promise<() => Promise<void>> {
+  const lock = `${blob}.lock`;
+  for (;;) {
+    try {
+      const handle = await open(lock, 'wx');
+      await handle.write(String(process.pid));
+      await handle.close();
+      return () => rm(lock, { force: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    const holder = Number(await readFile(lock, 'utf8').catch(() => ''));
+    let alive = holder > 0;
+    if (alive && holder !== process.pid) {
+      try {
+        process.kill(holder, 0);
+      } catch (e) {
+        alive = (e as NodeJS.ErrnoException).code === 'EPERM';
+      }
+    }
+    if (!alive) await rm(lock, { force: true });
+    else await new Promise((r) => setTimeout(r, 250));
+  }
 }
 
 /** Git's blob id, for small non-LFS files: sha1("blob <size>\0" + content). */
