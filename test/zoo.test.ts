@@ -140,6 +140,7 @@ describe('models by name through a local hub', () => {
     server = await startHubServer({
       'onnx-community/mobilenet_v2_1.0_224': { files: { 'onnx/model.onnx': { content: CNN, lfs: true }, 'preprocessor_config.json': { content: json(MOBILENET_PROCESSOR) } } },
       'Xenova/vit-base-patch16-224-in21k': { files: { 'onnx/model.onnx': { content: TOKENS, lfs: true }, 'preprocessor_config.json': { content: json(VIT_PROCESSOR) } } },
+      'acme/any': { files: { 'onnx/model.onnx': { content: CNN, lfs: true }, 'exports/small.onnx': { content: CNN, lfs: true } } },
       'Xenova/dinov2-small': { files: { 'onnx/model.onnx': { content: TOKENS, lfs: true }, 'preprocessor_config.json': { content: json(VIT_PROCESSOR) } } },
     });
     cacheDir = await mkdtemp(join(tmpdir(), 'graft-zoo-hf-'));
@@ -186,6 +187,17 @@ describe('models by name through a local hub', () => {
     const feats = (await cut.run({ pixel_values: x }))[FEATURES]!;
     assert.deepEqual(feats.dims, [2, 8]);
     for (let n = 0; n < 2; n++) for (let d = 0; d < 8; d++) assert.ok(Math.abs((feats.data as Float32Array)[n * 8 + d]! - seq[n * 5 * 8 + d]!) < 1e-6);
+  });
+
+  test('any hub repository: owner/name (transformers.js layout) or hf:owner/name/path.onnx', async () => {
+    const a = await resolveModel('acme/any', { hub: hub(), cacheDir: graftCache });
+    assert.equal(a.name, 'hf:acme/any/onnx/model.onnx');
+    assert.equal(a.config, undefined, 'no preprocessor_config.json in that repo');
+    const b = await resolveModel('hf:acme/any/exports/small.onnx', { hub: hub(), cacheDir: graftCache });
+    assert.match(b.file, /models--acme--any\/snapshots\/[0-9a-f]{40}\/exports\/small\.onnx$/);
+    const v = await resolveModel('hf:Xenova/vit-base-patch16-224-in21k', { hub: offline(), cacheDir: graftCache });
+    assert.equal(v.config!.resize, 'squash', 'its cached preprocessor file is read, offline');
+    assert.equal((await loadBackbone(a.file, {})).config.featureDim, 4);
   });
 
   test('a pinned sha256 protects against a changed upstream file', async () => {

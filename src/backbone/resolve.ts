@@ -87,8 +87,36 @@ export async function resolveModel(spec: string | undefined, options: ResolveOpt
     const s = await stat(spec);
     return { file: resolve(s.isDirectory() ? join(spec, 'model.onnx') : spec) };
   }
+  const hub = /^hf:([\w.-]+\/[\w.-]+)(?:\/(.+))?$/.exec(spec) ?? /^([\w.-]+\/[\w.-]+)$/.exec(spec);
+  if (hub) return resolveHubRepo(hub[1]!, hub[2] ?? 'onnx/model.onnx', options);
   if (/[\\/]|\.onnx$/i.test(spec) && !zooEntry(spec)) throw new GraftError('MODEL', `${resolve(spec)}: no such file`, { file: resolve(spec) });
   return resolveEntry(requireEntry(spec), options);
+}
+
+/**
+ * Any hub repository: `hf:owner/name[/path/to/model.onnx]` or `owner/name` (file `onnx/model.onnx`, the
+ * transformers.js layout), with the repo's preprocessor_config.json when it has one.
+ */
+async function resolveHubRepo(repo: string, path: string, options: ResolveOptions): Promise<ResolvedModel> {
+  const file = await hubFile({ repo, path }, options.hub);
+  let config: Partial<PretrainedConfig> | undefined;
+  try {
+    config = await readProcessor(await hubFile({ repo, path: 'preprocessor_config.json' }, options.hub));
+  } catch (e) {
+    // No processor file (or none cached, offline): preprocessing falls back to a sidecar-free default.
+    if (!(e instanceof GraftError && e.code === 'HUB' && /no such file|not in the cache/.test(e.message))) throw e;
+  }
+  return { file, name: `hf:${repo}/${path}`, ...(config ? { config } : {}) };
+}
+
+async function readProcessor(local: string): Promise<Partial<PretrainedConfig>> {
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(local, 'utf8'));
+  } catch (e) {
+    throw new GraftError('CONFIG', `${local}: not valid JSON (${(e as Error).message})`, { file: local }, { cause: e });
+  }
+  return configFromPreprocessor(json, local);
 }
 
 async function resolveEntry(entry: ZooEntry, options: ResolveOptions): Promise<ResolvedModel> {
@@ -99,17 +127,8 @@ async function resolveEntry(entry: ZooEntry, options: ResolveOptions): Promise<R
   const { files } = await pullModel(entry.name, options);
   const file = files[0]!.local;
   if (entry.source.kind === 'bundled') return { file, name: entry.name };
-  let fromProcessor: Partial<PretrainedConfig> = {};
   const processor = files.find((f) => f.path === (entry.source as HubSource).preprocessor);
-  if (processor) {
-    let json: unknown;
-    try {
-      json = JSON.parse(await readFile(processor.local, 'utf8'));
-    } catch (e) {
-      throw new GraftError('CONFIG', `${processor.local}: not valid JSON (${(e as Error).message})`, { file: processor.local }, { cause: e });
-    }
-    fromProcessor = configFromPreprocessor(json, processor.local);
-  }
+  const fromProcessor = processor ? await readProcessor(processor.local) : {};
   return { file, name: entry.name, config: { ...fromProcessor, ...entry.config, featureDim: entry.featureDim } };
 }
 

@@ -244,7 +244,7 @@ export function program(): Command {
     .command('train')
     .description('extract features with a pretrained backbone and train a new head on them')
     .argument('<data>', 'dataset folder: DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*')
-    .option('--model <path|name>', 'backbone: an ONNX image model, or a zoo name (graft models); default mobilenetv2 from the hub when cached or reachable, else the bundled offline one')
+    .option('--model <path|name>', 'backbone: an ONNX image model, a zoo name (graft models), or a hub repo (owner/name, hf:owner/name/file.onnx); default mobilenetv2 from the hub when cached or reachable, else the bundled offline one')
     .option('--offline', 'never touch the network (also HF_HUB_OFFLINE=1)')
     .option('--cut <tensor>', 'tensor to cut the model at (default: the input of its last global pooling)')
     .option('--out <dir>', 'output directory for model.onnx and graft.json', 'graft-model')
