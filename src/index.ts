@@ -5,6 +5,14 @@ export { SGD, Adam, AdamW, clipGradNorm, type Optimizer, type ParamGroup } from 
 export { GraftModel, type Prediction, type ProbabilityResult } from './artifact/model.js';
 export { readArtifact, type Manifest } from './artifact/artifact.js';
 export { loadBackbone, type Backbone, type LoadBackboneOptions } from './backbone/backbone.js';
+export { ZOO, zooEntry, HUB_DEFAULT, OFFLINE_DEFAULT, type ZooEntry, type HubSource, type BundledSource } from './backbone/zoo.js';
+export { resolveModel, pullModel, isCached, type ResolvedModel, type ResolveOptions, type PulledFile } from './backbone/resolve.js';
+export { hubFile, cachedFile, hubSettings, type HubOptions, type HubFileRef, type DownloadProgress } from './hub/hub.js';
+export { importTfjs, type ImportResult } from './convert/import.js';
+export { convertLayersModel } from './convert/tfjs-layers.js';
+export { convertGraphModel } from './convert/tfjs-graph.js';
+export { readTfjsModel, type ConvertedModel, type TfjsModel } from './convert/tfjs-weights.js';
+export { configFromPreprocessor } from './preprocess/hf-config.js';
 export { FeatureExtractor, type ExtractOptions, type ExtractResult, type ExtractProgress } from './backbone/extractor.js';
 export { scanImageFolder, scanLabelledFolder, type ImageFolderDataset, type Sample, type Skipped } from './data/dataset.js';
 export { resolveConfig, IMAGENET_DEFAULTS, type PretrainedConfig } from './preprocess/config.js';
