@@ -90,7 +90,7 @@ for (const k of blocks) {
 /** Percent of kernel time by op type (forward and backward ops together). */
 function summarizeProfile(file: string): Record<string, number> {
   const events = JSON.parse(readFileSync(file, 'utf8')) as Array<{ cat: string; name: string; dur: number; args?: { op_name?: string } }>;
-  rmSync(file, { force: true });
+  if (!process.env.KEEP_PROFILE) rmSync(file, { force: true }); else console.error(file);
   const byOp = new Map<string, number>();
   const byNode = new Map<string, number>();
   let sum = 0;

@@ -1,11 +1,14 @@
 /**
- * Every gradient rule checked against central finite differences of the forward graph, in onnxruntime-node.
+ * Every gradient rule checked against central finite differences of the forward graph, in onnxruntime-node,
+ * with the harness in test/support/gradcheck.ts (method, ε and tolerances described there).
  *
  * Each case builds loss = ReduceSum(op(...) · R) with a fixed random weighting R (so that the gradient is
  * not all ones), appends the gradients, and compares them with (f(x+ε) − f(x−ε)) / 2ε for every element of
- * every wrt input. float64 graphs: ε = 1e-6, max |g − fd| / max(|fd|, 1e-3) < 1e-5. Each case is run twice:
- * with static shapes (constant-folded unbroadcast, the normal path) and with `useStaticShapes: false`
- * (every unbroadcast/reshape done with Shape ops), so both forms of every rule are verified.
+ * every wrt input. float64 graphs: ε = 1e-6, max |g − fd| / max(|fd|, 1e-3) < 1e-5. ORT has no float64
+ * kernel for GlobalAveragePool: that case runs in float32 with ε = 1e-3 and a tolerance of 1e-2 relative
+ * (absolute floor 1e-1). Each case is run twice: with static shapes (constant-folded unbroadcast, the normal
+ * path) and with `useStaticShapes: false` (every unbroadcast/reshape done with Shape ops), so both forms of
+ * every rule are verified.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,39 +17,11 @@ import { appendGradients, GRAD_RULES } from '../src/onnx/autodiff.js';
 import { GraphBuilder } from '../src/onnx/builder.js';
 import { DataType, encodeModel } from '../src/onnx/proto.js';
 import { GraftError } from '../src/errors.js';
-import { Random } from '../src/util/random.js';
-
-type Kind = 'normal' | 'positive' | 'int' | 'mask';
-
-interface InputSpec {
-  name: string;
-  dims: number[];
-  /** Declared shape, when it should differ from dims (symbolic batch). */
-  decl?: Array<number | string>;
-  kind?: Kind;
-  /** For 'int': labels are drawn from [0, max). */
-  max?: number;
-  /** Fixed values instead of random ones. */
-  values?: number[];
-  wrt?: boolean;
-}
-
-interface Case {
-  name: string;
-  inputs: InputSpec[];
-  /** Builds the op under test; returns the tensor that gets weighted and summed, or the loss when `isLoss`. */
-  build(b: GraphBuilder, x: Record<string, string>): string;
-  isLoss?: boolean;
-  /**
-   * ORT has no float64 kernel for some ops (GlobalAveragePool): those cases run in float32 with
-   * ε = 1e-3 and a tolerance of 1e-2 relative (absolute floor 1e-1).
-   */
-  float32?: boolean;
-}
+import { checkGradients, opTypesOf, type GradCase } from './support/gradcheck.js';
 
 const ints = (b: GraphBuilder, v: number[]) => b.int64('axes', v);
 
-const CASES: Case[] = [
+const CASES: GradCase[] = [
   // Broadcasting arithmetic
   { name: 'Add [N,C] + [C]', inputs: [{ name: 'a', dims: [3, 4], wrt: true }, { name: 'b', dims: [4], wrt: true }], build: (b, x) => b.op('Add', [x.a!, x.b!]) },
   { name: 'Add same shape', inputs: [{ name: 'a', dims: [2, 3], wrt: true }, { name: 'b', dims: [2, 3], wrt: true }], build: (b, x) => b.op('Add', [x.a!, x.b!]) },
@@ -64,12 +39,12 @@ const CASES: Case[] = [
     build: (b, x) => b.op('Sum', [x.a!, x.b!, x.c!]),
   },
   // Elementwise
-  ...(['Relu', 'Sigmoid', 'Tanh', 'Identity', 'Neg', 'Exp', 'Abs'] as const).map((op): Case => ({
+  ...(['Relu', 'Sigmoid', 'Tanh', 'Identity', 'Neg', 'Exp', 'Abs'] as const).map((op): GradCase => ({
     name: op,
     inputs: [{ name: 'x', dims: [3, 4], wrt: true }],
     build: (b, x) => b.op(op, [x.x!]),
   })),
-  ...(['Log', 'Sqrt', 'Reciprocal'] as const).map((op): Case => ({
+  ...(['Log', 'Sqrt', 'Reciprocal'] as const).map((op): GradCase => ({
     name: op,
     inputs: [{ name: 'x', dims: [3, 4], kind: 'positive', wrt: true }],
     build: (b, x) => b.op(op, [x.x!]),
@@ -167,7 +142,7 @@ const CASES: Case[] = [
   },
   { name: 'MatMul [4] @ [4]', inputs: [{ name: 'a', dims: [4], wrt: true }, { name: 'b', dims: [4], wrt: true }], build: (b, x) => b.op('MatMul', [x.a!, x.b!]) },
   // SoftmaxCrossEntropyLoss: the loss itself, seeded with 1 (isLoss), or weighted by R (gradient dLoss ≠ 1)
-  ...(['mean', 'sum'] as const).map((reduction): Case => ({
+  ...(['mean', 'sum'] as const).map((reduction): GradCase => ({
     name: `SoftmaxCrossEntropyLoss ${reduction}`,
     inputs: [{ name: 'z', dims: [5, 4], wrt: true }, { name: 'y', dims: [5], kind: 'int', max: 4 }],
     build: (b, x) => b.op('SoftmaxCrossEntropyLoss', [x.z!, x.y!], { reduction }),
@@ -244,107 +219,9 @@ const CASES: Case[] = [
   },
 ];
 
-// ---------------------------------------------------------------------------------------------------
-
-type Feeds = Record<string, ort.Tensor>;
-
-function makeData(spec: InputSpec, rng: Random): Float64Array | BigInt64Array {
-  const size = spec.dims.reduce((a, b) => a * b, 1);
-  if (spec.kind === 'int') return BigInt64Array.from(spec.values ?? Array.from({ length: size }, () => rng.int(spec.max ?? 2)), (v) => BigInt(v));
-  if (spec.values) return Float64Array.from(spec.values);
-  return Float64Array.from({ length: size }, () =>
-    spec.kind === 'positive' ? 0.5 + rng.next() * 1.5 : spec.kind === 'mask' ? (rng.next() < 0.3 ? 0 : 1 / 0.7) : rng.normal());
-}
-
-function toTensor(data: Float64Array | BigInt64Array, dims: number[], float32: boolean): ort.Tensor {
-  if (data instanceof BigInt64Array) return new ort.Tensor('int64', data, dims);
-  return float32 ? new ort.Tensor('float32', Float32Array.from(data), dims) : new ort.Tensor('float64', data, dims);
-}
-
-function declare(b: GraphBuilder, c: Case, fType: number): Record<string, string> {
-  const names: Record<string, string> = {};
-  for (const s of c.inputs) names[s.name] = b.input(s.name, s.kind === 'int' ? DataType.INT64 : fType, s.decl ?? s.dims);
-  return names;
-}
-
-async function runOutputs(bytes: Uint8Array, feeds: Feeds, names: string[]): Promise<Float64Array[]> {
-  const session = await ort.InferenceSession.create(bytes);
-  const result = await session.run(feeds, names);
-  await session.release();
-  return names.map((n) => Float64Array.from(result[n]!.data as Float64Array | Float32Array));
-}
-
-async function checkCase(c: Case, seed: number): Promise<void> {
-  const f32 = c.float32 ?? false;
-  const fType = f32 ? DataType.FLOAT : DataType.DOUBLE;
-  const rng = new Random(seed);
-  const data = Object.fromEntries(c.inputs.map((s) => [s.name, makeData(s, rng)]));
-  const feedsOf = (d: typeof data): Feeds => Object.fromEntries(c.inputs.map((s) => [s.name, toTensor(d[s.name]!, s.dims, f32)]));
-
-  // The weighting R needs the op's output shape: run the op once to learn it.
-  let weights: { values: Float64Array; dims: number[] } | undefined;
-  if (!c.isLoss) {
-    const b = new GraphBuilder('probe');
-    const out = c.build(b, declare(b, c, fType));
-    b.outputs.push({ name: out });
-    const session = await ort.InferenceSession.create(encodeModel(b.model()));
-    const dims = [...(await session.run(feedsOf(data)))[out]!.dims];
-    await session.release();
-    weights = { values: Float64Array.from({ length: dims.reduce((a, b) => a * b, 1) }, () => rng.normal()), dims };
-  }
-  const buildLoss = (b: GraphBuilder): string => {
-    const out = c.build(b, declare(b, c, fType));
-    if (!weights) return out;
-    const r = b.constant('R', f32 ? Float32Array.from(weights.values) : weights.values, weights.dims);
-    return b.op('ReduceSum', [b.op('Mul', [out, r])], { keepdims: 0 });
-  };
-
-  const wrt = c.inputs.filter((s) => s.wrt);
-  const fwd = new GraphBuilder('forward');
-  const fwdLoss = buildLoss(fwd);
-  fwd.outputs.push({ name: fwdLoss });
-  const fwdSession = await ort.InferenceSession.create(encodeModel(fwd.model()));
-  const lossAt = async (d: typeof data) => Number((await fwdSession.run(feedsOf(d)))[fwdLoss]!.data[0]);
-
-  // Central finite differences, element by element.
-  const eps = f32 ? 1e-3 : 1e-6;
-  const numeric = new Map<string, Float64Array>();
-  for (const s of wrt) {
-    const base = data[s.name] as Float64Array;
-    const g = new Float64Array(base.length);
-    for (let i = 0; i < base.length; i++) {
-      const plus = Float64Array.from(base);
-      const minus = Float64Array.from(base);
-      plus[i]! += eps;
-      minus[i]! -= eps;
-      g[i] = ((await lossAt({ ...data, [s.name]: plus })) - (await lossAt({ ...data, [s.name]: minus }))) / (2 * eps);
-    }
-    numeric.set(s.name, g);
-  }
-  await fwdSession.release();
-
-  const [tol, floor] = f32 ? [1e-2, 1e-1] : [1e-5, 1e-3];
-  for (const useStaticShapes of [true, false]) {
-    const b = new GraphBuilder('grad');
-    const loss = buildLoss(b);
-    const grads = appendGradients(b, { loss, wrt: wrt.map((s) => s.name), useStaticShapes });
-    assert.deepEqual([...grads.keys()], wrt.map((s) => s.name));
-    b.output(loss, fType, []);
-    for (const s of wrt) b.output(grads.get(s.name)!, fType, s.dims);
-    const got = await runOutputs(encodeModel(b.model()), feedsOf(data), wrt.map((s) => grads.get(s.name)!));
-    wrt.forEach((s, k) => {
-      const [a, n] = [got[k]!, numeric.get(s.name)!];
-      assert.equal(a.length, n.length, `${c.name}: gradient of ${s.name} has ${a.length} values, expected ${n.length}`);
-      let worst = 0;
-      for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - n[i]!) / Math.max(Math.abs(n[i]!), floor));
-      assert.ok(worst < tol, `${c.name} (static shapes ${useStaticShapes}): d/d${s.name} max relative error ${worst.toExponential(2)}\n  autodiff ${[...a].map((v) => v.toFixed(6))}\n  numeric  ${[...n].map((v) => v.toFixed(6))}`);
-    });
-  }
-}
-
 CASES.forEach((c, i) => {
   test(`gradient: ${c.name}`, async () => {
-    await checkCase(c, 1000 + i);
+    await checkGradients(c, 1000 + i);
   });
 });
 
@@ -353,12 +230,8 @@ test('every rule in GRAD_RULES is exercised by a case above (or in autodiff-cnn.
   const covered = new Set<string>([
     'Conv', 'MaxPool', 'AveragePool', 'BatchNormalization', 'LayerNormalization', 'HardSigmoid', 'HardSwish', 'Erf', 'Gelu',
     'Slice', 'Gather', 'Pad', 'ReduceMax', 'ReduceMin',
+    ...opTypesOf(CASES),
   ]);
-  for (const c of CASES) {
-    const b = new GraphBuilder('ops');
-    c.build(b, declare(b, c, DataType.DOUBLE));
-    for (const n of b.nodes) covered.add(n.opType!);
-  }
   assert.deepEqual(Object.keys(GRAD_RULES).filter((op) => !covered.has(op)), []);
 });
 
