@@ -14,12 +14,12 @@ import * as ort from 'onnxruntime-node';
 import { NSFWJS_VERSION, nsfwjsAvailable, readNsfwjsModel, type NsfwjsModelName } from '../src/convert/nsfwjs.js';
 import { convertGraphModel, type ConvertedModel } from '../src/convert/tfjs-graph.js';
 import { readTfjsModel, type TfjsModel, type TfjsModelJson, type TfjsWeightEntry } from '../src/convert/tfjs-weights.js';
-import { GraftError } from '../src/errors.js';
 import { encodeModel, tensorToFloat32, valueInfoShape, type ModelProto } from '../src/onnx/proto.js';
 import { findCut } from '../src/onnx/surgery.js';
 import { resolveConfig } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
 import { Random } from '../src/util/random.js';
+import { assertGraftError, maxAbsDiff, runModel } from './support/onnx.js';
 
 type Tfjs = typeof import('@tensorflow/tfjs');
 const require = createRequire(import.meta.url);
@@ -37,13 +37,8 @@ interface Batch {
   dims: number[];
 }
 
-async function runOnnx(model: ModelProto, input: string, x: Batch, outputs: string[]): Promise<Record<string, ort.Tensor>> {
-  const session = await ort.InferenceSession.create(encodeModel(model));
-  try {
-    return await session.run({ [input]: new ort.Tensor('float32', x.data, x.dims) }, outputs);
-  } finally {
-    await session.release();
-  }
+function runOnnx(model: ModelProto, input: string, x: Batch, outputs: string[]): Promise<Record<string, ort.Tensor>> {
+  return runModel(model, { [input]: x }, outputs);
 }
 
 /** Runs a graph model in TensorFlow.js (CPU backend) and fetches the named nodes. */
@@ -66,22 +61,6 @@ async function runTfjs(json: TfjsModelJson, weightData: Uint8Array, x: Batch, ou
     input.dispose();
     model.dispose();
   }
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length, 'same number of values');
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]! - b[i]!));
-  return max;
-}
-
-function assertGraftError(fn: () => unknown, code: string, ...patterns: RegExp[]): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof GraftError, `expected a GraftError, got ${String(e)}`);
-    assert.equal(e.code, code);
-    for (const p of patterns) assert.match(e.message, p);
-    return true;
-  });
 }
 
 // ---- writing small graph models ----
@@ -403,7 +382,7 @@ describe('small graph models against TensorFlow.js', () => {
   });
 
   it('keeps 4-D activations NCHW inside and exposes outputs in TF layout', async () => {
-    const { spec, outputs } = opsGraph(4);
+    const { spec } = opsGraph(4);
     const sub = mkdtempSync(join(dir, 'layout'));
     spec.write(sub);
     const converted = convertGraphModel(await readTfjsModel(sub), { outputs: ['conv1/relu6'] });

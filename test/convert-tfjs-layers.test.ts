@@ -13,11 +13,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import * as ort from 'onnxruntime-node';
-import { convertLayersModel, permute, type ConvertedModel } from '../src/convert/tfjs-layers.js';
+import { convertLayersModel, type ConvertedModel } from '../src/convert/tfjs-layers.js';
+import { permute } from '../src/convert/tf-layout.js';
+import { assertGraftError, maxAbsDiff, runModel, withOutputs } from './support/onnx.js';
 import { readTfjsModel, type TfjsModelJson, type TfjsWeightEntry } from '../src/convert/tfjs-weights.js';
-import { GraftError } from '../src/errors.js';
-import { encodeModel, valueInfoShape, type ModelProto } from '../src/onnx/proto.js';
+import { valueInfoShape } from '../src/onnx/proto.js';
 import { findCut } from '../src/onnx/surgery.js';
 import { resolveConfig } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
@@ -31,28 +31,6 @@ const VAL = '/work/shared/data/hymenoptera/val';
 const noRealData = (!existsSync(TM) || !existsSync(VAL)) && 'no Teachable Machine model or hymenoptera images';
 const TOL = 1e-4;
 
-const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
-  assert.equal(a.length, b.length, 'lengths differ');
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-};
-
-async function runOnnx(model: ModelProto, feeds: Record<string, { data: Float32Array; dims: number[] }>, outputs?: string[]): Promise<Record<string, ort.Tensor>> {
-  const session = await ort.InferenceSession.create(encodeModel(model));
-  try {
-    const inputs: Record<string, ort.Tensor> = {};
-    for (const [k, v] of Object.entries(feeds)) inputs[k] = new ort.Tensor('float32', v.data, v.dims);
-    return await session.run(inputs, outputs ?? model.graph!.output!.map((o) => o.name!));
-  } finally {
-    await session.release();
-  }
-}
-
-/** The model with `extra` tensors added as graph outputs. */
-function withOutputs(model: ModelProto, extra: string[]): ModelProto {
-  return { ...model, graph: { ...model.graph!, output: [...model.graph!.output!, ...extra.map((name) => ({ name }))] } } as ModelProto;
-}
 
 /** Loads a model folder into tfjs the way browser/file handlers do: shards concatenated per group. */
 async function tfjsFromDir(dir: string): Promise<tf.LayersModel> {
@@ -65,15 +43,6 @@ async function tfjsFromDir(dir: string): Promise<tf.LayersModel> {
     load: async () => ({ modelTopology: json.modelTopology as object, weightSpecs: json.weightsManifest.flatMap((g) => g.weights) as tf.io.WeightsManifestEntry[], weightData }),
   };
   return tf.loadLayersModel(handler);
-}
-
-function assertModelError(fn: () => unknown, ...patterns: RegExp[]): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof GraftError, `expected a GraftError, got ${String(e)}`);
-    assert.equal(e.code, 'MODEL');
-    for (const p of patterns) assert.match(e.message, p);
-    return true;
-  });
 }
 
 describe('permute (weight layouts)', () => {
@@ -123,12 +92,12 @@ describe('convertLayersModel on the Teachable Machine MobileNetV2 export', { ski
     assert.equal(converted.layerOutputs.get('out_relu'), map);
     const info = converted.model.graph!.valueInfo!.find((v) => v.name === map);
     assert.deepEqual(info && valueInfoShape(info), [-1, 1280, 7, 7]);
-    const out = await runOnnx(withOutputs(converted.model, [map]), { input_1: { data: batch, dims: [N, 224, 224, 3] } }, [map]);
+    const out = await runModel(withOutputs(converted.model, [map]), { input_1: { data: batch, dims: [N, 224, 224, 3] } }, [map]);
     assert.deepEqual(out[map]!.dims, [N, 1280, 7, 7]);
   });
 
   it('matches tfjs on real images: probabilities and 1280-d pooled features within 1e-4', async () => {
-    const out = await runOnnx(converted.model, { input_1: { data: batch, dims: [N, 224, 224, 3] } });
+    const out = await runModel(converted.model, { input_1: { data: batch, dims: [N, 224, 224, 3] } });
     const x = tf.tensor4d(batch, [N, 224, 224, 3]);
     const probs = reference.predict(x) as tf.Tensor;
     const features = (reference.layers[0] as tf.LayersModel).predict(x) as tf.Tensor;
@@ -400,7 +369,7 @@ describe('convertLayersModel on tfjs-built models with quantized weights', () =>
           const n = 3;
           const r = new Random(7);
           const x = Float32Array.from({ length: n * m.feed.reduce((a, b) => a * b, 1) }, () => 2 * r.next() - 1);
-          const out = await runOnnx(converted.model, { [converted.inputName]: { data: x, dims: [n, ...m.feed] } });
+          const out = await runModel(converted.model, { [converted.inputName]: { data: x, dims: [n, ...m.feed] } });
           const xt = tf.tensor(x, [n, ...m.feed]);
           const ys = [probe.predict(xt)].flat() as tf.Tensor[];
           let worst = 0;
@@ -435,7 +404,7 @@ describe('convertLayersModel on tfjs-built models with quantized weights', () =>
     assert.equal(converted.layerOutputs.get('image'), 'image_nchw');
     const reference = await tfjsFromDir(dir);
     const x = Float32Array.from({ length: 2 * 14 * 14 * 3 }, (_, i) => Math.sin(i));
-    const out = await runOnnx(converted.model, { image: { data: x, dims: [2, 14, 14, 3] } });
+    const out = await runModel(converted.model, { image: { data: x, dims: [2, 14, 14, 3] } });
     const probe = tf.model({ inputs: reference.inputs, outputs: reference.getLayer('stem_bn').output as tf.SymbolicTensor });
     const want = probe.predict(tf.tensor(x, [2, 14, 14, 3])) as tf.Tensor;
     assert.deepEqual(out.stem_bn!.dims, [2, 7, 7, 8]);
@@ -474,7 +443,7 @@ describe('convertLayersModel on Keras syntax and options that tfjs does not writ
     const [ca, cb] = [convertLayersModel(await readTfjsModel(dirA)), convertLayersModel(await readTfjsModel(dirB))];
     assert.deepEqual(cb.outputs, ca.outputs);
     const x = { data: Float32Array.from({ length: 24 }, (_, i) => Math.cos(i)), dims: [2, 12] };
-    const [oa, ob] = [await runOnnx(ca.model, { vector: x }), await runOnnx(cb.model, { vector: x })];
+    const [oa, ob] = [await runModel(ca.model, { vector: x }), await runModel(cb.model, { vector: x })];
     for (const name of ca.outputs) assert.deepEqual(ob[name]!.data, oa[name]!.data, name);
   });
 
@@ -487,7 +456,7 @@ describe('convertLayersModel on Keras syntax and options that tfjs does not writ
       const dir = await mkdtemp(path.join(tmp, 'relu-'));
       await writeModelDir(dir, { ...a, modelTopology: topology }, 'float32');
       const converted = convertLayersModel(await readTfjsModel(dir));
-      const out = await runOnnx(converted.model, { [converted.inputName]: { data: x, dims: [1, 8] } });
+      const out = await runModel(converted.model, { [converted.inputName]: { data: x, dims: [1, 8] } });
       const want = Array.from(x, (v) => Math.min(v >= threshold ? v : slope * (v - threshold), max ?? Infinity));
       assert.ok(maxAbsDiff(out.act!.data as Float32Array, want) < 1e-6, `slope ${slope} threshold ${threshold} max ${max}: ${out.act!.data} vs ${want}`);
     }
@@ -517,7 +486,7 @@ describe('convertLayersModel errors', () => {
     const model = tf.sequential({ layers: [L.conv1d({ filters: 2, kernelSize: 3, inputShape: [8, 3], name: 'wave_conv' })] });
     await writeModelDir(tmp, await artifactsOf(model), 'float32');
     const tfjs = await readTfjsModel(tmp);
-    assertModelError(() => convertLayersModel(tfjs), /model\.json/, /wave_conv/, /Conv1D/, /not supported/);
+    assertGraftError(() => convertLayersModel(tfjs), 'MODEL', /model\.json/, /wave_conv/, /Conv1D/, /not supported/);
   });
 
   it('names a missing weight', async () => {
@@ -525,14 +494,14 @@ describe('convertLayersModel errors', () => {
     const model = convModel();
     await writeModelDir(dir, await artifactsOf(model), 'float32', 'stem_bn/moving_variance');
     const tfjs = await readTfjsModel(dir);
-    assertModelError(() => convertLayersModel(tfjs), /model\.json/, /stem_bn \(BatchNormalization\)/, /stem_bn\/moving_variance is missing/);
+    assertGraftError(() => convertLayersModel(tfjs), 'MODEL', /model\.json/, /stem_bn \(BatchNormalization\)/, /stem_bn\/moving_variance is missing/);
   });
 
   it('rejects an unknown extra output and a graph model', async () => {
     const dir = await mkdtemp(path.join(tmp, 'extra-'));
     await writeModelDir(dir, await artifactsOf(activationsModel()), 'float32');
     const tfjs = await readTfjsModel(dir);
-    assertModelError(() => convertLayersModel(tfjs, { outputs: ['no_such_layer'] }), /no layer named no_such_layer/);
-    assertModelError(() => convertLayersModel({ ...tfjs, json: { ...tfjs.json, modelTopology: { node: [] } } }), /not a Keras layer config/);
+    assertGraftError(() => convertLayersModel(tfjs, { outputs: ['no_such_layer'] }), 'MODEL', /no layer named no_such_layer/);
+    assertGraftError(() => convertLayersModel({ ...tfjs, json: { ...tfjs.json, modelTopology: { node: [] } } }), 'MODEL', /not a Keras layer config/);
   });
 });

@@ -8,49 +8,20 @@
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { before, describe, it } from 'node:test';
-import * as ort from 'onnxruntime-node';
-import { GraftError } from '../src/errors.js';
 import { GraphBuilder } from '../src/onnx/builder.js';
 import { dequantizeModel } from '../src/onnx/dequantize.js';
-import { DataType, encodeModel, loadModel, tensorToFloat32, type ModelProto, type NodeProto } from '../src/onnx/proto.js';
+import { DataType, loadModel, tensorToFloat32, type ModelProto, type NodeProto } from '../src/onnx/proto.js';
 import { findCut } from '../src/onnx/surgery.js';
 import { IMAGENET_DEFAULTS } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
 import { Random } from '../src/util/random.js';
+import { assertGraftError, runModel, withOutputs, type Feeds } from './support/onnx.js';
 
 const INT8_MODEL = '/work/shared/models/mobilenetv2-12-int8/model.onnx';
 const VAL = '/work/shared/data/hymenoptera/val';
 const noRealData = !existsSync(INT8_MODEL) || !existsSync(VAL);
 const FLOAT = DataType.FLOAT;
 const QUANTIZED_OPS = /^(QLinear|QuantizeLinear|DequantizeLinear)/;
-
-type Feeds = Record<string, { data: Float32Array; dims: number[] }>;
-
-async function run(model: ModelProto, feeds: Feeds, outputs?: string[]): Promise<Record<string, ort.Tensor>> {
-  const session = await ort.InferenceSession.create(encodeModel(model));
-  try {
-    const inputs: Record<string, ort.Tensor> = {};
-    for (const [k, v] of Object.entries(feeds)) inputs[k] = new ort.Tensor('float32', v.data, v.dims);
-    return await session.run(inputs, outputs ?? model.graph!.output!.map((o) => o.name!));
-  } finally {
-    await session.release();
-  }
-}
-
-/** The model with `extra` tensors added as graph outputs. */
-function withOutputs(model: ModelProto, extra: string[]): ModelProto {
-  const have = new Set(model.graph!.output!.map((o) => o.name!));
-  return { ...model, graph: { ...model.graph!, output: [...model.graph!.output!, ...extra.filter((e) => !have.has(e)).map((name) => ({ name }))] } } as ModelProto;
-}
-
-function assertModelError(fn: () => unknown, ...patterns: RegExp[]): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof GraftError, `expected a GraftError, got ${String(e)}`);
-    assert.equal(e.code, 'MODEL');
-    for (const p of patterns) assert.match(e.message, p);
-    return true;
-  });
-}
 
 const ops = (m: ModelProto) => m.graph!.node!.map((n) => n.opType!);
 const argmax = (a: ArrayLike<number>, row: number, k: number): number => {
@@ -120,7 +91,7 @@ describe('dequantizeModel on hand-built models', () => {
     assert.deepEqual(bounds, [0, Math.fround(255 * Math.fround(Y1S))]);
 
     const feeds = { x: { data: xGrid, dims: [1, 3, 6, 6] } };
-    const [ref, got] = await Promise.all([run(withOutputs(int8, ['y1_quantized']), feeds), run(withOutputs(model, ['y1']), feeds)]);
+    const [ref, got] = await Promise.all([runModel(withOutputs(int8, ['y1_quantized']), feeds), runModel(withOutputs(model, ['y1']), feeds)]);
     // Layer 1 alone: the float output rounds to the int8 one, and its Clip reproduces both saturations.
     const y1q = ref.y1_quantized!.data as Uint8Array;
     const y1f = got.y1!.data as Float32Array;
@@ -172,7 +143,7 @@ describe('dequantizeModel on hand-built models', () => {
     assert.deepEqual(model.graph!.initializer!.find((t) => t.name === 'w_dq')!.dims!.map(Number), [4, 3, 3, 3]);
 
     const feeds = { x: { data: xGrid, dims: [1, 3, 6, 6] } };
-    const [ref, got] = await Promise.all([run(qdq, feeds), run(model, feeds)]);
+    const [ref, got] = await Promise.all([runModel(qdq, feeds), runModel(model, feeds)]);
     const y = ref.y!.data as Float32Array, yf = got.y!.data as Float32Array;
     let maxDiff = 0;
     for (let i = 0; i < y.length; i++) maxDiff = Math.max(maxDiff, Math.abs(yf[i]! - y[i]!));
@@ -195,7 +166,7 @@ describe('dequantizeModel on hand-built models', () => {
     const sig = b.op('QLinearSigmoid', [q, s, z, s, z], {}, { domain: 'com.microsoft', name: 'my_sigmoid' });
     b.op('DequantizeLinear', [sig, s, z], {}, { outputs: ['y'] });
     b.output('y', FLOAT, [1, 4]);
-    assertModelError(() => dequantizeModel(b.model(13)), /my_sigmoid/, /QLinearSigmoid/);
+    assertGraftError(() => dequantizeModel(b.model(13)), 'MODEL', /my_sigmoid/, /QLinearSigmoid/);
 
     const c = new GraphBuilder('float-op-on-int8');
     c.input('x', FLOAT, [1, 4]);
@@ -204,7 +175,7 @@ describe('dequantizeModel on hand-built models', () => {
     const q2 = c.op('QuantizeLinear', ['x', s2, z2], {}, { outputs: ['x_quantized'] });
     c.op('Cast', [q2], { to: FLOAT }, { outputs: ['y'], name: 'raw_cast' });
     c.output('y', FLOAT, [1, 4]);
-    assertModelError(() => dequantizeModel(c.model(13)), /raw_cast/, /Cast/, /x_quantized/);
+    assertGraftError(() => dequantizeModel(c.model(13)), 'MODEL', /raw_cast/, /Cast/, /x_quantized/);
   });
 });
 
@@ -220,7 +191,7 @@ describe('dequantizeModel on MobileNetV2-12-int8', { skip: noRealData && 'real m
 
   /** Logits and the 627 features averaged over 7x7, for every image. */
   async function predict(model: ModelProto): Promise<{ logits: Float32Array; features: Float32Array }> {
-    const out = await run(withOutputs(model, ['627']), { input: { data: input, dims: [n, 3, 224, 224] } }, ['output', '627']);
+    const out = await runModel(withOutputs(model, ['627']), { input: { data: input, dims: [n, 3, 224, 224] } }, ['output', '627']);
     const maps = out['627']!.data as Float32Array;
     const features = new Float32Array(n * 1280);
     for (let i = 0; i < features.length; i++) {
@@ -302,13 +273,13 @@ describe('dequantizeModel on MobileNetV2-12-int8', { skip: noRealData && 'real m
       },
     } as ModelProto;
     const one = { input: { data: input.subarray(0, 2 * S), dims: [2, 3, 224, 224] } };
-    const quantized = await run(withOutputs(int8, [...params.values()].map((p) => p.q)), one, [...params.values()].map((p) => p.q));
+    const quantized = await runModel(withOutputs(int8, [...params.values()].map((p) => p.q)), one, [...params.values()].map((p) => p.q));
     const feeds: Feeds = {};
     for (const [f, p] of params) {
       const t = quantized[p.q]!;
       feeds[`forced/${f}`] = { data: Float32Array.from(t.data as Uint8Array, (v) => (v - p.zp) * p.scale), dims: t.dims.slice() };
     }
-    const out = await run(model, feeds);
+    const out = await runModel(model, feeds);
     const worst: string[] = [];
     for (const [f, p] of params) {
       if (f === 'input') continue;

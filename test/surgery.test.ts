@@ -6,12 +6,11 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import * as ort from 'onnxruntime-node';
-import { GraftError } from '../src/errors.js';
 import { GraphBuilder } from '../src/onnx/builder.js';
 import { DataType, decodeModel, defaultOpset, encodeModel, loadModel, tensorToFloat32, type ModelProto } from '../src/onnx/proto.js';
 import { cutModel, findCut, mergeModels, pruneTo } from '../src/onnx/surgery.js';
 import { Random } from '../src/util/random.js';
+import { assertGraftError, maxAbsDiff, runModel, withOutputs, type Feeds } from './support/onnx.js';
 
 const INT8_MODEL = '/work/shared/models/mobilenetv2-12-int8/model.onnx';
 const noRealModel = !existsSync(INT8_MODEL);
@@ -20,35 +19,6 @@ const FLOAT = DataType.FLOAT;
 function randn(n: number, seed: number, scale = 1): Float32Array {
   const r = new Random(seed);
   return Float32Array.from({ length: n }, () => r.normal() * scale);
-}
-
-/** Runs a model once on float32 feeds; returns the requested outputs (all outputs by default). */
-async function run(model: ModelProto | Uint8Array, feeds: Record<string, { data: Float32Array; dims: number[] }>): Promise<Record<string, ort.Tensor>> {
-  const bytes = model instanceof Uint8Array ? model : encodeModel(model);
-  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
-  try {
-    const inputs: Record<string, ort.Tensor> = {};
-    for (const [k, v] of Object.entries(feeds)) inputs[k] = new ort.Tensor('float32', v.data, v.dims);
-    return await session.run(inputs);
-  } finally {
-    await session.release();
-  }
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length, 'lengths differ');
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
-
-function assertModelError(fn: () => unknown, pattern?: RegExp): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof GraftError, `expected a GraftError, got ${String(e)}`);
-    assert.equal(e.code, 'MODEL');
-    if (pattern) assert.match(e.message, pattern);
-    return true;
-  });
 }
 
 /** Conv → Relu → GlobalAveragePool → Flatten → Gemm, NCHW, input `image` [N, 3, 6, 5]; the Relu output is `act`. */
@@ -69,10 +39,12 @@ function convNet(opset = 13): ModelProto {
   return b.model(opset);
 }
 
+/** Runs a model once on one thread; returns all its outputs. */
+const run = (model: ModelProto | Uint8Array, feeds: Feeds) => runModel(model, feeds, undefined, { intraOpNumThreads: 1 });
+
 /** Runs `model` with `extra` added as graph outputs (their shapes left open). */
-async function runWithOutputs(model: ModelProto, extra: string[], feeds: Record<string, { data: Float32Array; dims: number[] }>) {
-  const graph = { ...model.graph!, output: [...(model.graph!.output ?? []), ...extra.map((name) => ({ name }))] };
-  return run(decodeModel(encodeModel({ ...model, graph } as ModelProto)), feeds);
+async function runWithOutputs(model: ModelProto, extra: string[], feeds: Feeds) {
+  return run(decodeModel(encodeModel(withOutputs(model, extra))), feeds);
 }
 
 describe('ONNX IO', () => {
@@ -102,7 +74,7 @@ describe('ONNX IO', () => {
   });
 
   it('decodeModel rejects bytes that are not a model with a MODEL error naming the source', () => {
-    assertModelError(() => decodeModel(new Uint8Array([0xff, 0xff, 0xff, 0x07, 0x01, 0x02]), 'junk.onnx'), /junk\.onnx/);
+    assertGraftError(() => decodeModel(new Uint8Array([0xff, 0xff, 0xff, 0x07, 0x01, 0x02]), 'junk.onnx'), 'MODEL', /junk\.onnx/);
   });
 });
 
@@ -161,7 +133,7 @@ describe('findCut', () => {
     const w = b.constant('w', randn(8, 1), [2, 4]);
     b.op('Gemm', ['x', w], { transB: 1 }, { outputs: ['y'] });
     b.output('y', FLOAT, ['N', 2]);
-    assertModelError(() => findCut(b.model()), /global pooling/);
+    assertGraftError(() => findCut(b.model()), 'MODEL', /global pooling/);
   });
 });
 
@@ -228,7 +200,7 @@ describe('cutModel', () => {
   });
 
   it('throws a MODEL error naming a tensor that is not in the model', () => {
-    assertModelError(() => cutModel(convNet(), 'no_such_tensor', { layout: 'NCHW', rank: 4 }), /no_such_tensor/);
+    assertGraftError(() => cutModel(convNet(), 'no_such_tensor', { layout: 'NCHW', rank: 4 }), 'MODEL', /no_such_tensor/);
   });
 });
 
@@ -276,6 +248,6 @@ describe('mergeModels', () => {
 
   it('rejects a link that is not an output of the first model', () => {
     const features = cutModel(convNet(), 'act', { layout: 'NCHW', rank: 4 });
-    assertModelError(() => mergeModels(features, head(), 'act', 'head/'), /"act"/);
+    assertGraftError(() => mergeModels(features, head(), 'act', 'head/'), 'MODEL', /"act"/);
   });
 });

@@ -13,7 +13,8 @@
  */
 import { GraftError } from '../errors.js';
 import { GraphBuilder, type AttrValue } from '../onnx/builder.js';
-import { DataType, tensor, type ModelProto, type ValueInfoProto } from '../onnx/proto.js';
+import { DataType, tensor, type ValueInfoProto } from '../onnx/proto.js';
+import { permute, samePadding } from './tf-layout.js';
 import type { ConvertedModel, TfjsModel, TfjsWeight } from './tfjs-weights.js';
 
 /** An ONNX model converted from TensorFlow.js. */
@@ -99,24 +100,6 @@ function base64Text(s: string): string {
   return Buffer.from(s, 'base64').toString('utf8');
 }
 
-/** Copies a row-major array of `shape` into `perm` order (out axis i = in axis perm[i]). */
-function permute<T extends Float32Array | Int32Array>(data: T, shape: readonly number[], perm: readonly number[]): T {
-  const outShape = perm.map((p) => shape[p]!);
-  const inStrides = shape.map((_, i) => size(shape.slice(i + 1)));
-  const out = new (data.constructor as new (n: number) => T)(data.length);
-  const idx = new Array<number>(perm.length).fill(0);
-  for (let o = 0; o < out.length; o++) {
-    let src = 0;
-    for (let i = 0; i < perm.length; i++) src += idx[i]! * inStrides[perm[i]!]!;
-    out[o] = data[src]!;
-    for (let i = perm.length - 1; i >= 0; i--) {
-      if (++idx[i]! < outShape[i]!) break;
-      idx[i] = 0;
-    }
-  }
-  return out;
-}
-
 /** Numpy broadcasting of two static shapes; undefined when a rank is unknown. */
 function broadcastShapes(a: Dim[] | undefined, b: Dim[] | undefined): Dim[] | undefined | null {
   if (!a || !b) return undefined;
@@ -133,16 +116,9 @@ function broadcastShapes(a: Dim[] | undefined, b: Dim[] | undefined): Dim[] | un
   return out;
 }
 
-/**
- * Explicit begin/end padding of one spatial axis, as TF computes it: SAME pads (out-1)·stride + extent − in
- * in total, the odd pixel at the end (ONNX's SAME_UPPER); VALID pads nothing.
- */
+/** SAME padding of one axis of static size (undefined when the size is unknown). */
 function samePads(inSize: Dim, kernel: number, stride: number, dilation: number): [number, number] | undefined {
-  if (typeof inSize !== 'number' || inSize < 0) return undefined;
-  const extent = (kernel - 1) * dilation + 1;
-  const out = Math.ceil(inSize / stride);
-  const total = Math.max((out - 1) * stride + extent - inSize, 0);
-  return [Math.floor(total / 2), total - Math.floor(total / 2)];
+  return typeof inSize === 'number' && inSize >= 0 ? samePadding(inSize, kernel, stride, dilation) : undefined;
 }
 
 function outSize(inSize: Dim, kernel: number, stride: number, dilation: number, pads: readonly [number, number] | undefined, same: boolean): Dim {

@@ -16,7 +16,8 @@
  */
 import { GraftError } from '../errors.js';
 import { GraphBuilder, type AttrValue } from '../onnx/builder.js';
-import { DataType, valueInfo, type ModelProto, type ValueInfoProto } from '../onnx/proto.js';
+import { DataType, valueInfo, type ValueInfoProto } from '../onnx/proto.js';
+import { permute, samePadding } from './tf-layout.js';
 import type { ConvertedModel, TfjsModel, TfjsWeight } from './tfjs-weights.js';
 
 export type { ConvertedModel };
@@ -700,10 +701,11 @@ class LayersConverter {
     }
     if (padding !== 'same') this.failLayer(spec, `padding ${padding} is not supported`);
     const hw = sizes.map((n, i) => (n === null ? null : Math.ceil(n / strides[i]!))) as [Dim, Dim];
-    const totals = sizes.map((n, i) => (n === null ? (strides[i] === 1 ? eff[i]! - 1 : null) : Math.max((hw[i]! - 1) * strides[i]! + eff[i]! - n, 0)));
-    if (totals.some((t) => t === null)) return { attrs: { ...attrs, auto_pad: 'SAME_UPPER' }, hw };
-    const [th, tw] = totals as [number, number];
-    return { attrs: { ...attrs, pads: [th >> 1, tw >> 1, th - (th >> 1), tw - (tw >> 1)] }, hw };
+    // An unknown size only matters with stride > 1 (with stride 1 any size pads the same: use 1).
+    const pads = sizes.map((n, i) => (n === null && strides[i] !== 1 ? null : samePadding(n ?? 1, kernel[i]!, strides[i]!, dilations[i]!)));
+    if (pads.some((p) => p === null)) return { attrs: { ...attrs, auto_pad: 'SAME_UPPER' }, hw };
+    const [ph, pw] = pads as [[number, number], [number, number]];
+    return { attrs: { ...attrs, pads: [ph[0], pw[0], ph[1], pw[1]] }, hw };
   }
 
   private convCommon(spec: LayerSpec, x: Value): { kernel: [number, number]; strides: [number, number]; dilations: [number, number]; channels: number } {
@@ -969,31 +971,4 @@ class LayersConverter {
     });
     return { name: this.b.op('Concat', inputs.map((v) => v.name), { axis }), shape };
   }
-}
-
-/** Row-major `data` of `shape` with its axes permuted: output axis i is input axis perm[i]. */
-export function permute(data: Float32Array, shape: readonly number[], perm: readonly number[]): Float32Array {
-  const rank = shape.length;
-  const inStrides = new Array<number>(rank);
-  for (let i = rank - 1, s = 1; i >= 0; i--) {
-    inStrides[i] = s;
-    s *= shape[i]!;
-  }
-  const outShape = perm.map((p) => shape[p]!);
-  const strides = perm.map((p) => inStrides[p]!); // input stride of each output axis
-  const out = new Float32Array(data.length);
-  const idx = new Array<number>(rank).fill(0);
-  let src = 0;
-  for (let o = 0; o < out.length; o++) {
-    out[o] = data[src]!;
-    // Advance the output index like an odometer, keeping the input offset in step.
-    for (let a = rank - 1; a >= 0; a--) {
-      idx[a]!++;
-      src += strides[a]!;
-      if (idx[a]! < outShape[a]!) break;
-      src -= strides[a]! * outShape[a]!;
-      idx[a] = 0;
-    }
-  }
-  return out;
 }

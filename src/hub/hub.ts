@@ -303,14 +303,3 @@ async function transfer(
   await file.close();
   if (received !== total) throw hubError(ref, `transfer ended after ${received} of ${total} bytes; run again to resume`, { received, total });
 }
-
-/** Which commit a cached revision points at, if any (for `graft models`). */
-export async function cachedCommit(repo: string, revision = 'main', options: HubOptions = {}): Promise<string | undefined> {
-  const { cacheDir } = hubSettings(options);
-  try {
-    return (await readFile(join(repoFolder(cacheDir, repo), 'refs', revision), 'utf8')).trim();
-  } catch {
-    return undefined;
-  }
-}
-
