@@ -17,9 +17,10 @@ import { encodeModel, loadModel, onnx } from '../src/onnx/proto.js';
 import { pruneTo } from '../src/onnx/surgery.js';
 import { inputShape } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
+import { SHARED } from './support/paths.js';
 
-const INT8_MODEL = '/work/shared/models/mobilenetv2-12-int8/model.onnx';
-const IMAGE = '/work/shared/data/hymenoptera/val/bees/10870992_eebeeb3a12.jpg';
+const INT8_MODEL = `${SHARED}/models/mobilenetv2-12-int8/model.onnx`;
+const IMAGE = `${SHARED}/data/hymenoptera/val/bees/10870992_eebeeb3a12.jpg`;
 const skip = (!existsSync(INT8_MODEL) || !existsSync(IMAGE)) && 'no real model or data';
 
 async function rejectsWith(promise: Promise<unknown>, code: GraftErrorCode, pattern?: RegExp): Promise<void> {

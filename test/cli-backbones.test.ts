@@ -4,9 +4,8 @@
  * `graft train` with no --model on a machine without network (the bundled default).
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,35 +13,11 @@ import { after, before, describe, test } from 'node:test';
 import { GraphBuilder } from '../src/onnx/builder.js';
 import { DataType, encodeModel } from '../src/onnx/proto.js';
 import { startHubServer, type HubServer } from './support/hub-server.js';
+import { graft, linkSubset } from './support/cli.js';
 
 const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const shared = resolve(root, '../shared');
-const BIN = join(root, 'bin/graft.js');
 const TM = join(shared, 'models/tm-mobilenetv2-0.35');
-const HYM = join(shared, 'data/hymenoptera');
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-function graft(args: string[], env: Record<string, string>): Promise<Run> {
-  return new Promise((done) => {
-    execFile(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, maxBuffer: 64 << 20 }, (error, stdout, stderr) =>
-      done({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    );
-  });
-}
-
-async function linkSubset(dir: string, n: number): Promise<void> {
-  for (const split of ['train', 'val'])
-    for (const cls of ['ants', 'bees']) {
-      const src = join(HYM, split, cls);
-      const files = (await readdir(src)).filter((f) => f.endsWith('.jpg')).sort().slice(0, n);
-      await mkdir(join(dir, split, cls), { recursive: true });
-      for (const f of files) await symlink(join(src, f), join(dir, split, cls, f));
-    }
-}
 
 function tinyImageModel(): Uint8Array {
   const g = new GraphBuilder('tiny');
@@ -73,7 +48,8 @@ describe('graft models / pull / import / default backbone', () => {
     });
     env = { HF_ENDPOINT: server.url, HF_HUB_CACHE: join(tmp, 'hf'), GRAFT_CACHE: join(tmp, 'graft'), HF_HUB_OFFLINE: '' };
     data = join(tmp, 'data');
-    await linkSubset(data, 25);
+    await linkSubset(data, 'train', 25);
+    await linkSubset(data, 'val', 25);
   });
   after(async () => {
     await server.close();

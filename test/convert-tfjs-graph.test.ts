@@ -20,12 +20,13 @@ import { resolveConfig } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
 import { Random } from '../src/util/random.js';
 import { assertGraftError, maxAbsDiff, runModel } from './support/onnx.js';
+import { SHARED } from './support/paths.js';
 
 type Tfjs = typeof import('@tensorflow/tfjs');
 const require = createRequire(import.meta.url);
 const tf = require('@tensorflow/tfjs') as Tfjs;
 
-const VAL = '/work/shared/data/hymenoptera/val';
+const VAL = `${SHARED}/data/hymenoptera/val`;
 const PREDICT = 'StatefulPartitionedCall/sequential/keras_layer/StatefulPartitionedCall/StatefulPartitionedCall/StatefulPartitionedCall/predict';
 const FEATURES = `${PREDICT}/feature_vector/SpatialSqueeze`;
 const FEATURE_MAP = `${PREDICT}/MobilenetV2/Conv_1/Relu6`;

@@ -22,12 +22,13 @@ import { findCut } from '../src/onnx/surgery.js';
 import { resolveConfig } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
 import { Random } from '../src/util/random.js';
+import { SHARED } from './support/paths.js';
 
 tf.enableProdMode(); // silences the "use tfjs-node" banner
 tf.setBackend('cpu');
 
-const TM = '/work/shared/models/tm-mobilenetv2-0.35';
-const VAL = '/work/shared/data/hymenoptera/val';
+const TM = `${SHARED}/models/tm-mobilenetv2-0.35`;
+const VAL = `${SHARED}/data/hymenoptera/val`;
 const noRealData = (!existsSync(TM) || !existsSync(VAL)) && 'no Teachable Machine model or hymenoptera images';
 const TOL = 1e-4;
 

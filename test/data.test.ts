@@ -7,8 +7,9 @@ import { after, before, describe, it } from 'node:test';
 import sharp from 'sharp';
 import { scanImageFolder, scanLabelledFolder, sniffImageType } from '../src/data/dataset.js';
 import { GraftError } from '../src/errors.js';
+import { SHARED } from './support/paths.js';
 
-const HYMENOPTERA = '/work/shared/data/hymenoptera';
+const HYMENOPTERA = `${SHARED}/data/hymenoptera`;
 
 let tmp: string;
 let jpeg: Buffer;

@@ -16,9 +16,10 @@ import { IMAGENET_DEFAULTS } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
 import { Random } from '../src/util/random.js';
 import { assertGraftError, runModel, withOutputs, type Feeds } from './support/onnx.js';
+import { SHARED } from './support/paths.js';
 
-const INT8_MODEL = '/work/shared/models/mobilenetv2-12-int8/model.onnx';
-const VAL = '/work/shared/data/hymenoptera/val';
+const INT8_MODEL = `${SHARED}/models/mobilenetv2-12-int8/model.onnx`;
+const VAL = `${SHARED}/data/hymenoptera/val`;
 const noRealData = !existsSync(INT8_MODEL) || !existsSync(VAL);
 const FLOAT = DataType.FLOAT;
 const QUANTIZED_OPS = /^(QLinear|QuantizeLinear|DequantizeLinear)/;

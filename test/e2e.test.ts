@@ -5,42 +5,18 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, mkdir, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { graft, linkSubset, type Run } from './support/cli.js';
 
 const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const shared = resolve(root, '../shared');
 const MODEL = join(shared, 'models/mobilenetv2-12-int8/model.onnx');
 const HYM = join(shared, 'data/hymenoptera');
-const BIN = join(root, 'bin/graft.js');
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function graft(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  return new Promise((done) => {
-    execFile(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, maxBuffer: 64 << 20 }, (error, stdout, stderr) => {
-      done({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
-
-/** A dataset folder of symlinks to the first `n` real images of each class and split. */
-async function linkSubset(dir: string, split: string, n: number): Promise<void> {
-  for (const cls of ['ants', 'bees']) {
-    const src = join(HYM, split, cls);
-    const files = (await readdir(src)).filter((f) => f.endsWith('.jpg')).sort().slice(0, n);
-    await mkdir(join(dir, split, cls), { recursive: true });
-    for (const f of files) await symlink(join(src, f), join(dir, split, cls, f));
-  }
-}
 
 describe('graft CLI end to end (hymenoptera subset)', () => {
   let tmp: string;

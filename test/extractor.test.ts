@@ -20,9 +20,10 @@ import { DataType, encodeModel } from '../src/onnx/proto.js';
 import { FeatureExtractor, type ExtractOptions, type ExtractProgress, type ExtractResult } from '../src/backbone/extractor.js';
 import { inputShape } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
+import { SHARED } from './support/paths.js';
 
-const INT8_MODEL = '/work/shared/models/mobilenetv2-12-int8/model.onnx';
-const HYMENOPTERA = '/work/shared/data/hymenoptera';
+const INT8_MODEL = `${SHARED}/models/mobilenetv2-12-int8/model.onnx`;
+const HYMENOPTERA = `${SHARED}/data/hymenoptera`;
 const skip = (!existsSync(INT8_MODEL) || !existsSync(HYMENOPTERA)) && 'no real model or data';
 const PER_CLASS = 20;
 const BATCH = 8;

@@ -12,8 +12,9 @@ import { IMAGENET_DEFAULTS, resolveConfig, type PretrainedConfig } from '../src/
 import { blankness, decodeImage, normalizeInto } from '../src/preprocess/image.js';
 import { ImagePool, sharedFloat32 } from '../src/preprocess/pool.js';
 import { Random } from '../src/util/random.js';
+import { SHARED } from './support/paths.js';
 
-const HYMENOPTERA = '/work/shared/data/hymenoptera';
+const HYMENOPTERA = `${SHARED}/data/hymenoptera`;
 const PLACEHOLDER = path.join(HYMENOPTERA, 'train/ants/imageNotFound.gif');
 const ANT = path.join(HYMENOPTERA, 'train/ants/0013035.jpg');
 const noRealData = !existsSync(HYMENOPTERA);

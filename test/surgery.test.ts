@@ -11,8 +11,9 @@ import { DataType, decodeModel, defaultOpset, encodeModel, loadModel, tensorToFl
 import { cutModel, findCut, mergeModels, pruneTo } from '../src/onnx/surgery.js';
 import { Random } from '../src/util/random.js';
 import { assertGraftError, maxAbsDiff, runModel, withOutputs, type Feeds } from './support/onnx.js';
+import { SHARED } from './support/paths.js';
 
-const INT8_MODEL = '/work/shared/models/mobilenetv2-12-int8/model.onnx';
+const INT8_MODEL = `${SHARED}/models/mobilenetv2-12-int8/model.onnx`;
 const noRealModel = !existsSync(INT8_MODEL);
 const FLOAT = DataType.FLOAT;
 
