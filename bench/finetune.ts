@@ -4,9 +4,10 @@
  * CPU measured in the same run (bench/finetune_torch.py with Debian's python3-torch, tcmalloc, OpenBLAS,
  * channels_last, the same thread count).
  *
- *   node dist/bench/finetune.js [--threads T] [--blocks 2,4,7] [--profile]
+ *   node dist/bench/finetune.js [--threads T] [--blocks 2,4,7] [--profile] [--plain]
  *
- * --profile adds where graft's time goes, from ONNX Runtime's profiler, summed by op type.
+ * --profile adds where graft's time goes, from ONNX Runtime's profiler, summed by op type. --plain: standard
+ * ONNX ops only (no NCHWc kernels).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -20,6 +21,7 @@ import { encodeModel } from '../src/onnx/proto.js';
 import { gradName, initParams, type HeadSpec } from '../src/head/head.js';
 import { planSuffix, probeShape, suffixTrainable } from '../src/train/finetune.js';
 import { AdamW } from '../src/train/optimizer.js';
+import { nchwcBlockSize } from '../src/train/runtime.js';
 import { Random } from '../src/util/random.js';
 
 const args = process.argv.slice(2);
@@ -35,6 +37,8 @@ const MODEL = resolve(root, '../shared/models/mobilenetv2-12-int8/model.onnx');
 const B = 32;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
+// What graft's trainer uses: a fixed batch size, and ONNX Runtime's NCHWc kernels where this CPU has them.
+const nchwcBlock = args.includes('--plain') ? 0 : await nchwcBlockSize();
 const backbone = await loadBackbone(MODEL);
 const float = dequantizeModel(backbone.featureModel).model;
 const spec: HeadSpec = { kind: 'mlp', hidden: 512, dropout: 0.5, inputDim: 1280, numClasses: 5 };
@@ -45,7 +49,7 @@ const graft: Record<number, { median: number; min: number; input: number[]; run:
 for (const k of blocks) {
   const plan = planSuffix(float, 'features', { unfreeze: k });
   const rowShape = await probeShape(float, plan.boundary, backbone.config);
-  const trainable = suffixTrainable(plan, rowShape, spec, std, initParams(spec, 0), { lr: 1e-4, lrMult: 10, weightDecay: 0.01 });
+  const trainable = suffixTrainable(plan, rowShape, spec, std, initParams(spec, 0), { lr: 1e-4, lrMult: 10, weightDecay: 0.01, batchSize: B, nchwcBlock });
   const session = await ort.InferenceSession.create(encodeModel(trainable.trainModel), {
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
@@ -133,4 +137,4 @@ const rows = blocks.map((k) => {
     ...(g.profile ? { profile: g.profile } : {}),
   };
 });
-console.log(JSON.stringify({ threads, batch: B, torch: torch?.torch ?? null, tcmalloc: existsSync(tcmalloc), rows }, null, 2));
+console.log(JSON.stringify({ threads, batch: B, nchwcBlock, torch: torch?.torch ?? null, tcmalloc: existsSync(tcmalloc), rows }, null, 2));

@@ -19,6 +19,7 @@ import { boundaries, mergeModels } from './onnx/surgery.js';
 import { defaultOpset, encodeModel, type ModelProto } from './onnx/proto.js';
 import { inputShape, preprocessKey, type PretrainedConfig } from './preprocess/config.js';
 import { isQuantized, dequantizeModel } from './onnx/dequantize.js';
+import { nchwcBlockSize } from './train/runtime.js';
 import { planSuffix, prefixModel, probeShape, poolWithSuffix, suffixTrainable, withWeights, type FreezeSpec, type SuffixPlan } from './train/finetune.js';
 import { DEFAULT_FIT, DEFAULT_LR, Evaluator, train, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
 import { writeArtifact, type Manifest } from './artifact/artifact.js';
@@ -291,7 +292,13 @@ export class Learner {
       this.standardizerInUse = fitStandardizer(pooled.features, pooled.dim, this.data.trainRows);
     }
     const head = (this.result?.params ?? initParams(this.spec, this.seed)).map((p) => ({ ...p, data: p.data.slice() }));
-    const trainable = suffixTrainable(plan, rowShape, this.spec, this.standardizerInUse, head, { lr: fit.lr, lrMult, weightDecay: fit.weightDecay });
+    const trainable = suffixTrainable(plan, rowShape, this.spec, this.standardizerInUse, head, {
+      lr: fit.lr,
+      lrMult,
+      weightDecay: fit.weightDecay,
+      batchSize: Math.min(fit.batchSize, this.data.trainRows.length),
+      nchwcBlock: await nchwcBlockSize(),
+    });
     if (frozenBackbone) trainable.groups[0]!.frozen = true;
     const result = await train(trainable, activations, this.data.trainRows, this.data.valRows, fit, callbacks);
     const headNames = new Set(head.map((p) => p.name));

@@ -134,6 +134,8 @@ export function forward(b: GraphBuilder, spec: HeadSpec, std: Standardizer, x: s
 /** Inputs of the training graph besides the weights. */
 export const TRAIN_LABELS = 'labels';
 export const TRAIN_MASK = 'dropout_mask';
+/** A label that training losses skip: the padding rows of a short last batch in a fixed-size training graph. */
+export const IGNORE_LABEL = -1;
 export const TRAIN_LOSS = 'loss';
 export const gradName = (param: string) => `grad.${param}`;
 

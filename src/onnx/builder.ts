@@ -35,6 +35,8 @@ export class GraphBuilder {
   readonly inputs: ValueInfoProto[] = [];
   readonly outputs: ValueInfoProto[] = [];
   readonly initializers: TensorProto[] = [];
+  /** Shapes of intermediate tensors, where known (ONNX value_info). */
+  readonly valueInfos: ValueInfoProto[] = [];
   private readonly used = new Set<string>();
   private counter = 0;
 
@@ -62,6 +64,11 @@ export class GraphBuilder {
   output(name: string, elemType: number, shape: ReadonlyArray<number | string>): string {
     this.outputs.push(valueInfo(name, elemType, shape));
     return name;
+  }
+
+  /** Records the shape of an intermediate tensor (dimensions: sizes or symbolic names). */
+  annotate(name: string, elemType: number, shape: ReadonlyArray<number | string>): void {
+    this.valueInfos.push(valueInfo(name, elemType, shape));
   }
 
   /** Adds an initializer under a fresh name derived from `base`; returns the name. */
@@ -112,7 +119,7 @@ export class GraphBuilder {
   }
 
   graph(): GraphProto {
-    return { name: this.name, node: this.nodes, input: this.inputs, output: this.outputs, initializer: this.initializers };
+    return { name: this.name, node: this.nodes, input: this.inputs, output: this.outputs, initializer: this.initializers, valueInfo: this.valueInfos };
   }
 
   model(opset = 17, producer = 'graft'): ModelProto {

@@ -12,6 +12,7 @@ import type { PretrainedConfig } from '../preprocess/config.js';
 import { appendGradients } from '../onnx/autodiff.js';
 import { GraphBuilder } from '../onnx/builder.js';
 import { DataType, defaultOpset, encodeModel, onnx, tensorToFloat32, toNumber, type ModelProto, type NodeProto, type TensorProto } from '../onnx/proto.js';
+import { useNchwcDepthwise } from '../onnx/nchwc.js';
 import { boundaries, pruneTo, suffixNodes, type Boundary } from '../onnx/surgery.js';
 import {
   declareParams,
@@ -21,6 +22,7 @@ import {
   TRAIN_LABELS,
   TRAIN_LOSS,
   TRAIN_MASK,
+  IGNORE_LABEL,
   type HeadSpec,
   type Param,
   type Standardizer,
@@ -148,9 +150,9 @@ export function suffixParams(plan: SuffixPlan): Param[] {
 
 export const stateOutput = (name: string) => `state.${name}`;
 
-function suffixGraph(name: string, plan: SuffixPlan, rowShape: number[], spec: HeadSpec, std: Standardizer, training: boolean): { b: GraphBuilder; logits: string; weights: string[] } {
+function suffixGraph(name: string, plan: SuffixPlan, rowShape: number[], spec: HeadSpec, std: Standardizer, training: boolean, batch: number | 'N' = 'N'): { b: GraphBuilder; logits: string; weights: string[] } {
   const b = new GraphBuilder(name);
-  b.input(plan.boundary, DataType.FLOAT, ['N', ...rowShape]);
+  b.input(plan.boundary, DataType.FLOAT, [batch, ...rowShape]);
   const trainable = new Set(plan.trainable);
   // With batchNorm 'train' the running statistics are state: inputs of both graphs, outputs of the training one.
   const state = new Set(plan.batchNorm === 'train' ? plan.statistics : []);
@@ -175,7 +177,7 @@ function suffixGraph(name: string, plan: SuffixPlan, rowShape: number[], spec: H
     b.output(stateOutput(variance!), DataType.FLOAT, []);
   }
   const head = declareParams(b, spec, { kind: 'train' });
-  const mask = training && spec.kind === 'mlp' && spec.dropout > 0 ? b.input(TRAIN_MASK, DataType.FLOAT, ['N', spec.hidden]) : undefined;
+  const mask = training && spec.kind === 'mlp' && spec.dropout > 0 ? b.input(TRAIN_MASK, DataType.FLOAT, [batch, spec.hidden]) : undefined;
   const logits = forward(b, spec, std, plan.output, head, mask);
   return { b, logits, weights: [...weights, ...head.values()] };
 }
@@ -190,13 +192,18 @@ export function suffixTrainable(
   spec: HeadSpec,
   std: Standardizer,
   headParams: Param[],
-  options: { lr: number; lrMult: number; weightDecay: number },
+  options: { lr: number; lrMult: number; weightDecay: number; batchSize?: number; nchwcBlock?: number },
 ): Trainable {
   const clash = headParams.find((p) => plan.initializers.has(p.name));
   if (clash) throw new GraftError('MODEL', `backbone initializer "${clash.name}" has the name of a head weight`, {});
 
-  const train = suffixGraph('finetune_train', plan, rowShape, spec, std, true);
-  train.b.node('SoftmaxCrossEntropyLoss', [train.logits, train.b.input(TRAIN_LABELS, DataType.INT64, ['N'])], { reduction: 'mean' }, { outputs: [TRAIN_LOSS] });
+  // A fixed batch size gives the training graph static shapes, which its depthwise convolutions' gradients
+  // need for their fast form; a shorter last batch is padded with rows whose label IGNORE_LABEL the loss
+  // skips. Not with batch statistics (BatchNorm 'train'): padding rows would change them.
+  const batch = options.batchSize !== undefined && plan.batchNorm !== 'train' ? options.batchSize : undefined;
+  const train = suffixGraph('finetune_train', plan, rowShape, spec, std, true, batch);
+  const labels = train.b.input(TRAIN_LABELS, DataType.INT64, [batch ?? 'N']);
+  train.b.node('SoftmaxCrossEntropyLoss', [train.logits, labels], { reduction: 'mean', ignore_index: IGNORE_LABEL }, { outputs: [TRAIN_LOSS] });
   train.b.output(TRAIN_LOSS, DataType.FLOAT, []);
   const grads = appendGradients(train.b, { loss: TRAIN_LOSS, wrt: train.weights });
   const dims = new Map(train.b.inputs.map((i) => [i.name!, (i.type?.tensorType?.shape?.dim ?? []).map((d) => toNumber(d.dimValue as number))]));
@@ -209,9 +216,11 @@ export function suffixTrainable(
   evaluation.b.op('Softmax', [evaluation.logits], { axis: 1 }, { outputs: [HEAD_OUTPUT] });
   evaluation.b.output(HEAD_OUTPUT, DataType.FLOAT, ['N', spec.numClasses]);
 
+  // Depthwise convolutions (forward and gradients) on ONNX Runtime's NCHWc kernels where it has them.
+  const fast = (m: ModelProto) => (options.nchwcBlock ? useNchwcDepthwise(m, options.nchwcBlock).model : m);
   return {
-    trainModel: train.b.model(TRAIN_OPSET),
-    evalModel: evaluation.b.model(TRAIN_OPSET),
+    trainModel: fast(train.b.model(TRAIN_OPSET)),
+    evalModel: fast(evaluation.b.model(TRAIN_OPSET)),
     groups: [
       { name: 'backbone', params: suffixParams(plan), lr: options.lr / options.lrMult, weightDecay: options.weightDecay },
       { name: 'head', params: headParams, lr: options.lr, weightDecay: options.weightDecay },
@@ -219,6 +228,7 @@ export function suffixTrainable(
     inputName: plan.boundary,
     rowShape,
     numClasses: spec.numClasses,
+    ...(batch !== undefined ? { batchSize: batch } : {}),
     ...(plan.batchNorm === 'train' && plan.statistics.length
       ? {
           state: plan.statistics.map((name) => {

@@ -15,6 +15,7 @@ import {
   HEAD_OUTPUT,
   initParams,
   TRAIN_LABELS,
+  IGNORE_LABEL,
   TRAIN_LOSS,
   TRAIN_MASK,
   type HeadSpec,
@@ -198,6 +199,11 @@ export interface Trainable {
   inputName: string;
   rowShape: number[];
   numClasses: number;
+  /**
+   * The training graph's fixed batch size, when it has one: a shorter last batch is padded to it with rows
+   * labelled IGNORE_LABEL, which the loss skips.
+   */
+  batchSize?: number;
   /** The inverted-dropout mask input of the training graph, when it has one. */
   mask?: { name: string; width: number; rate: number };
   /**
@@ -316,7 +322,7 @@ export async function train(
   const rng = new Random(options.seed + 1);
   const opt = makeOptimizer(trainable.groups, options);
   const params = [...opt.params];
-  const B = Math.min(options.batchSize, trainRows.length);
+  const B = trainable.batchSize ?? Math.min(options.batchSize, trainRows.length);
   const { dim } = data;
   // Reused batch buffers (fresh memory is expensive on these machines).
   const x = new Float32Array(B * dim);
@@ -349,14 +355,20 @@ export async function train(
           x.set(data.features.subarray(row * dim, (row + 1) * dim), i * dim);
           labels[i] = BigInt(data.labels[row]!);
         }
+        // A fixed-size graph gets the short last batch padded with ignored rows (zeros: finite activations).
+        const fed = trainable.batchSize ?? n;
+        if (fed > n) {
+          x.fill(0, n * dim, fed * dim);
+          labels.fill(BigInt(IGNORE_LABEL), n, fed);
+        }
         const feeds: Record<string, Feed> = {
-          [trainable.inputName]: { type: 'float32', data: x.subarray(0, n * dim), dims: [n, ...trainable.rowShape] },
-          [TRAIN_LABELS]: { type: 'int64', data: labels.subarray(0, n), dims: [n] },
+          [trainable.inputName]: { type: 'float32', data: x.subarray(0, fed * dim), dims: [fed, ...trainable.rowShape] },
+          [TRAIN_LABELS]: { type: 'int64', data: labels.subarray(0, fed), dims: [fed] },
         };
         if (mask && trainable.mask) {
           const width = trainable.mask.width;
-          for (let i = 0; i < n * width; i++) mask[i] = rng.next() < keep ? 1 / keep : 0;
-          feeds[trainable.mask.name] = { type: 'float32', data: mask.subarray(0, n * width), dims: [n, width] };
+          for (let i = 0; i < fed * width; i++) mask[i] = rng.next() < keep ? 1 / keep : 0;
+          feeds[trainable.mask.name] = { type: 'float32', data: mask.subarray(0, fed * width), dims: [fed, width] };
         }
         for (const p of params) feeds[p.name] = { type: 'float32', data: p.data, dims: p.dims };
         for (const t of stateParams) feeds[t.name] = { type: 'float32', data: t.data, dims: t.dims };
