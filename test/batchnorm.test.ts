@@ -57,8 +57,11 @@ describe('BatchNorm policy', () => {
 
     const trained = planSuffix(features, 'features', { fineTuneAt: 'stage1', batchNorm: 'train' });
     assert.deepEqual(trained.statistics, ['bn2.mean', 'bn2.var']);
-    const tt = suffixTrainable(trained, [8, 16, 16], spec, std, initParams(spec, 0), { lr: 1e-3, lrMult: 10, weightDecay: 0 });
+    const tt = suffixTrainable(trained, [8, 16, 16], spec, std, initParams(spec, 0), { lr: 1e-3, lrMult: 10, weightDecay: 0, batchSize: 4 });
     assert.deepEqual(tt.state!.map((s) => s.name), ['bn2.mean', 'bn2.var']);
+    // Batch statistics must not see padding rows: no fixed batch size with BatchNorm 'train'.
+    assert.equal(tt.batchSize, undefined);
+    assert.equal(suffixTrainable(frozen, [8, 16, 16], spec, std, initParams(spec, 0), { lr: 1e-3, lrMult: 10, weightDecay: 0, batchSize: 4 }).batchSize, 4);
     assert.ok(!tt.evalModel.graph!.node!.some((n) => n.opType === 'BatchNormalization' && n.attribute!.some((a) => a.name === 'training_mode' && Number(a.i) === 1)));
   });
 

@@ -17,6 +17,8 @@ import { decodeModel, encodeModel, tensorToFloat32, type ModelProto } from '../s
 import { fitStandardizer, gradName, initParams, type HeadSpec } from '../src/head/head.js';
 import { planSuffix, poolWithSuffix, prefixModel, probeShape, suffixTrainable, withWeights } from '../src/train/finetune.js';
 import { AdamW } from '../src/train/optimizer.js';
+import { DEFAULT_FIT, train, type FeatureSet } from '../src/train/trainer.js';
+import { Random } from '../src/util/random.js';
 import { GraftError, GraftModel, learner } from '../src/index.js';
 import { readArtifact } from '../src/artifact/artifact.js';
 
@@ -67,6 +69,33 @@ describe('fine-tuning graphs on MobileNetV2', () => {
     const updated = withWeights(float, [{ name: w.name!, dims: (w.dims ?? []).map(Number), data: changed, decay: true }]);
     const after = updated.graph!.initializer!.find((t) => t.name === w.name)!;
     assert.deepEqual(tensorToFloat32(after), changed);
+  });
+
+  it('a fixed-size training graph pads the short last batch with ignored rows: same training as without', async () => {
+    const plan = planSuffix(float, FEATURES, { unfreeze: 1 });
+    const rowShape = await probeShape(float, plan.boundary, backbone.config);
+    const spec: HeadSpec = { kind: 'linear', hidden: 0, dropout: 0, inputDim: 1280, numClasses: 3 };
+    const std = { mean: new Float32Array(1280), invStd: new Float32Array(1280).fill(1) };
+    const dim = rowShape.reduce((a, b) => a * b, 1);
+    const rng = new Random(4);
+    const data: FeatureSet = { features: Float32Array.from({ length: 10 * dim }, () => Math.max(0, rng.normal())), dim, labels: Int32Array.from({ length: 10 }, (_, i) => i % 3) };
+    const rows = [...Array(10).keys()];
+    const options = { ...DEFAULT_FIT, epochs: 2, batchSize: 4, lr: 1e-3, weightDecay: 0.01 };
+    const fitWith = async (batchSize?: number) => {
+      const trainable = suffixTrainable(plan, rowShape, spec, std, initParams(spec, 2), { lr: 1e-3, lrMult: 10, weightDecay: 0.01, batchSize });
+      assert.equal(trainable.batchSize, batchSize);
+      const result = await train(trainable, data, rows, [0, 1], options);
+      return { params: result.params, losses: result.history.map((h) => h.trainLoss) };
+    };
+    const fixed = await fitWith(4); // batches of 4, 4 and 2 (+ 2 ignored rows)
+    const free = await fitWith(undefined);
+    fixed.losses.forEach((l, i) => assert.ok(Math.abs(l - free.losses[i]!) < 1e-5 * Math.abs(l), `epoch ${i}: ${l} vs ${free.losses[i]}`));
+    for (const [i, p] of fixed.params.entries()) {
+      const q = free.params[i]!.data;
+      let diff = 0;
+      p.data.forEach((v, j) => (diff = Math.max(diff, Math.abs(v - q[j]!))));
+      assert.ok(diff < 1e-5, `${p.name}: max diff ${diff}`);
+    }
   });
 
   it('overfits a fixed batch of real images: the loss falls at each of the first 20 steps', async () => {

@@ -61,12 +61,13 @@ export function useNchwcDepthwise(model: ModelProto, block: number): { model: Mo
    * weight, (N·C, 1, h, w) all have the same blocked bytes when B divides C: a reshape of a blocked copy.
    */
   const asBlocked = (t: string, view: StaticShape): string => {
-    const own = shapes.get(t);
-    if (blockable(own, view) && own.every((d, i) => d === view[i])) return blocked(t);
-    const dims = view as number[]; // static here: only the input x of a forward Conv may have a symbolic batch
     const src = producer.get(t);
     const srcShape = src?.opType === 'Reshape' ? shapes.get(src.input![0]!) : undefined;
-    if (src && blockable(srcShape, view)) return reshape(blocked(src.input![0]!), dims);
+    const fixed = view.every(isSize);
+    if (src && fixed && blockable(srcShape, view)) return reshape(blocked(src.input![0]!), view as number[]);
+    const own = shapes.get(t);
+    if (blockable(own, view) && own.every((d, i) => d === view[i])) return blocked(t);
+    const dims = view as number[]; // static from here: only the input x of a forward Conv may have a symbolic batch
     if (blockable(own, view)) return reshape(blocked(t), dims);
     // A depthwise weight (C, 1, kh, kw): through its (1, C, kh, kw) view.
     return reshape(blocked(reshape(t, [1, dims[0]! * dims[1]!, dims[2]!, dims[3]!])), dims);

@@ -24,7 +24,7 @@ import assert from 'node:assert/strict';
 import * as ort from 'onnxruntime-node';
 import { appendGradients } from '../../src/onnx/autodiff.js';
 import { GraphBuilder } from '../../src/onnx/builder.js';
-import { DataType, encodeModel } from '../../src/onnx/proto.js';
+import { DataType, encodeModel, type ModelProto } from '../../src/onnx/proto.js';
 import { GraftError } from '../../src/errors.js';
 import { Random } from '../../src/util/random.js';
 
@@ -87,6 +87,11 @@ export interface GradCase {
   reference?(b: GraphBuilder, x: Record<string, string>, t: Typed): string;
   /** Fourth-order differences (f(x±ε), f(x±2ε)): larger ε for smooth float32 cases, less rounding noise. */
   fourthOrder?: boolean;
+  /**
+   * Rewrites the gradient graph before it runs (e.g. the NCHWc rewrite of src/onnx/nchwc.ts): its gradients
+   * are checked against the differences of the plain forward graph.
+   */
+  transform?(model: ModelProto): ModelProto;
   /** The rule needs static sizes (auto_pad SAME): the dynamic run must refuse it with a GraftError. */
   staticOnly?: boolean;
 }
@@ -226,7 +231,8 @@ export async function checkGradients(c: GradCase, seed: number): Promise<void> {
     assert.deepEqual([...grads.keys()], wrtNames);
     b.output(loss, fType, []);
     for (const s of wrt) b.output(grads.get(s.name)!, fType, s.dims);
-    const session = await ort.InferenceSession.create(encodeModel(b.model(opset)));
+    const model = b.model(opset);
+    const session = await ort.InferenceSession.create(encodeModel(c.transform ? c.transform(model) : model));
     const result = await session.run(feedsOf(data), wrt.map((s) => grads.get(s.name)!));
     await session.release();
     let worstAll = 0;
