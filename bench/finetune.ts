@@ -4,7 +4,10 @@
  * CPU measured in the same run (bench/finetune_torch.py with Debian's python3-torch, tcmalloc, OpenBLAS,
  * channels_last, the same thread count).
  *
- *   node dist/bench/finetune.js [--threads T] [--blocks 2,4,7] [--profile] [--plain]
+ *   node dist/bench/finetune.js [--threads T] [--blocks 2,4,7] [--rounds 3] [--profile] [--plain]
+ *
+ * Each round measures graft (25 steps, the first 5 not counted) then PyTorch; the ratio reported is the median
+ * over rounds of the two median step times, `minRatio` that of the best steps.
  *
  * --profile adds where graft's time goes, from ONNX Runtime's profiler, summed by op type. --plain: standard
  * ONNX ops only (no NCHWc kernels).
@@ -32,6 +35,7 @@ const option = (name: string, fallback: string) => {
 const threads = Number(option('--threads', String(availableParallelism())));
 const blocks = option('--blocks', '2,4,7').split(',').map(Number);
 const profile = args.includes('--profile');
+const rounds = Number(option('--rounds', '3'));
 const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const MODEL = resolve(root, '../shared/models/mobilenetv2-12-int8/model.onnx');
 const B = 32;
@@ -45,8 +49,9 @@ const spec: HeadSpec = { kind: 'mlp', hidden: 512, dropout: 0.5, inputDim: 1280,
 const std = { mean: new Float32Array(1280), invStd: new Float32Array(1280).fill(1) };
 const rng = new Random(0);
 
-const graft: Record<number, { median: number; min: number; input: number[]; run: number; update: number; profile?: Record<string, number> }> = {};
-for (const k of blocks) {
+interface GraftTiming { median: number; min: number; input: number[]; run: number; update: number; profile?: Record<string, number> }
+
+async function measureGraft(k: number, withProfile: boolean): Promise<GraftTiming> {
   const plan = planSuffix(float, 'features', { unfreeze: k });
   const rowShape = await probeShape(float, plan.boundary, backbone.config);
   const trainable = suffixTrainable(plan, rowShape, spec, std, initParams(spec, 0), { lr: 1e-4, lrMult: 10, weightDecay: 0.01, batchSize: B, nchwcBlock });
@@ -54,7 +59,7 @@ for (const k of blocks) {
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
-    ...(profile ? { enableProfiling: true, profileFilePrefix: `/tmp/graft-finetune-${k}` } : {}),
+    ...(withProfile ? { enableProfiling: true, profileFilePrefix: `/tmp/graft-finetune-${k}` } : {}),
   });
   const opt = new AdamW(trainable.groups, { lr: 1e-4, weightDecay: 0.01 });
   const size = rowShape.reduce((a, b) => a * b, 1);
@@ -80,7 +85,7 @@ for (const k of blocks) {
     }
   }
   let byOp: Record<string, number> | undefined;
-  if (profile) {
+  if (withProfile) {
     session.endProfiling();
     // The profiler names its file from the prefix and a timestamp; take the newest.
     const prefix = `graft-finetune-${k}`;
@@ -88,7 +93,7 @@ for (const k of blocks) {
     if (file) byOp = summarizeProfile(join('/tmp', file));
   }
   await session.release();
-  graft[k] = { median: median(total), min: Math.min(...total), input: rowShape, run: median(runs), update: median(updates), ...(byOp ? { profile: byOp } : {}) };
+  return { median: median(total), min: Math.min(...total), input: rowShape, run: median(runs), update: median(updates), ...(byOp ? { profile: byOp } : {}) };
 }
 
 /** Percent of kernel time by op type (forward and backward ops together). */
@@ -111,30 +116,48 @@ function summarizeProfile(file: string): Record<string, number> {
   return Object.fromEntries([...byOp].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([op, t]) => [op, +((100 * t) / sum).toFixed(1)]));
 }
 
-let torch: { torch: string; ms: Record<string, { median: number; min: number; input: number[] }> } | undefined;
+interface TorchResult { torch: string; ms: Record<string, { median: number; min: number; input: number[] }> }
 const tcmalloc = '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4';
-try {
-  const out = execFileSync('/usr/bin/python3', [resolve(root, 'bench/finetune_torch.py'), String(threads), ...blocks.map(String)], {
-    env: { ...process.env, OPENBLAS_NUM_THREADS: String(threads), ...(existsSync(tcmalloc) ? { LD_PRELOAD: tcmalloc } : {}) },
-    encoding: 'utf8',
-  });
-  torch = JSON.parse(out.trim().split('\n').pop()!);
-} catch (e) {
-  console.error(`PyTorch reference not run (${(e as Error).message.split('\n')[0]}); apt-get install python3-torch python3-torchvision libopenblas0-pthread libtcmalloc-minimal4`);
+function measureTorch(): TorchResult | undefined {
+  try {
+    const out = execFileSync('/usr/bin/python3', [resolve(root, 'bench/finetune_torch.py'), String(threads), ...blocks.map(String)], {
+      env: { ...process.env, OPENBLAS_NUM_THREADS: String(threads), ...(existsSync(tcmalloc) ? { LD_PRELOAD: tcmalloc } : {}) },
+      encoding: 'utf8',
+    });
+    return JSON.parse(out.trim().split('\n').pop()!) as TorchResult;
+  } catch (e) {
+    console.error(`PyTorch reference not run (${(e as Error).message.split('\n')[0]}); apt-get install python3-torch python3-torchvision libopenblas0-pthread libtcmalloc-minimal4`);
+    return undefined;
+  }
+}
+
+// Rounds alternate graft and PyTorch, so that the machine's slow spells (this VM has them) fall on both.
+const graftRounds: Record<number, GraftTiming[]> = Object.fromEntries(blocks.map((k) => [k, []]));
+const torchRounds: TorchResult[] = [];
+for (let round = 0; round < rounds; round++) {
+  for (const k of blocks) graftRounds[k]!.push(await measureGraft(k, profile && round === 0));
+  const t = measureTorch();
+  if (!t) break;
+  torchRounds.push(t);
 }
 
 const rows = blocks.map((k) => {
-  const g = graft[k]!;
-  const t = torch?.ms[String(k)];
+  const g = graftRounds[k]!;
+  const t = torchRounds.map((r) => r.ms[String(k)]!);
+  const ratios = t.map((x, i) => g[i]!.median / x.median);
   return {
     blocks: k,
-    input: g.input.join('x'),
-    graftMs: +g.median.toFixed(1),
-    graftRunMs: +g.run.toFixed(1),
-    graftUpdateMs: +g.update.toFixed(1),
-    torchMs: t ? +t.median.toFixed(1) : null,
-    ratio: t ? +(g.median / t.median).toFixed(2) : null,
-    ...(g.profile ? { profile: g.profile } : {}),
+    input: g[0]!.input.join('x'),
+    graftMs: +median(g.map((x) => x.median)).toFixed(1),
+    graftRunMs: +median(g.map((x) => x.run)).toFixed(1),
+    graftUpdateMs: +median(g.map((x) => x.update)).toFixed(1),
+    torchMs: t.length ? +median(t.map((x) => x.median)).toFixed(1) : null,
+    /** Median over rounds of graft / PyTorch (each a median step time of that round). */
+    ratio: ratios.length ? +median(ratios).toFixed(2) : null,
+    ratios: ratios.map((r) => +r.toFixed(2)),
+    /** Best step of all rounds, each side: the least disturbed measurement. */
+    minRatio: t.length ? +(Math.min(...g.map((x) => x.min)) / Math.min(...t.map((x) => x.min))).toFixed(2) : null,
+    ...(g[0]!.profile ? { profile: g[0]!.profile } : {}),
   };
 });
-console.log(JSON.stringify({ threads, batch: B, nchwcBlock, torch: torch?.torch ?? null, tcmalloc: existsSync(tcmalloc), rows }, null, 2));
+console.log(JSON.stringify({ threads, batch: B, rounds, nchwcBlock, torch: torchRounds[0]?.torch ?? null, tcmalloc: existsSync(tcmalloc), rows }, null, 2));

@@ -119,14 +119,16 @@ describe('update rules match PyTorch', () => {
     });
   }
 
-  for (const [name, Ctor, decoupled] of [
-    ['Adam', Adam, false],
-    ['AdamW', AdamW, true],
+  for (const [name, Ctor, decoupled, simd] of [
+    ['Adam', Adam, false, true],
+    ['AdamW', AdamW, true, true],
+    ['Adam (JavaScript loop)', Adam, false, false],
+    ['AdamW (JavaScript loop)', AdamW, true, false],
   ] as const) {
     test(`${name} with weight decay`, () => {
       const params = makeParams();
       const o = { b1: 0.9, b2: 0.99, eps: 1e-8, wd: 0.2, decoupled };
-      const opt = new Ctor(twoGroups(params), { lr: 1, beta1: o.b1, beta2: o.b2, eps: o.eps, weightDecay: o.wd });
+      const opt = new Ctor(twoGroups(params), { lr: 1, beta1: o.b1, beta2: o.b2, eps: o.eps, weightDecay: o.wd, simd });
       run(opt, params, 1, STEPS);
       const ref = refAdam(refParams(), STEPS, o);
       close(params[0]!.data, ref[0]!, 2e-6, 'w');
@@ -316,6 +318,26 @@ describe('parameter groups', () => {
     const fresh = new SGD(p2, { lr: 0.1, momentum: 0.9, dampening: 0.5 });
     run(fresh, p2, 4, 5);
     assert.deepEqual(p1, p2);
+  });
+
+  test('the SIMD update agrees with the JavaScript loop (odd sizes, zeroState, several steps)', () => {
+    const sizes = [10_007, 3, 1];
+    const make = () => sizes.map((n, k): Param => ({ name: `p${k}`, dims: [n], data: Float32Array.from({ length: n }, (_, i) => Math.sin(i + k)), decay: k === 0 }));
+    const [a, b] = [make(), make()];
+    const grads = (t: number) => sizes.map((n, k) => Float32Array.from({ length: n }, (_, i) => Math.cos(i * 0.37 + t + k) * 1e-2));
+    for (const Ctor of [Adam, AdamW]) {
+      const simd = new Ctor(a, { lr: 1e-2, weightDecay: 0.1 });
+      const js = new Ctor(b, { lr: 1e-2, weightDecay: 0.1, simd: false });
+      for (let t = 0; t < 5; t++) {
+        if (t === 3) {
+          simd.zeroState();
+          js.zeroState();
+        }
+        simd.step(grads(t));
+        js.step(grads(t));
+      }
+      a.forEach((p, k) => close(p.data, b[k]!.data, 1e-6, `${Ctor.name} p${k}`));
+    }
   });
 
   test('step() allocates nothing once moments exist', () => {
