@@ -39,6 +39,7 @@ function time(label: string, make: (p: Param[]) => Optimizer, runs = 50): void {
 }
 
 time('AdamW (wd 0.01)', (p) => new AdamW(p, { lr: 1e-3, weightDecay: 0.01 }));
+time('AdamW, JavaScript loop', (p) => new AdamW(p, { lr: 1e-3, weightDecay: 0.01, simd: false }));
 time('Adam (wd 0.01)', (p) => new Adam(p, { lr: 1e-3, weightDecay: 0.01 }));
 time('SGD (momentum 0.9, nesterov)', (p) => new SGD(p, { lr: 1e-2, momentum: 0.9, nesterov: true, weightDecay: 1e-4 }));
 {
