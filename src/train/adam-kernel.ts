@@ -151,7 +151,7 @@ export class AdamKernel {
       at += 2 * pad4(n);
       return o;
     });
-    const largest = pad4(Math.max(0, ...sizes));
+    const largest = pad4(sizes.reduce((a, n) => Math.max(a, n), 0));
     this.scratchW = at;
     this.scratchG = at + largest;
     this.f32 = new Float32Array(memory.buffer);
@@ -161,8 +161,17 @@ export class AdamKernel {
   static create(sizes: readonly number[]): AdamKernel | undefined {
     const mod = module();
     if (!mod) return undefined;
-    const floats = sizes.reduce((a, n) => a + 2 * pad4(n), 0) + 2 * pad4(Math.max(0, ...sizes));
-    const memory = new WebAssembly.Memory({ initial: Math.max(1, Math.ceil((4 * floats) / 65536)) });
+    const floats = sizes.reduce((a, n) => a + 2 * pad4(n), 0) + 2 * pad4(sizes.reduce((a, n) => Math.max(a, n), 0));
+    const pages = Math.max(1, Math.ceil((4 * floats) / 65536));
+    // 32-bit WebAssembly addresses at most 4 GiB (and the engine may refuse less): larger models keep the
+    // JavaScript loop.
+    if (pages > 65536) return undefined;
+    let memory: WebAssembly.Memory;
+    try {
+      memory = new WebAssembly.Memory({ initial: pages });
+    } catch {
+      return undefined;
+    }
     const instance = new WebAssembly.Instance(mod, { env: { memory } });
     return new AdamKernel(instance.exports.adam as AdamFn, memory, sizes);
   }
