@@ -143,7 +143,29 @@ function transformerBlock(erf: boolean): GradCase {
   };
 }
 
+/** ReLU6 then GlobalAveragePool then a linear map: the pooling gradient's Expand is folded into the mask's Mul. */
+function relu6PoolCase(): GradCase {
+  return {
+    name: 'ReLU6 → GlobalAveragePool → MatMul (the pooled gradient broadcast, not expanded)',
+    float32: true,
+    eps: 1e-3,
+    tol: 1e-4,
+    floor: 1e-2,
+    inputs: [I('x', [2, 6, 4, 4], { scale: 4, shift: 2, avoid: [0, 6] }), I('w', [6, 3])],
+    build: (b, v, t) => {
+      const r = b.op('Clip', [t.watch(b, v.x!, [0, 6]), t.scalar(b, 0), t.scalar(b, 6)]);
+      return b.op('MatMul', [b.op('Flatten', [b.op('GlobalAveragePool', [r])]), v.w!]);
+    },
+    // Differences in float64 (ORT's GlobalAveragePool is float32-only: ReduceMean over H and W instead).
+    reference: (b, v, t) => {
+      const r = b.op('Clip', [t.watch(b, v.x!, [0, 6]), t.scalar(b, 0), t.scalar(b, 6)]);
+      return b.op('MatMul', [b.op('Flatten', [b.op('ReduceMean', [r], { axes: [2, 3], keepdims: 1 })]), v.w!]);
+    },
+  };
+}
+
 const CASES: GradCase[] = [
+  relu6PoolCase(),
   // Conv (float32: ORT has no float64 Conv/ConvTranspose)
   convCase('Conv 3x3 stride 2, pads 1, dilation 2, bias', [2, 3, 7, 7], [4, 3, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1], dilations: [2, 2] }, { bias: true }),
   convCase('Conv asymmetric pads [0,1,2,1], strides [1,2], 2x3 kernel', [2, 3, 6, 7], [5, 3, 2, 3], { strides: [1, 2], pads: [0, 1, 2, 1] }),
@@ -296,4 +318,18 @@ test('Pad in reflect mode is refused', () => {
   const y = b.op('Pad', [x, ints(b, [0, 1, 0, 1])], { mode: 'reflect' }, { name: 'pad_reflect' });
   const loss = b.op('ReduceSum', [y], { keepdims: 0 });
   assert.throws(() => appendGradients(b, { loss, wrt: [x] }), (e: unknown) => e instanceof GraftError && /Pad node pad_reflect: mode reflect is not supported/.test(e.message));
+});
+
+test('a pooled gradient reaches the ReLU6 mask by broadcasting: no Expand is left', () => {
+  const c = relu6PoolCase();
+  const b = new GraphBuilder('pool');
+  const x = b.input('x', DataType.FLOAT, [2, 6, 4, 4]);
+  const w = b.input('w', DataType.FLOAT, [6, 3]);
+  const y = c.build(b, { x, w }, { scalar: (bb, v) => bb.constant('k', Float32Array.of(v), []), tensor: (bb, v, d) => bb.constant('k', Float32Array.from(v), d), watch: (_bb, name) => name });
+  const loss = b.op('ReduceSum', [y], { keepdims: 0 });
+  const grads = appendGradients(b, { loss, wrt: [x, w] });
+  const producer = (t: string) => b.nodes.find((n) => n.output?.includes(t));
+  const mask = producer(grads.get(x)!)!;
+  assert.equal(mask.opType, 'Mul');
+  assert.ok(!mask.input!.some((t) => producer(t)?.opType === 'Expand'), 'the pooled gradient is still expanded before the mask');
 });

@@ -9,7 +9,7 @@
 import { GraftError } from '../errors.js';
 import type { AttrValue, GraphBuilder } from './builder.js';
 import { DataType, tensor, tensorToFloat32, toNumber, type AttributeProto, type NodeProto, type TensorProto, type ValueInfoProto } from './proto.js';
-import { inferShapes, provablyEqual, topologicalOrder, type Dim, type StaticShape } from './shapes.js';
+import { inferShapes, provablyEqual, shapeFromValueInfo, topologicalOrder, type Dim, type StaticShape } from './shapes.js';
 
 export type { Dim, StaticShape } from './shapes.js';
 
@@ -886,6 +886,44 @@ function hasAttr(node: NodeProto, name: string): boolean {
 // ---------------------------------------------------------------------------------------------------
 
 /**
+ * An Expand in the backward pass (GlobalAveragePool's gradient spread over H×W) whose every reader is a binary
+ * elementwise op against a tensor of the Expand's full shape is redundant: broadcasting gives those readers
+ * the same result without writing the expanded tensor (1.4 ms for 32×1280×7×7). Readers take its input instead.
+ */
+function dropBroadcastExpands(builder: GraphBuilder, given: ReadonlyMap<string, StaticShape>): void {
+  const expands = builder.nodes.filter((n) => n.opType === 'Expand');
+  if (expands.length === 0) return;
+  const declared = new Map(given);
+  for (const v of builder.valueInfos) {
+    const s = shapeFromValueInfo(v);
+    if (s) declared.set(v.name!, s);
+  }
+  const shapes = inferShapes(builder.nodes, builder.inputs, builder.initializers, declared);
+  const readers = new Map<string, NodeProto[]>();
+  for (const n of builder.nodes) for (const i of n.input ?? []) if (i) readers.set(i, [...(readers.get(i) ?? []), n]);
+  const outputs = new Set(builder.outputs.map((o) => o.name));
+  const full = (t: string, target: StaticShape) => {
+    const s = shapes.get(t);
+    return !!s && s.length === target.length && s.every((d, i) => d === target[i]);
+  };
+  const dropped = new Set<NodeProto>();
+  for (const e of expands) {
+    const out = e.output![0]!;
+    const target = shapes.get(out);
+    const rs = readers.get(out) ?? [];
+    if (!target || !target.every((d) => typeof d === 'number' && d >= 0) || outputs.has(out) || rs.length === 0) continue;
+    const foldable = rs.every((r) => ['Mul', 'Add', 'Sub', 'Div'].includes(r.opType!) && r.input!.length === 2 && r.input!.some((i) => i !== out && full(i, target)));
+    if (!foldable) continue;
+    for (const r of rs) r.input = r.input!.map((i) => (i === out ? e.input![0]! : i));
+    dropped.add(e);
+  }
+  if (dropped.size === 0) return;
+  const gone = new Set([...dropped].map((e) => e.output![0]!));
+  builder.nodes.splice(0, builder.nodes.length, ...builder.nodes.filter((n) => !dropped.has(n)));
+  builder.valueInfos.splice(0, builder.valueInfos.length, ...builder.valueInfos.filter((v) => !gone.has(v.name!)));
+}
+
+/**
  * Appends the gradients of `loss` with respect to each `wrt` tensor to the builder's graph and returns
  * wrt name → gradient tensor name. A `wrt` tensor that the loss does not depend on gets zeros. Tensors
  * that are not downstream of a `wrt` tensor (labels, masks, frozen weights) get no gradient, and their
@@ -1096,6 +1134,8 @@ export function appendGradients(builder: GraphBuilder, options: GradientOptions)
     builder.annotate(g, elemType, s);
     declared.add(g);
   }
+
+  dropBroadcastExpands(builder, given);
 
   const result = new Map<string, string>();
   const returned = new Set<string>();
