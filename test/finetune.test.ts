@@ -19,6 +19,7 @@ import { planSuffix, poolWithSuffix, prefixModel, probeShape, suffixTrainable, w
 import { AdamW } from '../src/train/optimizer.js';
 import { DEFAULT_FIT, train, type FeatureSet } from '../src/train/trainer.js';
 import { Random } from '../src/util/random.js';
+import { maxAbsDiff } from './support/onnx.js';
 import { GraftError, GraftModel, learner } from '../src/index.js';
 import { readArtifact } from '../src/artifact/artifact.js';
 
@@ -91,9 +92,7 @@ describe('fine-tuning graphs on MobileNetV2', () => {
     const free = await fitWith(undefined);
     fixed.losses.forEach((l, i) => assert.ok(Math.abs(l - free.losses[i]!) < 1e-5 * Math.abs(l), `epoch ${i}: ${l} vs ${free.losses[i]}`));
     for (const [i, p] of fixed.params.entries()) {
-      const q = free.params[i]!.data;
-      let diff = 0;
-      p.data.forEach((v, j) => (diff = Math.max(diff, Math.abs(v - q[j]!))));
+      const diff = maxAbsDiff(p.data, free.params[i]!.data);
       assert.ok(diff < 1e-5, `${p.name}: max diff ${diff}`);
     }
   });

@@ -20,6 +20,7 @@ import { gradName, initParams, type HeadSpec } from '../src/head/head.js';
 import { planSuffix, probeShape, suffixTrainable } from '../src/train/finetune.js';
 import { Random } from '../src/util/random.js';
 import { checkGradients, type GradCase } from './support/gradcheck.js';
+import { maxAbsDiff, runModel } from './support/onnx.js';
 import { SHARED } from './support/paths.js';
 
 const block = await nchwcBlockSize();
@@ -116,13 +117,11 @@ describe('NCHWc depthwise convolutions', { skip }, () => {
     b.output('y', F, ['N', 32, 5, 5]);
     const plain = b.model();
     const rng = new Random(3);
-    const t = (dims: number[]) => new ort.Tensor('float32', Float32Array.from({ length: dims.reduce((a, c) => a * c, 1) }, () => rng.normal()), dims);
+    const t = (dims: number[]) => ({ data: Float32Array.from({ length: dims.reduce((a, c) => a * c, 1) }, () => rng.normal()), dims });
     const feeds = { x: t([3, 32, 9, 9]), w: t([32, 1, 3, 3]), b: t([32]) };
-    const run = async (m: ModelProto) => (await (await ort.InferenceSession.create(encodeModel(m))).run(feeds)).y!;
-    const [want, got] = [await run(plain), await run(rewrite(plain))];
+    const [want, got] = [(await runModel(plain, feeds)).y!, (await runModel(rewrite(plain), feeds)).y!];
     assert.deepEqual(got.dims, want.dims);
-    const w = want.data as Float32Array;
-    const diff = Math.max(...Array.from(got.data as Float32Array, (v, i) => Math.abs(v - w[i]!)));
+    const diff = maxAbsDiff(got.data as Float32Array, want.data as Float32Array);
     assert.ok(diff < 1e-5, `max abs diff ${diff}`);
   });
 });

@@ -1,7 +1,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Param } from '../src/head/head.js';
-import { Adam, AdamW, SGD, clipGradNorm, clipGradValue, spread, type Optimizer, type OptimizerState } from '../src/train/optimizer.js';
+import { Adam, AdamW, SGD, clipGradNorm, clipGradValue, spread, type GroupSpec, type Optimizer, type OptimizerState } from '../src/train/optimizer.js';
 import { combine, combinedCos, constant, cosine, exponential, linear, oneCycle, Scheduler, step, warmup } from '../src/train/schedule.js';
 import { GraftError } from '../src/errors.js';
 
@@ -86,6 +86,11 @@ function refAdam(ps: RefParam[], steps: number, o: { b1: number; b2: number; eps
 }
 
 /** Two groups: the weight at lr 0.1, the bias at lr 0.05. */
+/** n groups of one scalar parameter each (p0, p1, …). */
+function scalarGroups(n: number): GroupSpec[] {
+  return Array.from({ length: n }, (_, i) => ({ params: [{ name: `p${i}`, dims: [1], data: new Float32Array(1), decay: false }] }));
+}
+
 function twoGroups(params: Param[]) {
   return [
     { name: 'body', params: [params[0]!], lr: 0.1 },
@@ -204,11 +209,7 @@ describe('parameter groups', () => {
   });
 
   test('freezeTo(n), freeze(), unfreeze()', () => {
-    const ps = [0, 1, 2, 3].map((i) => ({ name: `p${i}`, dims: [1], data: new Float32Array(1), decay: false }));
-    const opt = new SGD(
-      ps.map((p) => ({ params: [p] })),
-      { lr: 0.1 },
-    );
+    const opt = new SGD(scalarGroups(4), { lr: 0.1 });
     const frozen = () => opt.groups.map((g) => g.frozen);
     opt.freezeTo(-1);
     assert.deepEqual(frozen(), [true, true, true, false]);
@@ -231,11 +232,7 @@ describe('parameter groups', () => {
   });
 
   test('discriminative LRs: {lo, hi} over 3 groups gives lo, the geometric mean, hi', () => {
-    const ps = [0, 1, 2].map((i) => ({ name: `p${i}`, dims: [1], data: new Float32Array(1), decay: false }));
-    const opt = new AdamW(
-      ps.map((p) => ({ params: [p] })),
-      { lr: 1 },
-    );
+    const opt = new AdamW(scalarGroups(3), { lr: 1 });
     opt.setLr({ lo: 1e-5, hi: 1e-3 });
     const lrs = opt.groups.map((g) => g.lr);
     assert.equal(lrs[0], 1e-5);
@@ -446,11 +443,7 @@ describe('schedules', () => {
   });
 
   test('Scheduler keeps discriminative ratios and cycles momentum (β1 for Adam)', () => {
-    const ps = [0, 1, 2].map((i) => ({ name: `p${i}`, dims: [1], data: new Float32Array(1), decay: false }));
-    const opt = new AdamW(
-      ps.map((p) => ({ params: [p] })),
-      { lr: 1 },
-    );
+    const opt = new AdamW(scalarGroups(3), { lr: 1 });
     opt.setLr({ lo: 1e-4, hi: 1e-2 });
     const oc = oneCycle();
     const sched = new Scheduler(opt, 100, oc);

@@ -9,7 +9,7 @@
 import { GraftError } from '../errors.js';
 import type { AttrValue, GraphBuilder } from './builder.js';
 import { DataType, tensor, tensorToFloat32, toNumber, type AttributeProto, type NodeProto, type TensorProto, type ValueInfoProto } from './proto.js';
-import { inferShapes, provablyEqual, shapeFromValueInfo, topologicalOrder, type Dim, type StaticShape } from './shapes.js';
+import { declaredShapes, inferShapes, isSize, provablyEqual, topologicalOrder, type StaticShape } from './shapes.js';
 
 export type { Dim, StaticShape } from './shapes.js';
 
@@ -167,7 +167,6 @@ function logSoftmaxBackward(c: GradContext, dy: string, logp: string, axis: numb
 // Helpers for convolution, pooling, normalisation and indexing rules
 // ---------------------------------------------------------------------------------------------------
 
-const isSize = (d: Dim | undefined): d is number => typeof d === 'number' && d >= 0;
 const range = (from: number, to: number) => Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
 
 function refuse(c: GradContext, why: string): never {
@@ -277,13 +276,18 @@ function windowOf(c: GradContext, x: string, kernel: Array<number | undefined>):
   return { rank, kernel, strides, dilations, pads };
 }
 
-/** Spatial sizes a window's input had, and its output has, when static. */
-function windowSizes(c: GradContext, x: string, win: Window): { h: number; span: number; out: number }[] | undefined {
+/**
+ * Spatial sizes a window's input had, and its output has, when static; and `taps`, how many kernel positions
+ * the weight gradient's correlation of X with dY covers: (H + pads − (out−1)·s − 1) / d + 1 ≥ k.
+ */
+function windowSizes(c: GradContext, x: string, win: Window): { h: number; span: number; out: number; taps: number }[] | undefined {
   const spatial = c.staticShape(x)?.slice(2);
   if (!spatial || spatial.length !== win.rank || !spatial.every(isSize) || !win.kernel.every((k) => k !== undefined)) return undefined;
   return (spatial as number[]).map((h, i) => {
-    const span = h + win.pads[i]! + win.pads[i + win.rank]! - ((win.kernel[i]! - 1) * win.dilations[i]! + 1);
-    return { h, span, out: Math.floor(span / win.strides[i]!) + 1 };
+    const [k, s, d] = [win.kernel[i]!, win.strides[i]!, win.dilations[i]!];
+    const span = h + win.pads[i]! + win.pads[i + win.rank]! - ((k - 1) * d + 1);
+    const out = Math.floor(span / s) + 1;
+    return { h, span, out, taps: Math.floor((span + (k - 1) * d - (out - 1) * s) / d) + 1 };
   });
 }
 
@@ -328,9 +332,8 @@ function convWeightGrad(c: GradContext, x: string, dy: string, w: string, win: W
   }
   const dyt = c.emit('Transpose', [dy], { perm: swap01 }); // (M, N, out)
   const full = c.emit('Conv', [xt, dyt], { strides: win.dilations, dilations: win.strides, pads: win.pads, group: group === 1 ? undefined : group });
-  // The correlation covers (H + pads − (out−1)·s − 1) / d + 1 ≥ k taps: keep the first k.
-  const sizes = windowSizes(c, x, win);
-  const exact = sizes?.every((s, i) => Math.floor((s.span + ((win.kernel[i]! - 1) * win.dilations[i]!) - (s.out - 1) * win.strides[i]!) / win.dilations[i]!) + 1 === win.kernel[i]);
+  // The correlation may cover more than k taps: keep the first k.
+  const exact = windowSizes(c, x, win)?.every((s, i) => s.taps === win.kernel[i]);
   let cropped = full;
   if (!exact) {
     const k = win.kernel.every((v) => v !== undefined) ? (win.kernel as number[]) : dimsOf(c, w, 2, 2 + r);
@@ -358,8 +361,8 @@ function depthwiseWeightGrad(c: GradContext, x: string, dy: string, w: string, w
   const xv = c.emit('Reshape', [x, c.ints([1, nc, ...sizes.map((s) => s.h)])]);
   const dyv = c.emit('Reshape', [dy, c.ints([nc, 1, ...sizes.map((s) => s.out)])]);
   const full = c.emit('Conv', [xv, dyv], { strides: win.dilations, dilations: win.strides, pads: win.pads, group: nc });
-  // The correlation covers (H + pads − (out−1)·s − 1) / d + 1 ≥ k taps: keep the first k.
-  const taps = sizes.map((s, i) => Math.floor((s.span + (kernel[i]! - 1) * win.dilations[i]! - (s.out - 1) * win.strides[i]!) / win.dilations[i]!) + 1);
+  // The correlation may cover more than k taps: keep the first k.
+  const taps = sizes.map((s) => s.taps);
   let summed = c.emit('ReduceSum', [c.emit('Reshape', [full, c.ints([n!, ch!, ...taps])]), c.ints([0])], { keepdims: 0 }); // (C, taps)
   if (taps.some((t, i) => t !== kernel[i])) summed = c.emit('Slice', [summed, c.ints(Array<number>(r).fill(0)), c.ints(kernel), c.ints(range(1, 1 + r))]);
   return c.emit('Reshape', [summed, c.ints(ws as number[])]);
@@ -893,12 +896,7 @@ function hasAttr(node: NodeProto, name: string): boolean {
 function dropBroadcastExpands(builder: GraphBuilder, given: ReadonlyMap<string, StaticShape>): void {
   const expands = builder.nodes.filter((n) => n.opType === 'Expand');
   if (expands.length === 0) return;
-  const declared = new Map(given);
-  for (const v of builder.valueInfos) {
-    const s = shapeFromValueInfo(v);
-    if (s) declared.set(v.name!, s);
-  }
-  const shapes = inferShapes(builder.nodes, builder.inputs, builder.initializers, declared);
+  const shapes = inferShapes(builder.nodes, builder.inputs, builder.initializers, new Map([...given, ...declaredShapes(builder.valueInfos)]));
   const readers = new Map<string, NodeProto[]>();
   for (const n of builder.nodes) for (const i of n.input ?? []) if (i) readers.set(i, [...(readers.get(i) ?? []), n]);
   const outputs = new Set(builder.outputs.map((o) => o.name));

@@ -17,24 +17,17 @@
  * none. Results equal the plain Conv up to float rounding.
  */
 import { GraphBuilder, makeAttribute } from './builder.js';
-import { onnx, toNumber, type ModelProto, type NodeProto } from './proto.js';
-import { inferShapes, shapeFromValueInfo, topologicalOrder, type StaticShape } from './shapes.js';
+import { attr, onnx, toNumber, type ModelProto, type NodeProto } from './proto.js';
+import { declaredShapes, inferShapes, isSize, topologicalOrder, type StaticShape } from './shapes.js';
 
 export const NCHWC_DOMAIN = 'com.microsoft.nchwc';
-
-const isSize = (d: unknown): d is number => typeof d === 'number' && d >= 0;
 
 /** Rewrites the model's 2-D depthwise Convs whose channel count the block size divides; returns how many. */
 export function useNchwcDepthwise(model: ModelProto, block: number): { model: ModelProto; rewritten: number } {
   const graph = model.graph!;
   if (block <= 1) return { model, rewritten: 0 };
   const nodes = topologicalOrder(graph.node ?? []);
-  const declared = new Map<string, StaticShape>();
-  for (const v of graph.valueInfo ?? []) {
-    const s = shapeFromValueInfo(v);
-    if (s) declared.set(v.name!, s);
-  }
-  const shapes = inferShapes(nodes, graph.input ?? [], graph.initializer ?? [], declared);
+  const shapes = inferShapes(nodes, graph.input ?? [], graph.initializer ?? [], declaredShapes(graph.valueInfo ?? []));
   const producer = new Map<string, NodeProto>();
   for (const n of nodes) for (const o of n.output ?? []) if (o) producer.set(o, n);
 
@@ -80,9 +73,8 @@ export function useNchwcDepthwise(model: ModelProto, block: number): { model: Mo
     const [x, w, bias] = n.input ?? [];
     const xs = shape(x);
     const ws = shape(w);
-    const attr = (name: string) => n.attribute?.find((a) => a.name === name);
-    const group = attr('group') ? toNumber(attr('group')!.i as number) : 1;
-    const autoPad = attr('auto_pad')?.s ? new TextDecoder().decode(attr('auto_pad')!.s!) : 'NOTSET';
+    const group = attr(n, 'group') ? toNumber(attr(n, 'group')!.i as number) : 1;
+    const autoPad = attr(n, 'auto_pad')?.s ? new TextDecoder().decode(attr(n, 'auto_pad')!.s!) : 'NOTSET';
     // Depthwise: a (C, 1, kh, kw) weight with C groups, so x has C channels too (ONNX: C_in = group · W.shape[1]).
     const depthwise =
       n.opType === 'Conv' && (n.domain ?? '') === '' && ws?.length === 4 && ws.every(isSize) && (xs === undefined || xs.length === 4) &&

@@ -10,6 +10,9 @@ import { DataType, tensorToFloat32, toNumber, type NodeProto, type TensorProto, 
 export type Dim = number | string;
 export type StaticShape = readonly Dim[];
 
+/** A known, non-negative size. */
+export const isSize = (d: unknown): d is number => typeof d === 'number' && d >= 0;
+
 export function shapeFromValueInfo(v: ValueInfoProto): StaticShape | undefined {
   const dims = v.type?.tensorType?.shape?.dim;
   if (!dims) return undefined;
@@ -197,6 +200,16 @@ function inferOutputShape(node: NodeProto, get: (t: string) => StaticShape | und
     default:
       return undefined;
   }
+}
+
+/** Shapes recorded as value_info (by autodiff for its gradients, say), by tensor name. */
+export function declaredShapes(valueInfos: readonly ValueInfoProto[]): Map<string, StaticShape> {
+  const out = new Map<string, StaticShape>();
+  for (const v of valueInfos) {
+    const s = shapeFromValueInfo(v);
+    if (s) out.set(v.name!, s);
+  }
+  return out;
 }
 
 export function provablyEqual(a: Dim, b: Dim): boolean {
