@@ -10,7 +10,7 @@ import { resolve } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { appendGradients } from '../src/onnx/autodiff.js';
 import { GraphBuilder } from '../src/onnx/builder.js';
-import { NCHWC_DOMAIN, useNchwcDepthwise } from '../src/onnx/nchwc.js';
+import { NCHWC_DOMAIN, useNchwc } from '../src/onnx/nchwc.js';
 import { DataType, encodeModel, type ModelProto, type NodeProto } from '../src/onnx/proto.js';
 import { inferShapes } from '../src/onnx/shapes.js';
 import { nchwcBlockSize } from '../src/train/runtime.js';
@@ -19,7 +19,7 @@ import { dequantizeModel } from '../src/onnx/dequantize.js';
 import { gradName, initParams, type HeadSpec } from '../src/head/head.js';
 import { planSuffix, probeShape, suffixTrainable } from '../src/train/finetune.js';
 import { Random } from '../src/util/random.js';
-import { checkGradients, type GradCase } from './support/gradcheck.js';
+import { checkGradients, type GradCase, type Typed } from './support/gradcheck.js';
 import { maxAbsDiff, runModel } from './support/onnx.js';
 import { SHARED } from './support/paths.js';
 
@@ -31,7 +31,7 @@ const nchwcConvs = (m: ModelProto) => (m.graph!.node ?? []).filter((n) => n.doma
 
 /** Rewrites and insists that something was rewritten (a check that rewrote nothing would test nothing). */
 function rewrite(m: ModelProto): ModelProto {
-  const { model, rewritten } = useNchwcDepthwise(m, block);
+  const { model, rewritten } = useNchwc(m, block);
   assert.ok(rewritten > 0, 'no depthwise Conv was rewritten');
   return model;
 }
@@ -55,7 +55,60 @@ function depthwiseCase(name: string, x: number[], attrs: Record<string, number[]
   };
 }
 
-describe('NCHWc depthwise convolutions', { skip }, () => {
+/**
+ * An inverted residual as MobileNetV2 has them, all of it on blocked tensors: 1×1 → ReLU6 → depthwise → ReLU6
+ * → 1×1, the residual sum, then the pooled values broadcast back (GlobalAveragePool and a broadcasting Add
+ * through the 5-D view). ORT has no float64 Conv: the differences are taken on a float64 reference of the same
+ * function (1×1 convs as Einsum, the depthwise conv as nine shifted slices).
+ */
+function invertedResidualCase(): GradCase {
+  const [N, C, E, H, W] = [2, 16, 32, 5, 5];
+  const block = (b: GraphBuilder, v: Record<string, string>, t: Typed, conv: { pointwise(x: string, w: string): string; depthwise(x: string): string; pool(x: string): string }) => {
+    const relu6 = (h: string) => b.op('Clip', [t.watch(b, h, [0, 6]), t.scalar(b, 0), t.scalar(b, 6)]);
+    const expanded = relu6(b.op('Add', [conv.pointwise(v.x!, v.we!), b.op('Reshape', [v.be!, b.int64('bias_shape', [1, E, 1, 1])])]));
+    const out = b.op('Add', [conv.pointwise(relu6(conv.depthwise(expanded)), v.wp!), v.x!]);
+    return b.op('Add', [out, conv.pool(out)]);
+  };
+  return {
+    name: 'inverted residual: 1×1, ReLU6, depthwise, ReLU6, 1×1, residual sum, pooled broadcast sum',
+    float32: true,
+    tol: 1e-4,
+    floor: 1e-2,
+    inputs: [
+      { name: 'x', dims: [N, C, H, W], wrt: true },
+      { name: 'we', dims: [E, C, 1, 1], wrt: true },
+      { name: 'be', dims: [E], wrt: true },
+      { name: 'wd', dims: [E, 1, 3, 3], wrt: true },
+      { name: 'wp', dims: [C, E, 1, 1], wrt: true },
+    ],
+    build: (b, v, t) =>
+      block(b, v, t, {
+        pointwise: (x, w) => b.op('Conv', [x, w]),
+        depthwise: (x) => b.op('Conv', [x, v.wd!], { group: E, pads: [1, 1, 1, 1] }),
+        pool: (x) => b.op('GlobalAveragePool', [x]),
+      }),
+    reference: (b, v, t) =>
+      block(b, v, t, {
+        pointwise: (x, w) => b.op('Einsum', [x, b.op('Squeeze', [w, b.int64('hw', [2, 3])])], { equation: 'nchw,oc->nohw' }),
+        depthwise: (x) => {
+          const padded = b.op('Pad', [x, b.int64('pads', [0, 0, 1, 1, 0, 0, 1, 1])]);
+          const taps = [];
+          for (let i = 0; i < 3; i++) {
+            for (let j = 0; j < 3; j++) {
+              const window = b.op('Slice', [padded, b.int64('from', [i, j]), b.int64('to', [i + H, j + W]), b.int64('axes', [2, 3])]);
+              const tap = b.op('Slice', [v.wd!, b.int64('tap_from', [i, j]), b.int64('tap_to', [i + 1, j + 1]), b.int64('axes', [2, 3])]);
+              taps.push(b.op('Mul', [window, b.op('Reshape', [tap, b.int64('tap_shape', [1, E, 1, 1])])]));
+            }
+          }
+          return b.op('Sum', taps);
+        },
+        pool: (x) => b.op('ReduceMean', [x], { axes: [2, 3], keepdims: 1 }),
+      }),
+    transform: rewrite,
+  };
+}
+
+describe('NCHWc convolutions', { skip }, () => {
   it('the runtime reports its channel block', () => {
     assert.ok([4, 8, 16].includes(block), `block ${block}`);
   });
@@ -64,6 +117,7 @@ describe('NCHWc depthwise convolutions', { skip }, () => {
     depthwiseCase('depthwise 3x3 stride 1 pads 1, bias', [2, 16, 6, 6], { pads: [1, 1, 1, 1] }),
     depthwiseCase('depthwise 3x3 stride 2 pads 1, bias (MobileNetV2 downsampling)', [2, 16, 7, 7], { strides: [2, 2], pads: [1, 1, 1, 1] }),
     depthwiseCase('depthwise 3x3 asymmetric pads [1,0,0,1], dilation 2', [3, 16, 8, 7], { pads: [1, 0, 0, 1], dilations: [2, 2] }),
+    invertedResidualCase(),
   ]) {
     it(`gradients through the rewrite match finite differences: ${c.name}`, async () => checkGradients(c, 11));
   }
@@ -77,24 +131,45 @@ describe('NCHWc depthwise convolutions', { skip }, () => {
     const grads = appendGradients(b, { loss, wrt: [x, w] });
     b.output(grads.get(x)!, F, [4, 32, 8, 8]);
     b.output(grads.get(w)!, F, [32, 1, 3, 3]);
-    const { model, rewritten } = useNchwcDepthwise(b.model(), block);
+    const { model, rewritten } = useNchwc(b.model(), block);
     assert.equal(rewritten, 3, 'forward, input gradient and weight gradient');
     const nodes = model.graph!.node!;
     const reorders = nodes.filter((n) => n.opType === 'ReorderInput');
     assert.equal(new Set(reorders.map((n) => n.input![0])).size, reorders.length, 'a tensor reordered twice');
     const producer = new Map<string, NodeProto>(nodes.flatMap((n) => (n.output ?? []).map((o) => [o, n] as [string, NodeProto])));
-    const sourceOf = (t: string): string => {
-      const p = producer.get(t)!;
-      return p.opType === 'ReorderInput' ? p.input![0]! : sourceOf(p.input![0]!); // through Reshapes
-    };
+    const sourceOf = (t: string): string => (producer.get(t)?.opType === 'Reshape' ? sourceOf(producer.get(t)!.input![0]!) : t); // through views
+    const blockedX = reorders.find((n) => n.input![0] === x)!.output![0]!;
     const convs = nchwcConvs(model);
+    const group = (n: NodeProto) => Number(n.attribute!.find((a) => a.name === 'group')!.i);
     // X feeds the forward Conv and (as its (1, N·C) view) the weight gradient's; dY feeds the input gradient
     // (as data) and the weight gradient (as its kernels).
-    const forward = convs.find((n) => sourceOf(n.input![0]!) === x)!;
-    const weightGrad = convs.find((n) => n !== forward && sourceOf(n.input![0]!) === x)!;
-    assert.ok(forward && weightGrad, 'X is not shared');
-    const inputGrad = convs.find((n) => n !== forward && n !== weightGrad)!;
+    const readingX = convs.filter((n) => sourceOf(n.input![0]!) === blockedX);
+    assert.deepEqual(readingX.map(group).sort((a, b) => a - b), [32, 4 * 32], 'X is not shared by the forward Conv and the weight gradient');
+    const weightGrad = readingX.find((n) => group(n) === 4 * 32)!;
+    const inputGrad = convs.find((n) => !readingX.includes(n))!;
     assert.equal(sourceOf(weightGrad.input![1]!), sourceOf(inputGrad.input![0]!));
+  });
+
+  it('moves non-float tensors between layouts too (a mask made blocked, one read plain)', async () => {
+    const b = new GraphBuilder('g');
+    const x = b.input('x', F, [2, 32, 4, 4]);
+    const y = b.op('Conv', [x, b.input('w', F, [32, 32, 1, 1])]);
+    const blockedMask = b.op('Greater', [y, b.constant('zero', Float32Array.of(0), [])]);
+    const plainMask = b.op('Greater', [b.input('x2', F, [2, 32, 4, 4]), b.constant('zero', Float32Array.of(0), [])]);
+    const both = b.op('And', [blockedMask, plainMask]); // the plain mask enters the blocked layout
+    // A (2, 32, 4, 1) operand cannot be read blocked: the mask and y go back to NCHW for this Where.
+    b.op('Where', [both, y, b.input('column', F, [2, 32, 4, 1])], {}, { outputs: ['out'] });
+    b.output('out', F, [2, 32, 4, 4]);
+    const plain = b.model();
+    const fast = rewrite(plain);
+    const ops = fast.graph!.node!.map((n) => n.opType);
+    assert.equal(ops.filter((o) => o === 'Transpose').length, 2, 'one bool mask moved in, one moved out');
+    const rng = new Random(5);
+    const t = (dims: number[]) => ({ data: Float32Array.from({ length: dims.reduce((a, c) => a * c, 1) }, () => rng.normal()), dims });
+    const feeds = { x: t([2, 32, 4, 4]), w: t([32, 32, 1, 1]), x2: t([2, 32, 4, 4]), column: t([2, 32, 4, 1]) };
+    const [want, got] = [(await runModel(plain, feeds)).out!, (await runModel(fast, feeds)).out!];
+    const diff = maxAbsDiff(got.data as Float32Array, want.data as Float32Array);
+    assert.ok(diff < 1e-5, `max abs diff ${diff}`);
   });
 
   it('leaves alone what it cannot run: channels the block does not divide, grouped convs, auto_pad, block 0', () => {
@@ -106,8 +181,8 @@ describe('NCHWc depthwise convolutions', { skip }, () => {
     b.op('Conv', [x2, b.input('w3', F, [64, 1, 3, 3])], { group: 64, auto_pad: 'SAME_UPPER' }, { outputs: ['same'] });
     for (const o of ['odd', 'grouped', 'same']) b.output(o, F, []);
     const m = b.model();
-    assert.equal(useNchwcDepthwise(m, 16).rewritten, 0);
-    assert.equal(useNchwcDepthwise(m, 0).model, m);
+    assert.equal(useNchwc(m, 16).rewritten, 0);
+    assert.equal(useNchwc(m, 0).model, m);
   });
 
   it('runs a forward depthwise Conv with a symbolic batch like the plain one', async () => {
@@ -172,8 +247,13 @@ describe('a MobileNetV2 fine-tuning graph on NCHWc kernels', { skip }, () => {
     };
     const plain = await run({});
     const fast = await run({ batchSize: B, nchwcBlock: block });
-    assert.equal(nchwcConvs(fast.trainable.trainModel).length, 6, 'two depthwise convs: forward, input and weight gradient each');
-    assert.equal(nchwcConvs(fast.trainable.evalModel).length, 2);
+    const grouped = (m: ModelProto) => nchwcConvs(m).filter((n) => (n.attribute ?? []).some((a) => a.name === 'group' && Number(a.i) > 1)).length;
+    assert.equal(grouped(fast.trainable.trainModel), 6, 'two depthwise convs: forward, input and weight gradient each');
+    // 1×1: the final Conv (forward, input gradient), two projections (the same), the two expansions (forward;
+    // the second's input gradient, the first's input is the frozen boundary).
+    assert.equal(nchwcConvs(fast.trainable.trainModel).length - 6, 9);
+    assert.equal(nchwcConvs(fast.trainable.evalModel).length, 7);
+    assert.equal(fast.trainable.trainModel.graph!.node!.filter((n) => n.opType === 'Transpose' && n.input![0] === plan.boundary).length, 1, 'the boundary is read plain');
     const loss = [plain.out.loss!.data[0]!, fast.out.loss!.data[0]!] as number[];
     assert.ok(Math.abs(loss[0]! - loss[1]!) < 1e-5 * Math.abs(loss[0]!), `loss ${loss}`);
     for (const p of plain.params) {

@@ -12,7 +12,7 @@ import type { PretrainedConfig } from '../preprocess/config.js';
 import { appendGradients } from '../onnx/autodiff.js';
 import { GraphBuilder } from '../onnx/builder.js';
 import { DataType, defaultOpset, encodeModel, onnx, tensorToFloat32, toNumber, type ModelProto, type NodeProto, type TensorProto } from '../onnx/proto.js';
-import { useNchwcDepthwise } from '../onnx/nchwc.js';
+import { useNchwc } from '../onnx/nchwc.js';
 import { boundaries, pruneTo, suffixNodes, type Boundary } from '../onnx/surgery.js';
 import {
   declareParams,
@@ -216,8 +216,8 @@ export function suffixTrainable(
   evaluation.b.op('Softmax', [evaluation.logits], { axis: 1 }, { outputs: [HEAD_OUTPUT] });
   evaluation.b.output(HEAD_OUTPUT, DataType.FLOAT, ['N', spec.numClasses]);
 
-  // Depthwise convolutions (forward and gradients) on ONNX Runtime's NCHWc kernels where it has them.
-  const fast = (m: ModelProto) => (options.nchwcBlock ? useNchwcDepthwise(m, options.nchwcBlock).model : m);
+  // Convolutions (forward and gradients) and the work between them on ONNX Runtime's NCHWc kernels where it has them.
+  const fast = (m: ModelProto) => (options.nchwcBlock ? useNchwc(m, options.nchwcBlock).model : m);
   return {
     trainModel: fast(train.b.model(TRAIN_OPSET)),
     evalModel: fast(evaluation.b.model(TRAIN_OPSET)),
