@@ -37,7 +37,7 @@ function rewrite(m: ModelProto): ModelProto {
 }
 
 /** A depthwise Conv case (C = 16: every block size divides it) whose gradient graph runs rewritten. */
-function depthwiseCase(name: string, x: number[], attrs: Record<string, number[]>): GradCase {
+function depthwiseCase(name: string, x: number[], attrs: Record<string, number[]>, k = 3, polyphase = false): GradCase {
   const c = x[1]!;
   return {
     name,
@@ -47,13 +47,21 @@ function depthwiseCase(name: string, x: number[], attrs: Record<string, number[]
     floor: 1e-2,
     inputs: [
       { name: 'x', dims: x, wrt: true },
-      { name: 'w', dims: [c, 1, 3, 3], wrt: true },
+      { name: 'w', dims: [c, 1, k, k], wrt: true },
       { name: 'b', dims: [c], wrt: true },
     ],
     build: (b, v) => b.op('Conv', [v.x!, v.w!, v.b!], { group: c, ...attrs }),
-    transform: rewrite,
+    transform: (m) => {
+      const out = rewrite(m);
+      // (The harness also runs a graph with dynamic shapes, where the ConvTranspose stays.)
+      if (polyphase && !out.graph!.node!.some((n) => n.opType === 'ConvTranspose')) polyphaseRuns.set(name, (polyphaseRuns.get(name) ?? 0) + 1);
+      return out;
+    },
   };
 }
+/** Per polyphase case, how many of its gradient graphs lost their ConvTranspose to the rewrite. */
+const polyphaseRuns = new Map<string, number>();
+const polyphaseCase = (name: string, x: number[], attrs: Record<string, number[]>, k = 3) => depthwiseCase(name, x, attrs, k, true);
 
 /**
  * An inverted residual as MobileNetV2 has them, all of it on blocked tensors: 1×1 → ReLU6 → depthwise → ReLU6
@@ -117,9 +125,16 @@ describe('NCHWc convolutions', { skip }, () => {
     depthwiseCase('depthwise 3x3 stride 1 pads 1, bias', [2, 16, 6, 6], { pads: [1, 1, 1, 1] }),
     depthwiseCase('depthwise 3x3 stride 2 pads 1, bias (MobileNetV2 downsampling)', [2, 16, 7, 7], { strides: [2, 2], pads: [1, 1, 1, 1] }),
     depthwiseCase('depthwise 3x3 asymmetric pads [1,0,0,1], dilation 2', [3, 16, 8, 7], { pads: [1, 0, 0, 1], dilations: [2, 2] }),
+    // Stride 2 with an even input: the input gradient in polyphase form (four phase convs, interleaved).
+    polyphaseCase('depthwise 3x3 stride 2 pads 1, even input (polyphase input gradient)', [2, 16, 8, 6], { strides: [2, 2], pads: [1, 1, 1, 1] }),
+    polyphaseCase('depthwise 3x3 stride 2 pads [0,0,1,1] (TF SAME, polyphase)', [2, 16, 8, 8], { strides: [2, 2], pads: [0, 0, 1, 1] }),
+    polyphaseCase('depthwise 5x5 stride 2 pads 2 (EfficientNet, polyphase)', [2, 16, 8, 10], { strides: [2, 2], pads: [2, 2, 2, 2] }, 5),
     invertedResidualCase(),
   ]) {
-    it(`gradients through the rewrite match finite differences: ${c.name}`, async () => checkGradients(c, 11));
+    it(`gradients through the rewrite match finite differences: ${c.name}`, async () => {
+      await checkGradients(c, 11);
+      if (c.name.includes('polyphase')) assert.ok(polyphaseRuns.get(c.name), 'the input gradient stayed a ConvTranspose');
+    });
   }
 
   it('reorders each tensor once: the weight gradient shares the blocked copies of X and dY', () => {

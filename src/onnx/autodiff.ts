@@ -403,13 +403,17 @@ function flippedConvInputGrad(c: GradContext, dy: string, w: string, win: Window
   return c.emit('Conv', [dy, kernelT], { pads, group: depthwise ? group : undefined });
 }
 
-/** dW = dY·Xᵀ summed over batch and positions: both viewed as (channels, N·positions), one Gemm. */
-function pointwiseWeightGrad(c: GradContext, x: string, dy: string, w: string): string {
+/**
+ * dW = dY·Xᵀ summed over batch and positions: both viewed as (channels, N·positions), one Gemm. Returns dY's
+ * rows too: the bias gradient sums them (contiguous rows: faster than a ReduceSum over N, H and W).
+ */
+function pointwiseWeightGrad(c: GradContext, x: string, dy: string, w: string): { grad: string; dyRows: string } {
   const rows = (t: string) => {
     const rank = c.staticShape(t)?.length ?? 4;
     return c.emit('Reshape', [c.emit('Transpose', [t], { perm: [1, 0, ...range(2, rank)] }), c.ints([0, -1])]);
   };
-  return c.reshapeLike(c.emit('Gemm', [rows(dy), rows(x)], { transB: 1 }), w);
+  const dyRows = rows(dy);
+  return { grad: c.reshapeLike(c.emit('Gemm', [dyRows, rows(x)], { transB: 1 }), w), dyRows };
 }
 
 /** A [C] vector reshaped to broadcast along axis 1 of a rank-`rank` tensor. */
@@ -711,11 +715,14 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const group = c.attrInt('group', 1);
     const pointwise = group === 1 && kernel.every((k) => k === 1) && win.strides.every((v) => v === 1) && win.pads.every((v) => v === 0);
     const inputGrad = () => (pointwise ? pointwiseInputGrad(c, c.dy, w, rank) : (flippedConvInputGrad(c, c.dy, w, win, group) ?? convTransposeTo(c, c.dy, w, x, win, group)));
+    const pointwiseGrads = pointwise && c.needs(1) ? pointwiseWeightGrad(c, x, c.dy, w) : undefined;
     const out: (string | null)[] = [
       c.needs(0) ? inputGrad() : null,
-      c.needs(1) ? (pointwise ? pointwiseWeightGrad(c, x, c.dy, w) : (depthwiseWeightGrad(c, x, c.dy, w, win, group) ?? convWeightGrad(c, x, c.dy, w, win, group))) : null,
+      c.needs(1) ? (pointwiseGrads?.grad ?? depthwiseWeightGrad(c, x, c.dy, w, win, group) ?? convWeightGrad(c, x, c.dy, w, win, group)) : null,
     ];
-    if (b !== undefined) out.push(b && c.needs(2) ? c.emit('ReduceSum', [c.dy, c.ints([0, ...range(2, 2 + rank)])], { keepdims: 0 }) : null);
+    const biasGrad = () =>
+      pointwiseGrads ? c.emit('ReduceSum', [pointwiseGrads.dyRows, c.ints([1])], { keepdims: 0 }) : c.emit('ReduceSum', [c.dy, c.ints([0, ...range(2, 2 + rank)])], { keepdims: 0 });
+    if (b !== undefined) out.push(b && c.needs(2) ? biasGrad() : null);
     return out;
   },
   MaxPool: (c) => {
