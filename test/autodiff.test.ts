@@ -326,15 +326,17 @@ test('bad loss or wrt names are usage errors', () => {
   assert.throws(() => appendGradients(b, { loss, wrt: ['nope'] }), (e: unknown) => e instanceof GraftError && e.code === 'USAGE');
 });
 
-test('Clip passes the gradient on its bounds too (as torch.clamp): x in [min, max]', async () => {
+test('Clip passes the gradient strictly inside its bounds (as torch ReLU6 / hardtanh), read off its output', async () => {
   const b = new GraphBuilder('clip_bounds', '');
-  const x = b.input('x', DataType.FLOAT, [6]);
+  const x = b.input('x', DataType.FLOAT, [8]);
   const y = b.op('Clip', [x, b.constant('lo', new Float32Array([0]), []), b.constant('hi', new Float32Array([6]), [])]);
   const loss = b.op('ReduceSum', [y, b.int64('axes', [0])], { keepdims: 0 });
   const grads = appendGradients(b, { loss, wrt: [x] });
-  b.output(grads.get(x)!, DataType.FLOAT, [6]);
+  b.output(grads.get(x)!, DataType.FLOAT, [8]);
   const session = await ort.InferenceSession.create(encodeModel(b.model()));
-  const out = await session.run({ x: new ort.Tensor('float32', new Float32Array([-1, 0, 3, 6, 7, 5.999]), [6]) });
+  const out = await session.run({ x: new ort.Tensor('float32', new Float32Array([-1, 0, 3, 6, 7, 5.999, 1.2e-38, 6 - 4.8e-7]), [8]) });
   await session.release();
-  assert.deepEqual([...(out[grads.get(x)!]!.data as Float32Array)], [0, 1, 1, 1, 0, 1]);
+  // The smallest normal float and the float just below 6 are inside.
+  assert.deepEqual([...(out[grads.get(x)!]!.data as Float32Array)], [0, 0, 1, 0, 0, 1, 1, 1]);
+  assert.ok(!b.nodes.some((n) => n.opType === 'Equal' || n.opType === 'Cast'), 'the mask is a number made from y');
 });

@@ -268,6 +268,9 @@ describe('a MobileNetV2 fine-tuning graph on NCHWc kernels', { skip }, () => {
     // the second's input gradient, the first's input is the frozen boundary).
     assert.equal(nchwcConvs(fast.trainable.trainModel).length - 6, 9);
     assert.equal(nchwcConvs(fast.trainable.evalModel).length, 7);
+    const ops = fast.trainable.trainModel.graph!.node!.map((n) => n.opType);
+    assert.ok(!ops.includes('Clip'), 'each ReLU6 runs as its Conv’s fused activation');
+    assert.equal(nchwcConvs(fast.trainable.trainModel).filter((n) => n.attribute!.some((a) => a.name === 'activation')).length, 5, 'two ReLU6 a block, one after the final Conv');
     assert.equal(fast.trainable.trainModel.graph!.node!.filter((n) => n.opType === 'Transpose' && n.input![0] === plan.boundary).length, 1, 'the boundary is read plain');
     const loss = [plain.out.loss!.data[0]!, fast.out.loss!.data[0]!] as number[];
     assert.ok(Math.abs(loss[0]! - loss[1]!) < 1e-5 * Math.abs(loss[0]!), `loss ${loss}`);

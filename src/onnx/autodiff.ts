@@ -416,6 +416,15 @@ function pointwiseWeightGrad(c: GradContext, x: string, dy: string, w: string): 
   return { grad: c.reshapeLike(c.emit('Gemm', [dyRows, rows(x)], { transB: 1 }), w), dyRows };
 }
 
+/**
+ * 1 where t > 0, 0 where t = 0, for t ≥ 0 (a gradient mask as a number, to multiply by). float: HardSigmoid
+ * of t·3e38, multithreaded in ONNX Runtime (Sign and Where are not, and Cast(bool) neither): exact for every
+ * normal float; a subnormal t (below 1.2e-38) gets a fraction. Other types: Sign, exact.
+ */
+function positive(c: GradContext, t: string): string {
+  return c.elemType === DataType.FLOAT ? c.emit('HardSigmoid', [t], { alpha: 3e38, beta: 0 }) : c.emit('Sign', [t]);
+}
+
 /** A [C] vector reshaped to broadcast along axis 1 of a rank-`rank` tensor. */
 function perChannel(c: GradContext, v: string, rank: number): string {
   return rank <= 2 ? v : c.emit('Unsqueeze', [v, c.ints(range(1, rank - 1))]);
@@ -517,7 +526,8 @@ export const GRAD_RULES: Record<string, GradRule> = {
   Sqrt: unary((c, _x, y) => c.emit('Div', [c.emit('Mul', [c.dy, c.scalar(0.5)]), y])),
   Reciprocal: unary((c, _x, y) => c.emit('Neg', [c.emit('Mul', [c.dy, c.emit('Mul', [y, y])])])),
   Abs: unary((c, x) => c.emit('Mul', [c.dy, c.emit('Sign', [x])])),
-  Relu: unary((c, x) => c.emit('Where', [c.emit('Greater', [x, c.scalar(0)]), c.dy, c.scalar(0)])),
+  // From the output (y > 0), as Clip's: the op before can fuse the Relu.
+  Relu: unary((c, _x, y) => c.emit('Mul', [c.dy, positive(c, y)])),
   LeakyRelu: unary((c, x) =>
     c.emit('Where', [c.emit('Greater', [x, c.scalar(0)]), c.dy, c.emit('Mul', [c.dy, c.scalar(c.attrFloat('alpha', 0.01))])])),
   Sigmoid: unary((c, _x, y) => c.emit('Mul', [c.dy, c.emit('Mul', [y, c.emit('Sub', [c.scalar(1), y])])])),
@@ -546,15 +556,22 @@ export const GRAD_RULES: Record<string, GradRule> = {
     return [dx, dp];
   },
   Clip: (c) => {
-    // Gradient passes where min ≤ x ≤ max (as torch.clamp's backward), i.e. where Clip left x unchanged:
-    // one Equal against the forward output instead of two comparisons and an And. A bound that was passed
-    // receives the rest.
-    const x = c.inputs[0]!;
+    // Gradient passes where min < x < max, read off the output alone: (y − min)·(max − y) > 0. Not the forward
+    // input: so the op before the Clip (a Conv) can run it as its fused activation, keeping nothing else.
+    // (A mask from x and y, Cast(Equal(x, y)), costs a single-threaded Cast in ONNX Runtime; 2x slower.)
+    // A bound that was passed receives the rest.
+    const [x, y] = [c.inputs[0]!, c.outputs[0]!];
     const lo = c.inputs[1] || (hasAttr(c.node, 'min') ? c.scalar(c.attrFloat('min', 0)) : ''); // attributes before opset 11
     const hi = c.inputs[2] || (hasAttr(c.node, 'max') ? c.scalar(c.attrFloat('max', 0)) : '');
     const zero = c.scalar(0);
-    // The mask as a number and a Mul: ONNX Runtime's Where runs on one thread, about half as fast.
-    const dx = !c.needs(0) ? null : lo || hi ? c.emit('Mul', [c.dy, c.emit('Cast', [c.emit('Equal', [x, c.outputs[0]!])], { to: c.elemType })]) : c.dy;
+    const isZero = (t: string) => {
+      const init = c.initializer(t);
+      return !!init && tensorToFloat32(init).every((v) => v === 0);
+    };
+    const above = lo ? (isZero(lo) ? y : c.emit('Sub', [y, lo])) : undefined;
+    const below = hi ? c.emit('Sub', [hi, y]) : undefined;
+    const margin = above && below ? c.emit('Mul', [above, below]) : (above ?? below);
+    const dx = !c.needs(0) ? null : margin ? c.emit('Mul', [c.dy, positive(c, margin)]) : c.dy;
     const dlo = c.needs(1) ? c.unbroadcast(c.emit('Where', [c.emit('Less', [x, lo]), c.dy, zero]), c.inputs[1]!) : null;
     const dhi = c.needs(2) ? c.unbroadcast(c.emit('Where', [c.emit('Greater', [x, hi]), c.dy, zero]), c.inputs[2]!) : null;
     return [dx, dlo, dhi].slice(0, c.inputs.length);

@@ -5,7 +5,7 @@ import { onnx, valueInfo, tensor, type AttributeProto, type GraphProto, type Mod
 export type AttrValue = number | string | readonly number[] | readonly string[] | TensorProto;
 
 /** Attributes that ONNX defines as floats; every other numeric attribute is an integer. */
-const FLOAT_ATTRS = new Set(['alpha', 'beta', 'epsilon', 'momentum', 'ratio', 'gamma', 'lambd', 'value_float', 'value_floats', 'spatial_scale']);
+const FLOAT_ATTRS = new Set(['alpha', 'beta', 'epsilon', 'momentum', 'ratio', 'gamma', 'lambd', 'value_float', 'value_floats', 'spatial_scale', 'activation_params']);
 
 export function makeAttribute(name: string, value: AttrValue): AttributeProto {
   const T = onnx.AttributeProto.AttributeType;

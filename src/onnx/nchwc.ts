@@ -54,7 +54,15 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
   const types = elementTypes(model, nodes);
   const producer = new Map<string, NodeProto>();
   for (const n of nodes) for (const o of n.output ?? []) if (o) producer.set(o, n);
+  const readers = new Map<string, NodeProto[]>();
+  for (const n of nodes) for (const t of n.input ?? []) if (t) readers.set(t, [...(readers.get(t) ?? []), n]);
+  const graphOutputs = new Set((graph.output ?? []).map((o) => o.name!));
   const initializerByName = new Map(initializers.map((t) => [t.name!, t]));
+  const constFloat = (t: string | undefined): number | undefined => {
+    const init = t ? initializerByName.get(t) : undefined;
+    const values = init && (init.dataType === DataType.FLOAT || init.dataType === DataType.DOUBLE) ? tensorToFloat32(init) : undefined;
+    return values?.length === 1 ? values[0] : undefined;
+  };
   const constInts = (t: string | undefined): number[] | undefined => {
     const init = t ? initializerByName.get(t) : undefined;
     return init && (init.dataType === DataType.INT64 || init.dataType === DataType.INT32) ? Array.from(tensorToFloat32(init)) : undefined;
@@ -162,6 +170,23 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
   const intAttr = (n: NodeProto, name: string, fallback: number) => (attr(n, name) ? toNumber(attr(n, name)!.i as number) : fallback);
   const intsAttr = (n: NodeProto, name: string) => attr(n, name)?.ints?.map((v) => toNumber(v as number));
 
+  /**
+   * The Relu or Clip (constant bounds) that alone reads a Conv's output, as the NCHWc Conv's fused activation:
+   * the Conv's own output then never exists (gradient rules read such activations' outputs only).
+   */
+  const fused = new Set<NodeProto>();
+  const activationOf = (conv: NodeProto): { node: NodeProto; attrs: Record<string, string | number[]> } | undefined => {
+    const out = conv.output![0]!;
+    const [reader, ...others] = readers.get(out) ?? [];
+    if (!reader || others.length || graphOutputs.has(out) || (reader.domain ?? '') !== '') return undefined;
+    if (reader.opType === 'Relu') return { node: reader, attrs: { activation: 'Relu' } };
+    if (reader.opType !== 'Clip' || attr(reader, 'min') || attr(reader, 'max')) return undefined;
+    const [, lo, hi] = reader.input ?? [];
+    const bounds = [lo ? constFloat(lo) : -3.4028234663852886e38, hi ? constFloat(hi) : 3.4028234663852886e38];
+    if (bounds.some((v) => v === undefined)) return undefined;
+    return { node: reader, attrs: { activation: 'Clip', activation_params: bounds as number[] } };
+  };
+
   /** The Conv as an NCHWc Conv with its output blocked, or false where the kernels cannot run it. */
   const convolution = (n: NodeProto): boolean => {
     const [x, w, bias] = n.input ?? [];
@@ -180,10 +205,14 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
     if (!depthwise && !pointwise) return false;
     const weight = depthwise ? asBlocked(w!, ws) : pointwiseWeight(w!, ws[0], ws[1]);
     const input = xs ? asBlocked(x!, xs) : toBlocked(x!);
-    const conv = b.op('Conv', [input, weight, ...(bias ? [bias] : [])], {}, { domain: NCHWC_DOMAIN, name: `${n.name}/nchwc` });
-    const attributes = (n.attribute ?? []).filter((a) => a.name !== 'kernel_shape');
-    b.nodes[b.nodes.length - 1]!.attribute = [...attributes, makeAttribute('kernel_shape', [ws[2], ws[3]])];
-    copies.set(n.output![0]!, known(conv, ys, DataType.FLOAT));
+    const activation = activationOf(n);
+    const conv = b.op('Conv', [input, weight, ...(bias ? [bias] : [])], { kernel_shape: [ws[2], ws[3]], ...activation?.attrs }, { domain: NCHWC_DOMAIN, name: `${n.name}/nchwc` });
+    const own = b.nodes[b.nodes.length - 1]!;
+    own.attribute = [...(n.attribute ?? []).filter((a) => a.name !== 'kernel_shape'), ...own.attribute!];
+    if (activation) {
+      fused.add(activation.node);
+      copies.set(activation.node.output![0]!, known(conv, ys, DataType.FLOAT));
+    } else copies.set(n.output![0]!, known(conv, ys, DataType.FLOAT));
     return true;
   };
 
@@ -286,7 +315,7 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
         : b.op(op, [rows, b.int64('axes', [1])], { keepdims: 0 });
     };
     if (n.opType === 'GlobalAveragePool') {
-      reshape(perPosition('ReduceMean'), target([s[0]!, c, 1, 1]), out);
+      reshape(perPosition('ReduceMean'), [-1, c, 1, 1], out); // (-1: the batch, whose rows were merged with the channel blocks)
       plain.add(out);
       return true;
     }
@@ -313,6 +342,7 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
   const emitted: NodeProto[] = [];
   for (const n of nodes) {
     const op = n.opType ?? '';
+    if (fused.has(n)) continue; // the Conv before it ran it
     const done =
       op === 'Conv' ? convolution(n) && ++rewritten > 0
       : op === 'ConvTranspose' ? stridedDepthwiseInputGrad(n) && ++rewritten > 0
