@@ -10,7 +10,10 @@
  * place for weights that are fed or computed (training graphs), and keeps tensors blocked between them:
  *
  * - a 1×1 or depthwise Conv whose channel counts the block divides runs as `com.microsoft.nchwc` Conv on the
- *   blocked copy of its input; its output stays blocked;
+ *   blocked copy of its input; its output stays blocked; a Relu or constant-bound Clip that alone reads it
+ *   becomes the Conv's fused activation (the gradient rules read activations' outputs only);
+ * - the input gradient of a stride-2 depthwise Conv (a ConvTranspose) runs as four stride-1 phase convs whose
+ *   outputs two Concats interleave;
  * - elementwise ops (the activations, ReLU6 masks, residual sums, gradient sums) on blocked inputs run on
  *   them as they are (same shape) or through a 5-D (N, C/B, H, W, B) view (broadcasting (N, C, 1, 1));
  * - a bias gradient (ReduceSum over N, H, W) and GlobalAveragePool read blocked tensors through that view;
