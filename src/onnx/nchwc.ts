@@ -32,7 +32,7 @@
  * alone where it has none. Results equal the plain graph's up to float rounding.
  */
 import { GraphBuilder, makeAttribute } from './builder.js';
-import { attr, DataType, onnx, tensorToFloat32, toNumber, type ModelProto, type NodeProto } from './proto.js';
+import { attr, DataType, onnx, tensorToFloat32, toNumber, type ModelProto, type NodeProto, type TensorProto } from './proto.js';
 import { declaredShapes, inferShapes, isSize, provablyEqual, topologicalOrder, type StaticShape } from './shapes.js';
 
 export const NCHWC_DOMAIN = 'com.microsoft.nchwc';
@@ -370,7 +370,8 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
   emitted.push(...b.nodes.splice(0));
 
   const opsetImport = [...(model.opsetImport ?? []).filter((o) => o.domain !== NCHWC_DOMAIN), { domain: NCHWC_DOMAIN, version: 1 }];
-  const live = withoutDeadNodes(emitted, (graph.output ?? []).map((o) => o.name!));
+  const shapeConstants = new Map([...initializers, ...b.initializers].map((t) => [t.name!, t]));
+  const live = withoutDeadNodes(withoutReshapeChains(emitted, shapeConstants), (graph.output ?? []).map((o) => o.name!));
   const read = new Set(live.flatMap((n) => n.input ?? []));
   return {
     model: onnx.ModelProto.create({
@@ -380,6 +381,24 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
     }),
     rewritten,
   };
+}
+
+/**
+ * A Reshape of a Reshape's output to an explicit shape (no 0 entries, which would copy the middle tensor's
+ * dimensions) reads the first Reshape's input instead: the rewrite's views chain (weights, 5-D views), and
+ * every node costs ONNX Runtime a dispatch. The first Reshape then goes if nothing else reads it.
+ */
+function withoutReshapeChains(nodes: readonly NodeProto[], constants: ReadonlyMap<string, TensorProto>): NodeProto[] {
+  const reshapeOf = new Map<string, NodeProto>();
+  for (const n of nodes) if (n.opType === 'Reshape' && (n.domain ?? '') === '') reshapeOf.set(n.output![0]!, n);
+  return nodes.map((n) => {
+    const inner = n.opType === 'Reshape' && (n.domain ?? '') === '' ? reshapeOf.get(n.input![0]!) : undefined;
+    const shape = n.input?.[1] ? constants.get(n.input[1]) : undefined;
+    if (!inner || !shape || !Array.from(tensorToFloat32(shape)).every((d) => d !== 0)) return n;
+    let source = inner;
+    while (reshapeOf.has(source.input![0]!)) source = reshapeOf.get(source.input![0]!)!;
+    return { ...n, input: [source.input![0]!, n.input![1]!] };
+  });
 }
 
 /** Drops nodes none of whose outputs is read (what the rewrite made unnecessary), in one backward sweep. */
