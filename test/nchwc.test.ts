@@ -187,6 +187,25 @@ describe('NCHWc convolutions', { skip }, () => {
     assert.ok(diff < 1e-5, `max abs diff ${diff}`);
   });
 
+  it('broadcasts pooled values back over positions, with a symbolic batch (5-D view) and a static one (Expand)', async () => {
+    for (const batch of ['N', 3] as const) {
+      const b = new GraphBuilder('g');
+      b.input('x', F, [batch, 32, 5, 5]);
+      const y = b.op('Conv', ['x', b.input('w', F, [32, 32, 1, 1])]);
+      b.op('Mul', [y, b.op('GlobalAveragePool', [y])], {}, { outputs: ['out'] });
+      b.output('out', F, [batch, 32, 5, 5]);
+      const plain = b.model();
+      const fast = rewrite(plain);
+      assert.equal(fast.graph!.node!.some((n) => n.opType === 'Expand'), batch === 3);
+      const rng = new Random(9);
+      const t = (dims: number[]) => ({ data: Float32Array.from({ length: dims.reduce((a, c) => a * c, 1) }, () => rng.normal()), dims });
+      const feeds = { x: t([3, 32, 5, 5]), w: t([32, 32, 1, 1]) };
+      const [want, got] = [(await runModel(plain, feeds)).out!, (await runModel(fast, feeds)).out!];
+      const diff = maxAbsDiff(got.data as Float32Array, want.data as Float32Array);
+      assert.ok(diff < 1e-4, `batch ${batch}: max abs diff ${diff}`);
+    }
+  });
+
   it('leaves alone what it cannot run: channels the block does not divide, grouped convs, auto_pad, block 0', () => {
     const b = new GraphBuilder('g');
     const x = b.input('x', F, ['N', 12, 8, 8]);

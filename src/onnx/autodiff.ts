@@ -151,6 +151,15 @@ function countOf(c: GradContext, t: string): string {
   return c.emit('Cast', [c.emit('Size', [t])], { to: c.elemType });
 }
 
+/**
+ * A scalar shaped as ones of t's rank, to multiply t-shaped tensors with: ONNX Runtime multiplies an
+ * (N, C, 1, 1) tensor by a rank-0 scalar 40x slower than by a (1, 1, 1, 1) one (0.6 ms vs 17 µs, 32×1280).
+ */
+function ofRank(c: GradContext, scalar: string, t: string): string {
+  const rank = c.staticShape(t)?.length;
+  return rank ? c.emit('Reshape', [scalar, c.ints(Array<number>(rank).fill(1))]) : scalar;
+}
+
 const lastTwoSwapped = (rank: number) => [...Array.from({ length: rank - 2 }, (_, i) => i), rank - 1, rank - 2];
 
 function softmaxBackward(c: GradContext, dy: string, y: string, axis: number): string {
@@ -615,12 +624,12 @@ export const GRAD_RULES: Record<string, GradRule> = {
   ReduceSum: (c) => [reducesNothing(c) ? c.dy : expandReduced(c, c.dy), ...c.inputs.slice(1).map(() => null)],
   ReduceMean: (c) => {
     if (reducesNothing(c)) return [c.dy, ...c.inputs.slice(1).map(() => null)];
-    const scale = c.emit('Div', [countOf(c, c.outputs[0]!), countOf(c, c.inputs[0]!)]);
+    const scale = ofRank(c, c.emit('Div', [countOf(c, c.outputs[0]!), countOf(c, c.inputs[0]!)]), c.outputs[0]!);
     return [expandReduced(c, c.emit('Mul', [c.dy, scale])), ...c.inputs.slice(1).map(() => null)];
   },
   GlobalAveragePool: (c) => {
     const x = c.inputs[0]!;
-    const scale = c.emit('Div', [countOf(c, c.outputs[0]!), countOf(c, x)]);
+    const scale = ofRank(c, c.emit('Div', [countOf(c, c.outputs[0]!), countOf(c, x)]), c.outputs[0]!);
     return [c.emit('Expand', [c.emit('Mul', [c.dy, scale]), c.shapeOf(x)])];
   },
 
