@@ -289,6 +289,7 @@ describe('a MobileNetV2 fine-tuning graph on NCHWc kernels', { skip }, () => {
     assert.equal(nchwcConvs(fast.trainable.evalModel).length, 7);
     const ops = fast.trainable.trainModel.graph!.node!.map((n) => n.opType);
     assert.ok(!ops.includes('Clip'), 'each ReLU6 runs as its Conv’s fused activation');
+    assert.ok(!ops.includes('Add') && !ops.includes('Sum'), 'the residual join and its gradient sum run as Convs’ Sum inputs');
     assert.equal(nchwcConvs(fast.trainable.trainModel).filter((n) => n.attribute!.some((a) => a.name === 'activation')).length, 5, 'two ReLU6 a block, one after the final Conv');
     assert.equal(fast.trainable.trainModel.graph!.node!.filter((n) => n.opType === 'Transpose' && n.input![0] === plan.boundary).length, 1, 'the boundary is read plain');
     const loss = [plain.out.loss!.data[0]!, fast.out.loss!.data[0]!] as number[];

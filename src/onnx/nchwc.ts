@@ -209,14 +209,32 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
     const weight = depthwise ? asBlocked(w!, ws) : pointwiseWeight(w!, ws[0], ws[1]);
     const input = xs ? asBlocked(x!, xs) : toBlocked(x!);
     const activation = activationOf(n);
-    const conv = b.op('Conv', [input, weight, ...(bias ? [bias] : [])], { kernel_shape: [ws[2], ws[3]], ...activation?.attrs }, { domain: NCHWC_DOMAIN, name: `${n.name}/nchwc` });
+    const sum = activation ? undefined : addendOf(n);
+    const inputs = [input, weight, ...(bias || sum ? [bias ?? ''] : []), ...(sum ? [copies.get(sum.addend) ?? toBlocked(sum.addend)] : [])];
+    const conv = b.op('Conv', inputs, { kernel_shape: [ws[2], ws[3]], ...activation?.attrs }, { domain: NCHWC_DOMAIN, name: `${n.name}/nchwc` });
     const own = b.nodes[b.nodes.length - 1]!;
     own.attribute = [...(n.attribute ?? []).filter((a) => a.name !== 'kernel_shape'), ...own.attribute!];
-    if (activation) {
-      fused.add(activation.node);
-      copies.set(activation.node.output![0]!, known(conv, ys, DataType.FLOAT));
-    } else copies.set(n.output![0]!, known(conv, ys, DataType.FLOAT));
+    const last = activation ?? sum;
+    if (last) fused.add(last.node);
+    copies.set((last?.node ?? n).output![0]!, known(conv, ys, DataType.FLOAT));
     return true;
+  };
+
+  /**
+   * The Add (or two-input Sum) that alone reads a Conv's output, whose other addend is already computed and
+   * of the same shape (a residual join, a gradient sum): the NCHWc Conv adds it (its Sum input).
+   */
+  const addendOf = (conv: NodeProto): { node: NodeProto; addend: string } | undefined => {
+    const out = conv.output![0]!;
+    const [reader, ...others] = readers.get(out) ?? [];
+    if (!reader || others.length || graphOutputs.has(out) || (reader.domain ?? '') !== '' || !['Add', 'Sum'].includes(reader.opType!)) return undefined;
+    const [a, b2] = reader.input ?? [];
+    if (reader.input!.length !== 2 || a === b2) return undefined;
+    const addend = a === out ? b2! : a!;
+    const [as, ys] = [shapes.get(addend), shapes.get(out)];
+    if (!blockable(as) || !ys || as.length !== ys.length || !as.every((d, i) => provablyEqual(d, ys[i]!))) return undefined;
+    if (!copies.has(addend) && !plain.has(addend)) return undefined; // computed later: the Add stays
+    return types.get(addend) === DataType.FLOAT ? { node: reader, addend } : undefined;
   };
 
   /**
