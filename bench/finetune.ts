@@ -100,20 +100,22 @@ async function measureGraft(k: number, withProfile: boolean): Promise<GraftTimin
 function summarizeProfile(file: string): Record<string, number> {
   const events = JSON.parse(readFileSync(file, 'utf8')) as Array<{ cat: string; name: string; dur: number; args?: { op_name?: string } }>;
   if (!process.env.KEEP_PROFILE) rmSync(file, { force: true }); else console.error(file);
-  const byOp = new Map<string, number>();
-  const byNode = new Map<string, number>();
-  let sum = 0;
+  // Each node's median over the steps: the first steps touch fresh memory and would dominate a sum.
+  const byNode = new Map<string, { op: string; times: number[] }>();
   for (const e of events) {
     if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time')) continue;
-    const op = e.args?.op_name ?? '?';
-    byOp.set(op, (byOp.get(op) ?? 0) + e.dur);
-    const node = `${op} ${e.name.replace(/_kernel_time$/, '')}`;
-    byNode.set(node, (byNode.get(node) ?? 0) + e.dur);
-    sum += e.dur;
+    const node = e.name.replace(/_kernel_time$/, '');
+    const entry = byNode.get(node) ?? byNode.set(node, { op: e.args?.op_name ?? '?', times: [] }).get(node)!;
+    entry.times.push(e.dur);
   }
+  const medians = [...byNode].map(([node, { op, times }]) => ({ node: `${op} ${node}`, op, t: median(times) }));
+  const sum = medians.reduce((a, m) => a + m.t, 0);
+  const byOp = new Map<string, number>();
+  for (const m of medians) byOp.set(m.op, (byOp.get(m.op) ?? 0) + m.t);
   // The costliest nodes, to stderr: where a faster gradient formulation would pay.
-  for (const [node, t] of [...byNode].sort((a, b) => b[1] - a[1]).slice(0, 15)) console.error(`${((100 * t) / sum).toFixed(1).padStart(5)}%  ${node}`);
-  return Object.fromEntries([...byOp].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([op, t]) => [op, +((100 * t) / sum).toFixed(1)]));
+  console.error(`kernel time ${(sum / 1000).toFixed(1)} ms a step (sum of per-node medians)`);
+  for (const m of [...medians].sort((a, b) => b.t - a.t).slice(0, 15)) console.error(`${((100 * m.t) / sum).toFixed(1).padStart(5)}%  ${m.node}`);
+  return Object.fromEntries([...byOp].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([op, t]) => [op, +((100 * t) / sum).toFixed(1)]));
 }
 
 interface TorchResult { torch: string; ms: Record<string, { median: number; min: number; input: number[] }> }
