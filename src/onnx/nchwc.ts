@@ -228,9 +228,9 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
     const out = conv.output![0]!;
     const [reader, ...others] = readers.get(out) ?? [];
     if (!reader || others.length || graphOutputs.has(out) || (reader.domain ?? '') !== '' || !['Add', 'Sum'].includes(reader.opType!)) return undefined;
-    const [a, b2] = reader.input ?? [];
-    if (reader.input!.length !== 2 || a === b2) return undefined;
-    const addend = a === out ? b2! : a!;
+    const [first, second] = reader.input ?? [];
+    if (reader.input!.length !== 2 || first === second) return undefined;
+    const addend = first === out ? second! : first!;
     const [as, ys] = [shapes.get(addend), shapes.get(out)];
     if (!blockable(as) || !ys || as.length !== ys.length || !as.every((d, i) => provablyEqual(d, ys[i]!))) return undefined;
     if (!copies.has(addend) && !plain.has(addend)) return undefined; // computed later: the Add stays
