@@ -8,7 +8,7 @@
  */
 import { GraftError } from '../errors.js';
 import type { AttrValue, GraphBuilder } from './builder.js';
-import { DataType, tensor, tensorToFloat32, toNumber, type AttributeProto, type NodeProto, type TensorProto, type ValueInfoProto } from './proto.js';
+import { attrInt, attrInts, DataType, tensor, tensorToFloat32, toNumber, type AttributeProto, type NodeProto, type TensorProto, type ValueInfoProto } from './proto.js';
 import { declaredShapes, inferShapes, isSize, provablyEqual, topologicalOrder, type StaticShape } from './shapes.js';
 
 export type { Dim, StaticShape } from './shapes.js';
@@ -1127,9 +1127,9 @@ export function appendGradients(builder: GraphBuilder, options: GradientOptions)
       builder,
       elemType,
       needs,
-      attrInt: (name, fallback) => (attrOf(name) ? toNumber(attrOf(name)!.i as number | undefined) : fallback),
+      attrInt: (name, fallback) => attrInt(node, name, fallback),
       attrFloat: (name, fallback) => (attrOf(name) ? attrOf(name)!.f ?? fallback : fallback),
-      attrInts: (name) => attrOf(name)?.ints?.map((v) => toNumber(v as number)),
+      attrInts: (name) => attrInts(node, name),
       attrString: (name, fallback) => {
         const s = attrOf(name)?.s;
         return s ? new TextDecoder().decode(s) : fallback;

@@ -32,7 +32,7 @@
  * alone where it has none. Results equal the plain graph's up to float rounding.
  */
 import { GraphBuilder, makeAttribute } from './builder.js';
-import { attr, DataType, onnx, tensorToFloat32, toNumber, type ModelProto, type NodeProto, type TensorProto } from './proto.js';
+import { attr, attrInt, attrInts, constantInts, DataType, onnx, tensorToFloat32, toNumber, type ModelProto, type NodeProto, type TensorProto } from './proto.js';
 import { declaredShapes, inferShapes, isSize, provablyEqual, topologicalOrder, type StaticShape } from './shapes.js';
 
 export const NCHWC_DOMAIN = 'com.microsoft.nchwc';
@@ -66,10 +66,7 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
     const values = init && (init.dataType === DataType.FLOAT || init.dataType === DataType.DOUBLE) ? tensorToFloat32(init) : undefined;
     return values?.length === 1 ? values[0] : undefined;
   };
-  const constInts = (t: string | undefined): number[] | undefined => {
-    const init = t ? initializerByName.get(t) : undefined;
-    return init && (init.dataType === DataType.INT64 || init.dataType === DataType.INT32) ? Array.from(tensorToFloat32(init)) : undefined;
-  };
+  const constInts = (t: string | undefined) => constantInts(t ? initializerByName.get(t) : undefined);
 
   const opset = toNumber((model.opsetImport ?? []).find((o) => (o.domain ?? '') === '')?.version as number | undefined);
   const b = new GraphBuilder(graph.name ?? 'graph');
@@ -159,7 +156,7 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
     if (have) return have;
     const unsqueeze = producer.get(w);
     const transpose = unsqueeze?.opType === 'Unsqueeze' ? producer.get(unsqueeze.input![0]!) : undefined;
-    const perm = transpose?.opType === 'Transpose' ? attr(transpose, 'perm')?.ints?.map((v) => toNumber(v as number)) : undefined;
+    const perm = transpose?.opType === 'Transpose' ? attrInts(transpose, 'perm') : undefined;
     const source = perm?.length === 2 && perm[0] === 1 ? transpose!.input![0]! : undefined;
     const sourceShape = source ? shapes.get(source) : undefined;
     const out =
@@ -169,9 +166,6 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
     pointwiseWeights.set(w, reshape(out, [co, ci, 1, 1]));
     return pointwiseWeights.get(w)!;
   };
-
-  const intAttr = (n: NodeProto, name: string, fallback: number) => (attr(n, name) ? toNumber(attr(n, name)!.i as number) : fallback);
-  const intsAttr = (n: NodeProto, name: string) => attr(n, name)?.ints?.map((v) => toNumber(v as number));
 
   /**
    * The Relu or Clip (constant bounds) that alone reads a Conv's output, as the NCHWc Conv's fused activation:
@@ -196,7 +190,7 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
     const xs = x ? shapes.get(x) : undefined;
     const ws = w ? shapes.get(w) : undefined;
     const ys = shapes.get(n.output![0]!);
-    const group = intAttr(n, 'group', 1);
+    const group = attrInt(n, 'group', 1);
     const autoPad = attr(n, 'auto_pad')?.s ? new TextDecoder().decode(attr(n, 'auto_pad')!.s!) : 'NOTSET';
     if ((n.domain ?? '') !== '' || !ws || ws.length !== 4 || !ws.every(isSize) || autoPad !== 'NOTSET' || (xs && xs.length !== 4)) return false;
     if (!ys || ys.length !== 4 || !isSize(ys[1])) return false;
@@ -204,7 +198,7 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
     const depthwise = group > 1 && group % block === 0 && ws[0] === group && ws[1] === 1;
     const pointwise =
       group === 1 && ws[0] % block === 0 && ws[1] % block === 0 && ws[2] === 1 && ws[3] === 1 && blockable(xs) && blockable(ys) &&
-      (intsAttr(n, 'strides') ?? [1, 1]).every((v) => v === 1) && (intsAttr(n, 'pads') ?? [0, 0, 0, 0]).every((v) => v === 0);
+      (attrInts(n, 'strides') ?? [1, 1]).every((v) => v === 1) && (attrInts(n, 'pads') ?? [0, 0, 0, 0]).every((v) => v === 0);
     if (!depthwise && !pointwise) return false;
     const weight = depthwise ? asBlocked(w!, ws) : pointwiseWeight(w!, ws[0], ws[1]);
     const input = xs ? asBlocked(x!, xs) : toBlocked(x!);
@@ -249,12 +243,12 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
     const [dy, w, bias] = n.input ?? [];
     const ds = dy ? shapes.get(dy) : undefined;
     const ws = w ? shapes.get(w) : undefined;
-    const group = intAttr(n, 'group', 1);
-    const pads = intsAttr(n, 'pads') ?? [0, 0, 0, 0];
-    const outputPadding = intsAttr(n, 'output_padding') ?? [0, 0];
+    const group = attrInt(n, 'group', 1);
+    const pads = attrInts(n, 'pads') ?? [0, 0, 0, 0];
+    const outputPadding = attrInts(n, 'output_padding') ?? [0, 0];
     if ((n.domain ?? '') !== '' || bias || attr(n, 'output_shape') || attr(n, 'auto_pad')) return false;
     if (!blockable(ds) || !ws || ws.length !== 4 || !ws.every(isSize) || ws[0] !== group || ws[1] !== 1 || ds[1] !== group) return false;
-    if (!(intsAttr(n, 'strides') ?? [1, 1]).every((v) => v === 2) || !(intsAttr(n, 'dilations') ?? [1, 1]).every((v) => v === 1)) return false;
+    if (!(attrInts(n, 'strides') ?? [1, 1]).every((v) => v === 2) || !(attrInts(n, 'dilations') ?? [1, 1]).every((v) => v === 1)) return false;
     const [hy, wy] = [ds[2] as number, ds[3] as number];
     // The output size: (in − 1)·stride + kernel − pads + output_padding must be twice the input's.
     if ([hy, wy].some((size, i) => (size - 1) * 2 + ws[2 + i]! - pads[i]! - pads[i + 2]! + outputPadding[i]! !== 2 * size)) return false;
@@ -315,7 +309,7 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
       }
       return broadcast ? view5(own, s) : own;
     });
-    const type = BOOLEAN_RESULT.has(n.opType!) ? DataType.BOOL : n.opType === 'Cast' ? intAttr(n, 'to', DataType.FLOAT) : types.get(n.opType === 'Where' ? inputs[1]! : inputs[0]!);
+    const type = BOOLEAN_RESULT.has(n.opType!) ? DataType.BOOL : n.opType === 'Cast' ? attrInt(n, 'to', DataType.FLOAT) : types.get(n.opType === 'Where' ? inputs[1]! : inputs[0]!);
     const result = b.op(n.opType!, blockedInputs, {}, { name: `${n.name}/nchwc` });
     b.nodes[b.nodes.length - 1]!.attribute = [...(n.attribute ?? [])];
     copies.set(out!, known(broadcast ? reshape(result, target(os)) : result, os, type));

@@ -136,3 +136,18 @@ export function tensorToFloat32(t: TensorProto): Float32Array {
 export function attr(node: NodeProto, name: string): AttributeProto | undefined {
   return node.attribute?.find((a) => a.name === name) ?? undefined;
 }
+
+/** An integer attribute, or `fallback` where the node has none. */
+export function attrInt(node: NodeProto, name: string, fallback: number): number {
+  const a = attr(node, name);
+  return a ? toNumber(a.i as number | undefined) : fallback;
+}
+
+export function attrInts(node: NodeProto, name: string): number[] | undefined {
+  return attr(node, name)?.ints?.map((v) => toNumber(v as number));
+}
+
+/** The values of an int64 or int32 tensor (a constant shape, axes list…); undefined for other tensors. */
+export function constantInts(t: TensorProto | undefined): number[] | undefined {
+  return t && (t.dataType === DataType.INT64 || t.dataType === DataType.INT32) ? Array.from(tensorToFloat32(t)) : undefined;
+}

@@ -4,7 +4,7 @@
  * dimensions ('N') are carried along.
  */
 import { GraftError } from '../errors.js';
-import { DataType, tensorToFloat32, toNumber, type NodeProto, type TensorProto, type ValueInfoProto } from './proto.js';
+import { attr as attrOf, attrInt as intAttr, attrInts as intsAttr, constantInts, toNumber, type NodeProto, type TensorProto, type ValueInfoProto } from './proto.js';
 
 /** A static dimension: a size, a symbolic name (`'N'`), or -1 when unknown. */
 export type Dim = number | string;
@@ -51,9 +51,9 @@ function inferOutputShape(node: NodeProto, get: (t: string) => StaticShape | und
   const op = node.opType ?? '';
   const inputs = node.input ?? [];
   const ins = inputs.map((t) => (t ? get(t) : undefined));
-  const attr = (name: string) => node.attribute?.find((x) => x.name === name);
-  const attrInt = (name: string, fallback: number) => (attr(name) ? toNumber(attr(name)!.i as number | undefined) : fallback);
-  const attrInts = (name: string) => attr(name)?.ints?.map((v) => toNumber(v as number));
+  const attr = (name: string) => attrOf(node, name);
+  const attrInt = (name: string, fallback: number) => intAttr(node, name, fallback);
+  const attrInts = (name: string) => intsAttr(node, name);
   const norm = (axis: number, rank: number) => (axis < 0 ? axis + rank : axis);
   const x = ins[0];
   if (SAME_SHAPE_OPS.has(op)) return x;
@@ -266,10 +266,7 @@ export function inferShapes(
   const byName = new Map(initializers.map((t) => [t.name!, t]));
   for (const t of initializers) shapes.set(t.name!, (t.dims ?? []).map((d) => toNumber(d as number)));
   for (const [k, v] of given) shapes.set(k, v);
-  const constInts = (t: string): number[] | undefined => {
-    const init = byName.get(t);
-    return init && (init.dataType === DataType.INT64 || init.dataType === DataType.INT32) ? Array.from(tensorToFloat32(init)) : undefined;
-  };
+  const constInts = (t: string): number[] | undefined => constantInts(byName.get(t));
   for (const n of topologicalOrder(nodes)) {
     const out = n.output?.[0];
     if (!out || shapes.has(out)) continue;
