@@ -58,7 +58,7 @@ export function useNchwc(model: ModelProto, block: number): { model: ModelProto;
   const producer = new Map<string, NodeProto>();
   for (const n of nodes) for (const o of n.output ?? []) if (o) producer.set(o, n);
   const readers = new Map<string, NodeProto[]>();
-  for (const n of nodes) for (const t of n.input ?? []) if (t) readers.set(t, [...(readers.get(t) ?? []), n]);
+  for (const n of nodes) for (const t of n.input ?? []) if (t) (readers.get(t) ?? readers.set(t, []).get(t)!).push(n);
   const graphOutputs = new Set((graph.output ?? []).map((o) => o.name!));
   const initializerByName = new Map(initializers.map((t) => [t.name!, t]));
   const constFloat = (t: string | undefined): number | undefined => {
