@@ -3,27 +3,87 @@ import path from 'node:path';
 import { GraftError, invalidParameter } from '../errors.js';
 import { Random } from '../util/random.js';
 
+/** What a sample holds: an image (or audio) file, or a text. */
+export type Modality = 'image' | 'text' | 'audio';
+
+/**
+ * One labelled raw sample. `file` is always where it came from: the image/audio file itself, the `.txt`
+ * document, or the table (CSV/TSV/JSONL) whose row `line` holds it.
+ */
 export interface Sample {
-  /** Absolute path of the image file. */
+  /** Absolute path of the file the sample is (image, audio, .txt document) or comes from (a table). */
   file: string;
   /** Index into the dataset's `classes`. */
   label: number;
+  /** The text of a text sample. */
+  text?: string;
+  /** 1-based line of a table row where the sample starts. */
+  line?: number;
 }
 
 export interface Skipped {
   file: string;
+  /** 1-based line, for a row of a table. */
+  line?: number;
   reason: string;
 }
 
-export interface ImageFolderDataset {
+/** `file:line` for a table row, `file` otherwise: how samples and skipped entries are named in messages. */
+export function sampleName(s: { file: string; line?: number }): string {
+  return s.line !== undefined ? `${s.file}:${s.line}` : s.file;
+}
+
+export type DatasetSplit =
+  | { kind: 'folders'; train: string; val: string }
+  | { kind: 'files'; train: string; val: string }
+  | { kind: 'column'; column: string }
+  | { kind: 'random'; valFraction: number; seed: number };
+
+/** A labelled dataset of one modality, split into training and validation samples. */
+export interface Dataset {
   root: string;
+  modality: Modality;
   /** Class names, sorted; a sample's label indexes this list. */
   classes: string[];
   train: Sample[];
   val: Sample[];
-  split: { kind: 'folders'; train: string; val: string } | { kind: 'random'; valFraction: number; seed: number };
-  /** Files found in class folders that are not usable images, with why. */
+  split: DatasetSplit;
+  /** Files or rows that are not usable samples, with why. */
   skipped: Skipped[];
+  /** Text datasets: validation samples whose text also occurs in training (leakage), as val → train sample. */
+  leaks?: Array<{ val: Sample; train: Sample }>;
+}
+
+/** An image-folder dataset (the v0 name, kept for the public API). */
+export type ImageFolderDataset = Dataset;
+
+/** Class names in a locale-independent order: numerically when every name is an integer, else by code unit. */
+export function sortClasses(names: Iterable<string>): string[] {
+  const all = [...new Set(names)];
+  if (all.length > 0 && all.every((n) => /^-?\d+$/.test(n))) return all.sort((a, b) => Number(a) - Number(b) || (a < b ? -1 : a > b ? 1 : 0));
+  return all.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/**
+ * Seeded stratified split: per class (in `classes` order), a shuffled `valFraction` (at least one, and at
+ * least one left for training) goes to validation. `order` sorts each side back into a stable order.
+ */
+export function stratifiedSplit<T>(
+  byClass: ReadonlyArray<readonly T[]>,
+  valFraction: number,
+  seed: number,
+  order: (a: T, b: T) => number,
+): { train: Array<{ item: T; label: number }>; val: Array<{ item: T; label: number }> } {
+  const random = new Random(seed);
+  const train: Array<{ item: T; label: number }> = [];
+  const val: Array<{ item: T; label: number }> = [];
+  byClass.forEach((items, label) => {
+    const shuffled = random.shuffle([...items]);
+    const nVal = Math.min(shuffled.length - 1, Math.max(1, Math.round(shuffled.length * valFraction)));
+    val.push(...shuffled.slice(0, nVal).sort(order).map((item) => ({ item, label })));
+    train.push(...shuffled.slice(nVal).sort(order).map((item) => ({ item, label })));
+  });
+  return { train, val };
 }
 
 /** Validation folder names, in order of preference. */
@@ -207,6 +267,7 @@ export async function scanImageFolder(dir: string, options: { valSplit?: number;
       classes,
       train: classes.flatMap((name, label) => toSamples(train.get(name)!, label)),
       val: classes.flatMap((name, label) => toSamples(val.get(name) ?? [], label)),
+      modality: 'image',
       split: { kind: 'folders', train: trainDir, val: valDir },
       skipped,
     };
@@ -217,16 +278,11 @@ export async function scanImageFolder(dir: string, options: { valSplit?: number;
   const byClass = await scanClasses(classDir, skipped);
   checkClasses(classDir, byClass);
   const classes = [...byClass.keys()];
-  const random = new Random(seed);
-  const train: Sample[] = [];
-  const val: Sample[] = [];
-  classes.forEach((name, label) => {
-    const files = random.shuffle([...byClass.get(name)!]);
-    const nVal = Math.min(files.length - 1, Math.max(1, Math.round(files.length * valFraction)));
-    val.push(...toSamples(files.slice(0, nVal).sort(), label));
-    train.push(...toSamples(files.slice(nVal).sort(), label));
-  });
-  return { root, classes, train, val, split: { kind: 'random', valFraction, seed }, skipped };
+  const byCodeUnit = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+  const split = stratifiedSplit(classes.map((name) => byClass.get(name)!), valFraction, seed, byCodeUnit);
+  const train: Sample[] = split.train.map(({ item, label }) => ({ file: item, label }));
+  const val: Sample[] = split.val.map(({ item, label }) => ({ file: item, label }));
+  return { root, modality: 'image', classes, train, val, split: { kind: 'random', valFraction, seed }, skipped };
 }
 
 /**
