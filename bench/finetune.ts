@@ -53,7 +53,7 @@ interface GraftTiming { median: number; min: number; input: number[]; run: numbe
 
 async function measureGraft(k: number, withProfile: boolean): Promise<GraftTiming> {
   const plan = planSuffix(float, 'features', { unfreeze: k });
-  const rowShape = await probeShape(float, plan.boundary, backbone.config);
+  const rowShape = await probeShape(float, plan.boundary, backbone.pipeline);
   const trainable = suffixTrainable(plan, rowShape, spec, std, initParams(spec, 0), { lr: 1e-4, lrMult: 10, weightDecay: 0.01, batchSize: B, nchwcBlock });
   const session = await ort.InferenceSession.create(encodeModel(trainable.trainModel), {
     intraOpNumThreads: threads,

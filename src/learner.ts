@@ -1,47 +1,67 @@
 /**
  * The library's front door, in fastai's shape: `learner()` gathers data, backbone and head; `fit()` trains;
- * `evaluate()` measures; `export()` writes the servable model directory.
+ * `evaluate()` measures; `export()` writes the servable model directory. The modality (images, texts) is
+ * data: it comes from the dataset, and the backbone brings the input pipeline that matches it.
  *
  *   const learn = await learner({ data: './photos', model: 'mobilenetv2.onnx' });
  *   await learn.fit({ epochs: 30 });
  *   await learn.export('./out');
+ *
+ *   const spam = await learner({ data: './sms.csv' });   // texts: the offline sentence encoder by default
  */
 import { createHash } from 'node:crypto';
-import { scanImageFolder, type ImageFolderDataset, type Skipped } from './data/dataset.js';
+import { type Dataset, type Modality, type Sample, type Skipped } from './data/dataset.js';
+import { openDataset } from './data/open.js';
 import { GraftError } from './errors.js';
 import { computeMetrics, argmaxRows, crossEntropy, type Metrics } from './evaluate/metrics.js';
-import { loadBackbone, FEATURES, type Backbone } from './backbone/backbone.js';
-import { FeatureExtractor, type ExtractProgress } from './backbone/extractor.js';
+import { loadBackbone, loadTextBackbone, FEATURES, type Backbone, type TextBackbone } from './backbone/backbone.js';
+import { FeatureExtractor, type ExtractInput, type ExtractProgress, type TokenStats } from './backbone/extractor.js';
 import { resolveModel } from './backbone/resolve.js';
 import type { HubOptions } from './hub/hub.js';
 import { DEFAULT_HEAD, buildExportGraph, fitStandardizer, HEAD_OUTPUT, initParams, validateSpec, type Param, type HeadKind, type HeadSpec, type Standardizer } from './head/head.js';
 import { boundaries, mergeModels } from './onnx/surgery.js';
 import { defaultOpset, encodeModel, type ModelProto } from './onnx/proto.js';
-import { inputShape, preprocessKey, type PretrainedConfig } from './preprocess/config.js';
+import type { PretrainedConfig } from './preprocess/config.js';
+import { feedSpecs, pipelineKey } from './preprocess/pipeline.js';
+import type { TextPooling } from './preprocess/text.js';
 import { isQuantized, dequantizeModel } from './onnx/dequantize.js';
 import { nchwcBlockSize } from './train/runtime.js';
-import { planSuffix, prefixModel, probeShape, poolWithSuffix, suffixTrainable, withWeights, type FreezeSpec, type SuffixPlan } from './train/finetune.js';
+import { planSuffix, prefixModel, probeShape, poolWithSuffix, suffixTrainable, unfreezePoints, withWeights, type FreezeSpec, type SuffixPlan } from './train/finetune.js';
+import { denseRows, sequenceRows, type Rows, type SideInput } from './train/rows.js';
 import { DEFAULT_FIT, DEFAULT_LR, Evaluator, train, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
-import { writeArtifact, type Manifest } from './artifact/artifact.js';
+import { writeArtifact, type Manifest, type ManifestDraft } from './artifact/artifact.js';
 
 export interface LearnerOptions {
-  /** Dataset folder: `DIR/train/<class>/*` + `DIR/val/<class>/*`, or `DIR/<class>/*`. */
-  data: string;
   /**
-   * The backbone: a path of an ONNX image model, or a zoo name (`graft models`). Default: the hub
-   * MobileNetV2 when cached or reachable, else the bundled offline backbone (see `notice`).
+   * The dataset: an image folder (`DIR/train/<class>/*` + `DIR/val/<class>/*`, or `DIR/<class>/*`), a text table
+   * (`.csv`/`.tsv`/`.jsonl`, or a folder with `train.<ext>` + `val.<ext>`), class folders of `.txt` documents, or
+   * a manifest (`path`, `label`, `split` columns). The modality is detected from it.
+   */
+  data: string;
+  /** Overrides the detected modality. */
+  task?: 'image' | 'text';
+  /** Text tables: the column(s) holding the text (several are joined, e.g. title + body) and the label column. */
+  textColumns?: string[];
+  labelColumn?: string;
+  /**
+   * The backbone: a path of an ONNX model, a zoo name (`graft models`), or a hub repository. Default for images:
+   * the hub MobileNetV2 when cached or reachable, else the bundled offline backbone; for texts: the hub MiniLM
+   * when cached or reachable, else the bundled Universal Sentence Encoder lite (see `onNotice`).
    */
   model?: string;
   /** Hub endpoint, token, cache and offline mode (default: from HF_* environment variables). */
   hub?: HubOptions;
   /** One-line messages for the user (which backbone was chosen when none was named). */
   onNotice?: (message: string) => void;
-  /** Tensor to cut the model at (default: the input of its last global pooling). */
+  /** Tensor to cut the model at (default: the input of its last global pooling; a text encoder's last_hidden_state). */
   cut?: string;
-  /** Preprocessing overrides on top of the model's own config. */
+  /** Image preprocessing overrides on top of the model's own config. */
   config?: Partial<PretrainedConfig>;
+  /** Text encoders: tokens per text (special tokens included) and how token states are pooled. */
+  maxLength?: number;
+  pooling?: Exclude<TextPooling, 'model'>;
   head?: HeadKind | Partial<Pick<HeadSpec, 'kind' | 'hidden' | 'dropout'>>;
-  /** Validation fraction when the dataset has no val folder (default 0.2). */
+  /** Validation fraction when the dataset has no split of its own (default 0.2). */
   valSplit?: number;
   seed?: number;
   /** Feature cache root, or false for none. */
@@ -50,74 +70,76 @@ export interface LearnerOptions {
 }
 
 export interface LearnerData {
-  dataset: ImageFolderDataset;
+  dataset: Dataset;
   features: FeatureSet;
   trainRows: number[];
   valRows: number[];
-  /** Every file skipped, at scan time or because it could not be decoded. */
+  /** Every sample skipped, at scan time or because it could not be encoded. */
   skipped: Skipped[];
-  extraction: { cached: number; extracted: number; seconds: number };
+  extraction: { cached: number; extracted: number; seconds: number; tokens?: TokenStats };
+}
+
+/**
+ * The backbone's weights: the pretrained ones (the float copy made once when fine-tuning needs it), or ones
+ * trained since (fine-tuning), with where that training started and how many weight tensors it changed.
+ */
+type BackboneWeights = { kind: 'pretrained'; float?: ModelProto } | { kind: 'tuned'; model: ModelProto; from: string; trainableTensors: number };
+
+/** The outcome of the last training: weights, options, the standardiser in use and the graph evaluate() runs. */
+interface Trained {
+  result: TrainResult;
+  fit: FitOptions;
+  standardizer: Standardizer;
+  /** Released by close(). */
+  evaluation: { graph: Promise<Evaluator>; data: Rows | FeatureSet; params: Param[] } | undefined;
 }
 
 export class Learner {
   readonly spec: HeadSpec;
+  /** Standardiser of the pretrained backbone's pooled features (training rows). */
   readonly standardizer: Standardizer;
-  result: TrainResult | undefined;
-  private fitOptions: FitOptions | undefined;
-  /** Set once the backbone runs in float for training (fine-tuning): its weights as trained so far. */
-  private tuned: TunedState | undefined;
-  private float: ModelProto | undefined;
+  private weights: BackboneWeights = { kind: 'pretrained' };
   /** What the next fit() trains besides the head (undefined: the backbone is frozen). */
   private unfrozen: FreezeSpec | undefined;
-  /** What evaluate() runs: the last trained graph, its rows and weights. */
-  private evaluation: { graph: Promise<Evaluator>; data: FeatureSet; params: Param[] } | undefined;
-  private standardizerInUse: Standardizer;
+  private trained: Trained | undefined;
 
   private constructor(readonly options: LearnerOptions, readonly backbone: Backbone, readonly data: LearnerData, readonly seed: number) {
     const head = typeof options.head === 'string' ? { kind: options.head } : (options.head ?? {});
     this.spec = { ...DEFAULT_HEAD, ...head, inputDim: backbone.config.featureDim, numClasses: data.dataset.classes.length };
     validateSpec(this.spec);
     this.standardizer = fitStandardizer(data.features.features, data.features.dim, data.trainRows);
-    this.standardizerInUse = this.standardizer;
   }
 
-  /** Scans the dataset, loads and cuts the backbone, and extracts (or reads cached) features. */
+  /** Reads the dataset, loads and cuts the backbone, and extracts (or reads cached) features. */
   static async create(options: LearnerOptions): Promise<Learner> {
     const seed = options.seed ?? 0;
-    const dataset = await scanImageFolder(options.data, { ...(options.valSplit !== undefined ? { valSplit: options.valSplit } : {}), seed });
-    const resolved = await resolveModel(options.model, {
-      ...(options.hub ? { hub: options.hub } : {}),
-      ...(typeof options.cacheDir === 'string' ? { cacheDir: options.cacheDir } : {}),
+    const dataset = await openDataset(options.data, {
+      ...(options.task ? { task: options.task } : {}),
+      ...(options.valSplit !== undefined ? { valSplit: options.valSplit } : {}),
+      seed,
+      ...(options.textColumns ? { textColumns: options.textColumns } : {}),
+      ...(options.labelColumn ? { labelColumn: options.labelColumn } : {}),
     });
-    if (resolved.notice) options.onNotice?.(resolved.notice);
-    const backbone = await loadBackbone(resolved.file, {
-      ...(options.cut ? { cut: options.cut } : {}),
-      ...(options.config ? { config: options.config } : {}),
-      ...(resolved.config ? { modelConfig: resolved.config } : {}),
-      ...(resolved.name ? { name: resolved.name } : {}),
-    });
+    const backbone = await Learner.backboneFor(dataset.modality, options);
     const extractor = new FeatureExtractor(backbone, { ...(options.cacheDir !== undefined ? { cacheDir: options.cacheDir } : {}) });
     try {
-      const files = [...dataset.train, ...dataset.val];
+      const samples = [...dataset.train, ...dataset.val];
       const nTrain = dataset.train.length;
-      const result = await extractor.extract(
-        files.map((s) => s.file),
-        (p) => options.onProgress?.({ ...p, split: p.done < nTrain ? 'train' : 'val' }),
-      );
+      const result = await extractor.extract(samples.map(extractInput), (p) => options.onProgress?.({ ...p, split: p.done < nTrain ? 'train' : 'val' }));
       const trainRows: number[] = [];
       const valRows: number[] = [];
-      files.forEach((_, i) => {
+      samples.forEach((_, i) => {
         if (result.valid[i]) (i < nTrain ? trainRows : valRows).push(i);
       });
-      const labels = Int32Array.from(files, (s) => s.label);
+      const labels = Int32Array.from(samples, (s) => s.label);
       checkUsable(dataset, labels, trainRows, valRows);
       const data: LearnerData = {
         dataset,
         features: { features: result.features, dim: result.dim, labels },
         trainRows,
         valRows,
-        skipped: [...dataset.skipped, ...result.skipped].sort((a, b) => a.file.localeCompare(b.file)),
-        extraction: { cached: result.cached, extracted: result.extracted, seconds: result.seconds },
+        skipped: [...dataset.skipped, ...result.skipped].sort((a, b) => a.file.localeCompare(b.file) || (a.line ?? 0) - (b.line ?? 0)),
+        extraction: { cached: result.cached, extracted: result.extracted, seconds: result.seconds, ...(result.tokenStats ? { tokens: result.tokenStats } : {}) },
       };
       return new Learner(options, backbone, data, seed);
     } finally {
@@ -125,8 +147,45 @@ export class Learner {
     }
   }
 
+  private static async backboneFor(modality: Modality, options: LearnerOptions): Promise<Backbone> {
+    if (modality === 'audio') throw new GraftError('USAGE', `${options.data}: audio datasets are not supported yet (images and texts are)`, { data: options.data });
+    const resolved = await resolveModel(options.model, {
+      task: modality,
+      ...(options.hub ? { hub: options.hub } : {}),
+      ...(typeof options.cacheDir === 'string' ? { cacheDir: options.cacheDir } : {}),
+    });
+    if (resolved.notice) options.onNotice?.(resolved.notice);
+    if (modality === 'image') {
+      if (options.maxLength !== undefined || options.pooling !== undefined) throw new GraftError('USAGE', 'maxLength and pooling are options of text backbones; this dataset holds images');
+      return loadBackbone(resolved.file, {
+        ...(options.cut ? { cut: options.cut } : {}),
+        ...(options.config ? { config: options.config } : {}),
+        ...(resolved.config ? { modelConfig: resolved.config } : {}),
+        ...(resolved.name ? { name: resolved.name } : {}),
+      });
+    }
+    if (options.config) throw new GraftError('USAGE', 'config (image preprocessing) does not apply to a text dataset');
+    return loadTextBackbone(resolved.file, {
+      tokenizer: resolved.tokenizer!,
+      ...(options.cut ? { cut: options.cut } : {}),
+      ...(options.maxLength !== undefined ? { maxLength: options.maxLength } : {}),
+      ...((options.pooling ?? resolved.text?.pooling) ? { pooling: (options.pooling ?? resolved.text?.pooling)! } : {}),
+      ...(resolved.text?.normalize ? { normalize: true } : {}),
+      ...(resolved.name ? { name: resolved.name } : {}),
+    });
+  }
+
   get classes(): string[] {
     return this.data.dataset.classes;
+  }
+
+  get modality(): Modality {
+    return this.data.dataset.modality;
+  }
+
+  /** The last training's result (undefined before the first fit). */
+  get result(): TrainResult | undefined {
+    return this.trained?.result;
   }
 
   /**
@@ -137,17 +196,20 @@ export class Learner {
    */
   async fit(options: Partial<FitOptions> = {}, callbacks: Callback[] = []): Promise<TrainResult> {
     if (this.unfrozen) return (await this.fitSuffix(this.unfrozen, false, { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, seed: this.seed, ...options }, DEFAULT_FINE_TUNE.lrMult, callbacks)).result;
-    if (this.tuned) return (await this.fitSuffix({ unfreeze: 1 }, true, { ...DEFAULT_FIT, lr: DEFAULT_LR[this.spec.kind], seed: this.seed, ...options }, 1, callbacks)).result;
-    this.fitOptions = { ...DEFAULT_FIT, lr: DEFAULT_LR[this.spec.kind], seed: this.seed, ...options };
-    this.standardizerInUse = this.standardizer;
-    this.result = await trainHead(this.data.features, this.data.trainRows, this.data.valRows, this.spec, this.standardizer, this.fitOptions, callbacks);
-    this.setEvaluation(Evaluator.forHead(this.spec, this.standardizer), this.data.features, this.result.params);
-    return this.result;
+    if (this.weights.kind === 'tuned') return (await this.fitSuffix({ unfreeze: 1 }, true, { ...DEFAULT_FIT, lr: DEFAULT_LR[this.spec.kind], seed: this.seed, ...options }, 1, callbacks)).result;
+    const fit = { ...DEFAULT_FIT, lr: DEFAULT_LR[this.spec.kind], seed: this.seed, ...options };
+    const result = await trainHead(this.data.features, this.data.trainRows, this.data.valRows, this.spec, this.standardizer, fit, callbacks);
+    this.setTrained({ result, fit, standardizer: this.standardizer, evaluation: { graph: Evaluator.forHead(this.spec, this.standardizer), data: this.data.features, params: result.params } });
+    return result;
   }
 
-  /** Number of blocks of the backbone (block boundaries: residual joins and branch points). */
+  /**
+   * Number of the backbone's units `unfreeze` counts: encoder layers of a transformer whose nodes are named by
+   * layer, else blocks (block boundaries: residual joins and branch points).
+   */
   blockCount(): number {
-    return boundaries(this.floatModel().graph!, FEATURES).filter((b) => b.block).length;
+    const { unit, points } = unfreezePoints(boundaries(this.floatModel().graph!, FEATURES));
+    return unit === 'layer' ? points.length - 1 : points.length;
   }
 
   /** fastai's freeze(): the next fit() trains the head only. */
@@ -173,9 +235,9 @@ export class Learner {
 
   /**
    * fastai's recipe: train the head on the frozen backbone for `freezeEpochs`, then unfreeze the last
-   * `unfreeze` blocks (or everything from `fineTuneAt` on) and train them with the head, the backbone at
-   * `lr / lrMult`; with `gradual`, one more block is unfrozen at each stage. A quantized backbone is converted
-   * to float first. The frozen prefix runs once over the images (cached); only the suffix runs each epoch.
+   * `unfreeze` blocks or encoder layers (or everything from `fineTuneAt` on) and train them with the head, the
+   * backbone at `lr / lrMult`; with `gradual`, one more block is unfrozen at each stage. A quantized backbone is
+   * converted to float first. The frozen prefix runs once over the samples (cached); only the suffix runs each epoch.
    */
   async fineTune(options: FineTuneOptions, callbacks: Callback[] = []): Promise<FineTuneResult> {
     const fit: FitOptions = { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, seed: this.seed, ...options.fit };
@@ -189,14 +251,11 @@ export class Learner {
     const pooled = await poolWithSuffix(plan, rowShape, activations, [...this.data.trainRows, ...this.data.valRows], this.backbone.config.featureDim);
     const std = fitStandardizer(pooled.features, pooled.dim, this.data.trainRows);
     let phase1: TrainResult | undefined;
-    if (freezeEpochs > 0) {
-      const headFit = { ...fit, lr: options.headLr ?? DEFAULT_LR[this.spec.kind], epochs: freezeEpochs };
-      phase1 = await trainHead(pooled, this.data.trainRows, this.data.valRows, this.spec, std, headFit, callbacks);
-    }
-    this.standardizerInUse = std;
-    this.result = phase1 ?? { params: initParams(this.spec, this.seed), history: [], bestEpoch: -1, stoppedEarly: false };
-    this.tuned = { featureModel: model, from: plan.boundary, trainableTensors: 0 };
-    this.setEvaluation(Evaluator.forHead(this.spec, std), pooled, this.result.params);
+    const headFit = { ...fit, lr: options.headLr ?? DEFAULT_LR[this.spec.kind], epochs: freezeEpochs };
+    if (freezeEpochs > 0) phase1 = await trainHead(pooled, this.data.trainRows, this.data.valRows, this.spec, std, headFit, callbacks);
+    const result = phase1 ?? { params: initParams(this.spec, this.seed), history: [], bestEpoch: -1, stoppedEarly: false };
+    this.weights = { kind: 'tuned', model, from: plan.boundary, trainableTensors: 0 };
+    this.setTrained({ result, fit: headFit, standardizer: std, evaluation: { graph: Evaluator.forHead(this.spec, std), data: pooled, params: result.params } });
 
     // Phase 2: suffix + head with discriminative learning rates; gradually, one block more per stage.
     const stages: FreezeSpec[] = [];
@@ -209,13 +268,14 @@ export class Learner {
       // The stages only train blocks after the phase-1 boundary, so its activations stay valid.
       ({ result: phase2, plan: last } = await this.fitSuffix(stages[i]!, false, { ...fit, epochs }, lrMult, callbacks, i === stages.length - 1 ? fit : undefined, { plan, rowShape, activations }));
     }
-    return { phase1, phase2: phase2!, boundary: last.boundary, trainableTensors: last.trainable.length, trainableNodes: last.nodes.length };
+    return { phase1, phase2: phase2!, boundary: last.boundary, trainableTensors: last.trainable.length, trainableNodes: last.nodes.length, unit: last.unit };
   }
 
   /** Metrics of the trained head (and tuned backbone) on the validation rows. */
   async evaluate(): Promise<Metrics> {
-    this.trained();
-    const { graph, data, params } = this.evaluation!;
+    const evaluation = this.requireTrained().evaluation;
+    if (!evaluation) throw new GraftError('USAGE', 'the learner is closed: evaluate() needs the evaluation session close() released');
+    const { graph, data, params } = evaluation;
     const evaluator = await graph;
     const probs = await evaluator.probabilities(data, this.data.valRows, params);
     const truth = Int32Array.from(this.data.valRows, (r) => this.data.features.labels[r]!);
@@ -223,51 +283,58 @@ export class Learner {
     return computeMetrics(this.classes, truth, argmaxRows(probs, this.spec.numClasses), { loss });
   }
 
-  /** Replaces what evaluate() runs, releasing the previous evaluation session. */
-  private setEvaluation(graph: Promise<Evaluator>, data: FeatureSet, params: Param[]): void {
-    const previous = this.evaluation?.graph;
-    this.evaluation = { graph, data, params };
+  /** Records a training's outcome, releasing the previous evaluation session. */
+  private setTrained(trained: Trained): void {
+    const previous = this.trained?.evaluation?.graph;
+    this.trained = trained;
     void previous?.then((e) => e.release(), () => undefined);
   }
 
   /** Releases the sessions the learner holds (the evaluation graph). */
   async close(): Promise<void> {
-    const graph = this.evaluation?.graph;
-    this.evaluation = undefined;
+    const graph = this.trained?.evaluation?.graph;
+    if (this.trained) this.trained.evaluation = undefined;
     await graph?.then((e) => e.release(), () => undefined);
   }
 
   /** The backbone in float (quantized ones converted once), with any fine-tuned weights. */
   private floatModel(): ModelProto {
-    if (this.tuned) return this.tuned.featureModel;
-    this.float ??= isQuantized(this.backbone.featureModel) ? dequantizeModel(this.backbone.featureModel).model : this.backbone.featureModel;
-    return this.float;
+    if (this.weights.kind === 'tuned') return this.weights.model;
+    this.weights.float ??= isQuantized(this.backbone.featureModel) ? dequantizeModel(this.backbone.featureModel).model : this.backbone.featureModel;
+    return this.weights.float;
   }
 
   /**
-   * Activations at the plan's boundary for every image, from the frozen prefix run as an ordinary session
-   * (weights as initializers). Cached on disk under the prefix's content hash, so tuned weights never hit
-   * stale entries.
+   * Activations at the plan's boundary for every sample, from the frozen prefix run as an ordinary session
+   * (weights as initializers): one flattened row per image, or a text's token states with its token ids for
+   * the side inputs (attention mask, ids) the suffix reads. Cached on disk under the prefix's content hash,
+   * so tuned weights never hit stale entries.
    */
-  private async activationsAt(model: ModelProto, plan: SuffixPlan): Promise<{ rowShape: number[]; activations: FeatureSet }> {
-    const files = [...this.data.dataset.train, ...this.data.dataset.val].map((s) => s.file);
-    const rowShape = await probeShape(model, plan.boundary, this.backbone.config);
-    const prefix = prefixModel(model, plan.boundary, FEATURES);
+  private async activationsAt(model: ModelProto, plan: SuffixPlan): Promise<{ rowShape: number[]; activations: Rows }> {
+    const samples = [...this.data.dataset.train, ...this.data.dataset.val];
+    const rowShape = await probeShape(model, plan.boundary, this.backbone.pipeline);
+    const text = this.backbone.modality === 'text';
+    const prefix = prefixModel(model, plan.boundary, FEATURES, text);
     const bytes = encodeModel(prefix);
-    const boundaryBackbone: Backbone = {
-      ...this.backbone,
-      featureModel: prefix,
-      featureModelBytes: bytes,
-      config: { ...this.backbone.config, featureDim: rowShape.reduce((a, b) => a * b, 1) },
-      key: createHash('sha256').update(bytes).update(`\n${preprocessKey(this.backbone.config)}`).digest('hex').slice(0, 32),
-    };
-    const extractor = new FeatureExtractor(boundaryBackbone, { ...(this.options.cacheDir !== undefined ? { cacheDir: this.options.cacheDir } : {}) });
+    const key = createHash('sha256').update(bytes).update(`\n${pipelineKey(this.backbone.pipeline)}`).digest('hex').slice(0, 32);
+    const rowSize = text ? rowShape[rowShape.length - 1]! : rowShape.reduce((a, b) => a * b, 1);
+    const boundaryBackbone = { ...this.backbone, featureModel: prefix, featureModelBytes: bytes, config: { ...this.backbone.config, featureDim: rowSize }, key } as Backbone;
+    const extractor = new FeatureExtractor(boundaryBackbone, { ...(this.options.cacheDir !== undefined ? { cacheDir: this.options.cacheDir } : {}), ...(text ? { sequences: true } : {}) });
     try {
-      const r = await extractor.extract(files, (p) => this.options.onProgress?.({ ...p, split: p.done < this.data.dataset.train.length ? 'train' : 'val' }));
+      const r = await extractor.extract(samples.map(extractInput), (p) => this.options.onProgress?.({ ...p, split: p.done < this.data.dataset.train.length ? 'train' : 'val' }));
       for (const row of [...this.data.trainRows, ...this.data.valRows]) {
-        if (!r.valid[row]) throw new GraftError('TRAIN', `${files[row]}: decoded for features but not for fine-tuning`, { file: files[row] });
+        if (!r.valid[row]) throw new GraftError('TRAIN', `${samples[row]!.file}: encoded for features but not for fine-tuning`, { file: samples[row]!.file });
       }
-      return { rowShape, activations: { features: r.features, dim: r.dim, labels: this.data.features.labels } };
+      const labels = this.data.features.labels;
+      if (!text) return { rowShape, activations: denseRows({ features: r.features, dim: r.dim, labels }, plan.boundary, rowShape) };
+      const config = (this.backbone as TextBackbone).config;
+      const side: Record<string, SideInput> = {};
+      for (const { name } of plan.sideInputs) {
+        const kind: SideInput | undefined = name === config.inputs.mask ? 'mask' : name === config.inputs.ids ? 'ids' : name === config.inputs.typeIds ? 'typeIds' : undefined;
+        if (!kind) throw new GraftError('MODEL', `the layers after ${plan.boundary} read the input ${name}, which graft does not know how to feed`, { input: name });
+        side[name] = kind;
+      }
+      return { rowShape, activations: sequenceRows({ states: r.sequences!, tokens: r.tokens!, width: rowSize, labels }, plan.boundary, side, config.padId) };
     } finally {
       await extractor.close();
     }
@@ -281,18 +348,15 @@ export class Learner {
     lrMult: number,
     callbacks: Callback[],
     record: FitOptions = fit,
-    extracted?: { plan: SuffixPlan; rowShape: number[]; activations: FeatureSet },
+    extracted?: { plan: SuffixPlan; rowShape: number[]; activations: Rows },
   ): Promise<{ result: TrainResult; plan: SuffixPlan }> {
     const model = this.floatModel();
     const plan = planSuffix(model, FEATURES, spec);
     const { rowShape, activations } = extracted?.plan.boundary === plan.boundary ? extracted : await this.activationsAt(model, plan);
-    if (!this.result) {
-      // No head yet: standardise on the float backbone's own pooled features.
-      const pooled = await poolWithSuffix(plan, rowShape, activations, this.data.trainRows, this.backbone.config.featureDim);
-      this.standardizerInUse = fitStandardizer(pooled.features, pooled.dim, this.data.trainRows);
-    }
-    const head = (this.result?.params ?? initParams(this.spec, this.seed)).map((p) => ({ ...p, data: p.data.slice() }));
-    const trainable = suffixTrainable(plan, rowShape, this.spec, this.standardizerInUse, head, {
+    // No head yet: standardise on the float backbone's own pooled features.
+    const standardizer = this.trained?.standardizer ?? fitStandardizer((await poolWithSuffix(plan, rowShape, activations, this.data.trainRows, this.backbone.config.featureDim)).features, this.backbone.config.featureDim, this.data.trainRows);
+    const head = (this.trained?.result.params ?? initParams(this.spec, this.seed)).map((p) => ({ ...p, data: p.data.slice() }));
+    const trainable = suffixTrainable(plan, rowShape, this.spec, standardizer, head, {
       lr: fit.lr,
       lrMult,
       weightDecay: fit.weightDecay,
@@ -305,36 +369,39 @@ export class Learner {
     // Running statistics (batchNorm 'train') go into the exported backbone with the trained weights.
     const statistics = (trainable.state ?? []).map((t) => ({ name: t.name, dims: t.dims, data: t.data, decay: false }));
     const backboneParams = [...result.params.filter((p) => !headNames.has(p.name)), ...statistics];
-    this.fitOptions = record;
-    this.result = { ...result, params: result.params.filter((p) => headNames.has(p.name)) };
-    this.tuned = { featureModel: withWeights(model, backboneParams), from: plan.boundary, trainableTensors: frozenBackbone ? 0 : plan.trainable.length };
-    this.setEvaluation(Evaluator.create(trainable), activations, [...result.params, ...statistics]);
+    this.weights = { kind: 'tuned', model: withWeights(model, backboneParams), from: plan.boundary, trainableTensors: frozenBackbone ? 0 : plan.trainable.length };
+    this.setTrained({
+      result: { ...result, params: result.params.filter((p) => headNames.has(p.name)) },
+      fit: record,
+      standardizer,
+      evaluation: { graph: Evaluator.create(trainable), data: activations, params: [...result.params, ...statistics] },
+    });
     return { result, plan };
   }
 
-  /** Writes `dir/model.onnx` (backbone + head, one graph) and `dir/graft.json`. */
+  /** Writes `dir/model.onnx` (backbone + head, one graph), `dir/graft.json` and the pipeline's side files. */
   async export(dir: string, metrics?: Metrics): Promise<Manifest> {
-    const result = this.trained();
-    const backboneModel = this.tuned?.featureModel ?? this.backbone.featureModel;
-    const head = buildExportGraph(this.spec, this.standardizerInUse, result.params, defaultOpset(backboneModel));
+    const { result, fit, standardizer } = this.requireTrained();
+    const backboneModel = this.weights.kind === 'tuned' ? this.weights.model : this.backbone.featureModel;
+    const head = buildExportGraph(this.spec, standardizer, result.params, defaultOpset(backboneModel));
     const merged = mergeModels(backboneModel, head, FEATURES, 'head/');
     const { dataset } = this.data;
     const counts = (rows: number[]) => this.classes.map((_, c) => rows.filter((r) => this.data.features.labels[r] === c).length);
-    return writeArtifact(dir, merged, {
-      task: 'image-classification',
+    const inputs = feedSpecs(this.backbone.pipeline).map((f) => ({ name: f.name, type: f.type, shape: ['N', ...f.shape] }));
+    const tokens = this.data.extraction.tokens;
+    const common = {
       labels: this.classes,
-      config: this.backbone.config,
-      model: { input: this.backbone.config.inputName, output: HEAD_OUTPUT, inputShape: ['N', ...inputShape(this.backbone.config, 1).slice(1)] },
+      model: { input: inputs[0]!.name, inputs, output: HEAD_OUTPUT, inputShape: inputs[0]!.shape },
       backbone: { ...(this.backbone.source.name ? { name: this.backbone.source.name } : {}), file: this.backbone.source.file, sha256: this.backbone.source.sha256, cut: this.backbone.config.cut, cutReason: this.backbone.cutReason },
       head: this.spec,
       training: {
-        ...this.fitOptions!,
+        ...fit,
         seed: this.seed,
         epochsRun: result.history.length,
         bestEpoch: result.bestEpoch + 1,
         stoppedEarly: result.stoppedEarly,
         history: result.history,
-        ...(this.tuned ? { fineTuned: { from: this.tuned.from, trainableTensors: this.tuned.trainableTensors, float: true } } : {}),
+        ...(this.weights.kind === 'tuned' ? { fineTuned: { from: this.weights.from, trainableTensors: this.weights.trainableTensors, float: true } } : {}),
       },
       ...(metrics ? { metrics } : {}),
       data: {
@@ -343,25 +410,39 @@ export class Learner {
         trainPerClass: counts(this.data.trainRows),
         valPerClass: counts(this.data.valRows),
         skipped: this.data.skipped.length,
+        ...(tokens ? { truncated: tokens.truncated } : {}),
+        ...(dataset.leaks ? { leaks: dataset.leaks.length } : {}),
       },
+    };
+    if (this.backbone.modality === 'image') return writeArtifact(dir, merged, { task: 'image-classification', config: this.backbone.config, ...common } as ManifestDraft);
+    const { tokenizer } = this.backbone.pipeline;
+    return writeArtifact(dir, merged, { task: 'text-classification', config: this.backbone.config, ...common } as ManifestDraft, {
+      [this.backbone.config.tokenizer.file]: tokenizer.text,
+      ...(tokenizer.configText !== undefined ? { 'tokenizer_config.json': tokenizer.configText } : {}),
     });
   }
 
-  private trained(): TrainResult {
-    if (!this.result) throw new GraftError('TRAIN', 'the learner has not been trained yet: call fit() first');
-    return this.result;
+  private requireTrained(): Trained {
+    if (!this.trained) throw new GraftError('TRAIN', 'the learner has not been trained yet: call fit() first');
+    return this.trained;
   }
 }
 
+/** What the extractor reads of a sample: its file, or its text (named by file and line in messages). */
+function extractInput(s: Sample): ExtractInput {
+  return s.text !== undefined ? { file: s.file, text: s.text, ...(s.line !== undefined ? { line: s.line } : {}) } : s.file;
+}
+
 /** Fails before training when skipping left a class without training or validation examples. */
-function checkUsable(dataset: ImageFolderDataset, labels: Int32Array, trainRows: number[], valRows: number[]): void {
+function checkUsable(dataset: Dataset, labels: Int32Array, trainRows: number[], valRows: number[]): void {
+  const what = dataset.modality === 'text' ? 'text' : dataset.modality === 'audio' ? 'clip' : 'image';
   const empty: string[] = [];
   dataset.classes.forEach((name, c) => {
     const nTrain = trainRows.filter((r) => labels[r] === c).length;
-    if (nTrain === 0) empty.push(`${name} (no usable training image)`);
+    if (nTrain === 0) empty.push(`${name} (no usable training ${what})`);
   });
-  if (empty.length) throw new GraftError('DATASET', `${dataset.root}: after skipping unreadable images, ${empty.join(', ')}`, { classes: empty });
-  if (valRows.length === 0) throw new GraftError('DATASET', `${dataset.root}: no usable validation image`, {});
+  if (empty.length) throw new GraftError('DATASET', `${dataset.root}: after skipping unusable samples, ${empty.join(', ')}`, { classes: empty });
+  if (valRows.length === 0) throw new GraftError('DATASET', `${dataset.root}: no usable validation ${what}`, {});
 }
 
 export async function learner(options: LearnerOptions): Promise<Learner> {
@@ -387,14 +468,8 @@ export interface FineTuneResult {
   boundary: string;
   trainableTensors: number;
   trainableNodes: number;
+  /** What `unfreeze` counted: residual blocks, or a transformer's encoder layers. */
+  unit: 'block' | 'layer';
 }
 
 export const DEFAULT_FINE_TUNE = { lr: 1e-4, lrMult: 10, freezeEpochs: 3 } as const;
-
-interface TunedState {
-  /** The float backbone with its current weights (what export writes). */
-  featureModel: ModelProto;
-  /** Where the last backbone training started, and how many weight tensors it trained. */
-  from: string;
-  trainableTensors: number;
-}

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as ort from 'onnxruntime-node';
-import { loadBackbone, type Backbone, type LoadBackboneOptions } from '../src/backbone/backbone.js';
+import { loadBackbone, type ImageBackbone as Backbone, type LoadBackboneOptions } from '../src/backbone/backbone.js';
 import { GraftError, type GraftErrorCode } from '../src/errors.js';
 import { encodeModel, loadModel, onnx } from '../src/onnx/proto.js';
 import { pruneTo } from '../src/onnx/surgery.js';

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
-import { loadBackbone, type Backbone } from '../src/backbone/backbone.js';
+import { loadBackbone, type ImageBackbone as Backbone } from '../src/backbone/backbone.js';
 import { contentHash } from '../src/backbone/cache.js';
 import { GraftError } from '../src/errors.js';
 import { GraphBuilder } from '../src/onnx/builder.js';

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
-import { loadBackbone, type Backbone } from '../src/backbone/backbone.js';
+import { loadBackbone, type ImageBackbone as Backbone } from '../src/backbone/backbone.js';
 import { FeatureExtractor } from '../src/backbone/extractor.js';
 import { dequantizeModel, isQuantized } from '../src/onnx/dequantize.js';
 import { boundaries } from '../src/onnx/surgery.js';
@@ -18,6 +18,7 @@ import { fitStandardizer, gradName, initParams, type HeadSpec } from '../src/hea
 import { planSuffix, poolWithSuffix, prefixModel, probeShape, suffixTrainable, withWeights } from '../src/train/finetune.js';
 import { AdamW } from '../src/train/optimizer.js';
 import { DEFAULT_FIT, train, type FeatureSet } from '../src/train/trainer.js';
+import { denseRows } from '../src/train/rows.js';
 import { Random } from '../src/util/random.js';
 import { maxAbsDiff } from './support/onnx.js';
 import { GraftError, GraftModel, learner } from '../src/index.js';
@@ -74,7 +75,7 @@ describe('fine-tuning graphs on MobileNetV2', () => {
 
   it('a fixed-size training graph pads the short last batch with ignored rows: same training as without', async () => {
     const plan = planSuffix(float, FEATURES, { unfreeze: 1 });
-    const rowShape = await probeShape(float, plan.boundary, backbone.config);
+    const rowShape = await probeShape(float, plan.boundary, backbone.pipeline);
     const spec: HeadSpec = { kind: 'linear', hidden: 0, dropout: 0, inputDim: 1280, numClasses: 3 };
     const std = { mean: new Float32Array(1280), invStd: new Float32Array(1280).fill(1) };
     const dim = rowShape.reduce((a, b) => a * b, 1);
@@ -99,7 +100,7 @@ describe('fine-tuning graphs on MobileNetV2', () => {
 
   it('overfits a fixed batch of real images: the loss falls at each of the first 20 steps', async () => {
     const plan = planSuffix(float, FEATURES, { unfreeze: 2 });
-    const rowShape = await probeShape(float, plan.boundary, backbone.config);
+    const rowShape = await probeShape(float, plan.boundary, backbone.pipeline);
     assert.deepEqual(rowShape, [160, 7, 7]);
     const files = [
       ...(await readdir(join(HYM, 'train/ants'))).filter((f) => f.endsWith('.jpg')).slice(0, 4).map((f) => join(HYM, 'train/ants', f)),
@@ -115,7 +116,7 @@ describe('fine-tuning graphs on MobileNetV2', () => {
     const labels = Int32Array.from(files, (_, i) => (i < 4 ? 0 : 1));
     const rows = files.map((_, i) => i);
     const spec: HeadSpec = { kind: 'mlp', hidden: 64, dropout: 0, inputDim: 1280, numClasses: 2 };
-    const pooled = await poolWithSuffix(plan, rowShape, { features: r.features, dim: r.dim, labels }, rows, 1280);
+    const pooled = await poolWithSuffix(plan, rowShape, denseRows({ features: r.features, dim: r.dim, labels }, plan.boundary, rowShape), rows, 1280);
     const std = fitStandardizer(pooled.features, 1280, rows);
     const trainable = suffixTrainable(plan, rowShape, spec, std, initParams(spec, 3), { lr: 1e-4, lrMult: 10, weightDecay: 0 });
     const session = await ort.InferenceSession.create(encodeModel(trainable.trainModel));

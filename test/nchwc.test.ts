@@ -254,18 +254,18 @@ describe('shape inference for the rewrite', () => {
 
 describe('a MobileNetV2 fine-tuning graph on NCHWc kernels', { skip }, () => {
   let float: ModelProto;
-  let config: Awaited<ReturnType<typeof loadBackbone>>['config'];
+  let pipeline: Awaited<ReturnType<typeof loadBackbone>>['pipeline'];
   before(async () => {
     const backbone = await loadBackbone(resolve(SHARED, 'models/mobilenetv2-12-int8/model.onnx'));
     float = dequantizeModel(backbone.featureModel).model;
-    config = backbone.config;
+    pipeline = backbone.pipeline;
   });
 
   it('gives the plain graph’s loss and gradients (last 2 blocks, batch 8)', async () => {
     const spec: HeadSpec = { kind: 'linear', hidden: 0, dropout: 0, inputDim: 1280, numClasses: 3 };
     const std = { mean: new Float32Array(1280), invStd: new Float32Array(1280).fill(1) };
     const plan = planSuffix(float, 'features', { unfreeze: 2 });
-    const rowShape = await probeShape(float, plan.boundary, config);
+    const rowShape = await probeShape(float, plan.boundary, pipeline);
     const B = 8;
     const rng = new Random(7);
     const x = Float32Array.from({ length: B * rowShape.reduce((a, b) => a * b, 1) }, () => Math.max(0, rng.normal()));

@@ -1,23 +1,28 @@
 /**
- * A trained model loaded back from its directory: the merged ONNX graph and the preprocessing it was
- * trained with. Prediction applies exactly the recorded PretrainedConfig.
+ * A trained model loaded back from its directory: the merged ONNX graph and the input pipeline it was
+ * trained with. Prediction applies exactly the recorded config (image preprocessing, or the tokenizer and
+ * text config).
  */
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import type { Skipped } from '../data/dataset.js';
+import { GraftError } from '../errors.js';
 import { topK } from '../evaluate/metrics.js';
 import { inputShape } from '../preprocess/config.js';
+import { textFeeds, type Feed } from '../preprocess/pipeline.js';
 import { ImagePool, sharedFloat32 } from '../preprocess/pool.js';
+import { parseTokenizerFiles, TextTokenizer } from '../preprocess/text.js';
 import { readArtifact, type Manifest } from './artifact.js';
 
 export interface Prediction {
-  file: string;
+  /** The image file, or the text, as given. */
+  input: string;
   /** Ranked classes, most probable first. */
-  top: Array<{ label: string; probability: number }>;
+  predictions: Array<{ label: string; probability: number }>;
 }
 
 export interface ProbabilityResult {
-  /** Row i holds the class probabilities of files[i] (zeros where valid[i] is 0). */
+  /** Row i holds the class probabilities of inputs[i] (zeros where valid[i] is 0). */
   probabilities: Float32Array;
   valid: Uint8Array;
   skipped: Skipped[];
@@ -31,28 +36,68 @@ export class GraftModel {
     readonly dir: string,
     private readonly session: ort.InferenceSession,
     private readonly threads: number,
+    private readonly tokenizer: TextTokenizer | undefined,
   ) {}
 
   static async load(dir: string, options: { threads?: number } = {}): Promise<GraftModel> {
-    const { manifest, modelBytes, dir: root } = await readArtifact(dir);
+    const { manifest, modelBytes, dir: root, files } = await readArtifact(dir);
+    const tokenizer =
+      manifest.task === 'text-classification'
+        ? new TextTokenizer(parseTokenizerFiles(files[manifest.config.tokenizer.file]!, files['tokenizer_config.json'], `${root}/${manifest.config.tokenizer.file}`))
+        : undefined;
     const threads = options.threads ?? availableParallelism();
     const session = await ort.InferenceSession.create(modelBytes, { intraOpNumThreads: threads });
-    return new GraftModel(manifest, root, session, threads);
+    return new GraftModel(manifest, root, session, threads, tokenizer);
   }
 
   get labels(): string[] {
     return this.manifest.labels;
   }
 
-  /** Probabilities for a batch of preprocessed images (layout and size as in the manifest's config). */
-  async run(input: Float32Array, n: number): Promise<Float32Array> {
-    const shape = inputShape(this.manifest.config, n);
-    const out = await this.session.run({ [this.manifest.model.input]: new ort.Tensor('float32', input, shape) });
+  get task(): Manifest['task'] {
+    return this.manifest.task;
+  }
+
+  /** Probabilities for named, typed feeds (the graph's inputs, as graft.json's `model.inputs` lists them). */
+  async runFeeds(feeds: Record<string, Feed>): Promise<Float32Array> {
+    const inputs: Record<string, ort.Tensor> = {};
+    for (const [name, f] of Object.entries(feeds)) inputs[name] = new ort.Tensor(f.type, f.data, [...f.dims]);
+    const out = await this.session.run(inputs);
     return out[this.manifest.model.output]!.data as Float32Array;
   }
 
-  /** Decodes, preprocesses and classifies image files; undecodable files are skipped and reported. */
-  async probabilities(files: readonly string[], batchSize = 16): Promise<ProbabilityResult> {
+  /** Probabilities for a batch of preprocessed images (layout and size as in the manifest's config). */
+  async run(input: Float32Array, n: number): Promise<Float32Array> {
+    if (this.manifest.task !== 'image-classification') throw new GraftError('USAGE', 'run() takes preprocessed images; this is a text model: use predict() or runFeeds()');
+    return this.runFeeds({ [this.manifest.model.input]: { type: 'float32', data: input, dims: inputShape(this.manifest.config, n) } });
+  }
+
+  /**
+   * Classifies inputs: image files for an image model (undecodable files are skipped and reported), texts for a
+   * text model (tokenised and truncated as in training).
+   */
+  async probabilities(inputs: readonly string[], batchSize = 16): Promise<ProbabilityResult> {
+    return this.manifest.task === 'text-classification' ? this.textProbabilities(inputs, batchSize * 2) : this.imageProbabilities(inputs, batchSize);
+  }
+
+  private async textProbabilities(texts: readonly string[], batchSize: number): Promise<ProbabilityResult> {
+    if (this.manifest.task !== 'text-classification' || !this.tokenizer) throw new Error('not a text model');
+    const config = this.manifest.config;
+    const c = this.labels.length;
+    const encoded = texts.map((t, i) => ({ i, ids: this.tokenizer!.encode(t, config.maxLength).ids }));
+    // Similar lengths together: little padding.
+    encoded.sort((a, b) => b.ids.length - a.ids.length || a.i - b.i);
+    const probabilities = new Float32Array(texts.length * c);
+    for (let start = 0; start < encoded.length; start += batchSize) {
+      const batch = encoded.slice(start, start + batchSize);
+      const probs = await this.runFeeds(textFeeds(config, batch));
+      batch.forEach((e, k) => probabilities.set(probs.subarray(k * c, (k + 1) * c), e.i * c));
+    }
+    return { probabilities, valid: new Uint8Array(texts.length).fill(1), skipped: [] };
+  }
+
+  private async imageProbabilities(files: readonly string[], batchSize: number): Promise<ProbabilityResult> {
+    if (this.manifest.task !== 'image-classification') throw new Error('not an image model');
     const config = this.manifest.config;
     const c = this.labels.length;
     this.pool ??= new ImagePool(config, { threads: this.threads });
@@ -82,12 +127,13 @@ export class GraftModel {
     return { probabilities, valid, skipped };
   }
 
-  async predict(files: readonly string[], k = 5): Promise<{ predictions: Prediction[]; skipped: Skipped[] }> {
-    const { probabilities, valid, skipped } = await this.probabilities(files);
+  /** The `k` most probable classes of each input (image files, or texts for a text model). */
+  async predict(inputs: readonly string[], k = 5): Promise<{ predictions: Prediction[]; skipped: Skipped[] }> {
+    const { probabilities, valid, skipped } = await this.probabilities(inputs);
     const c = this.labels.length;
     const predictions: Prediction[] = [];
-    files.forEach((file, i) => {
-      if (valid[i]) predictions.push({ file, top: topK(probabilities.subarray(i * c, (i + 1) * c), this.labels, k) });
+    inputs.forEach((input, i) => {
+      if (valid[i]) predictions.push({ input, predictions: topK(probabilities.subarray(i * c, (i + 1) * c), this.labels, k) });
     });
     return { predictions, skipped };
   }

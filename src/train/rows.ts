@@ -1,0 +1,77 @@
+/**
+ * What the training loop reads batches from: a source of rows that writes the feeds of a batch. Dense rows
+ * are fixed-size float rows (pooled features; a CNN's boundary activations); sequence rows are a text
+ * encoder's per-token states at a boundary, each of its own length, padded per batch, with the side inputs
+ * (attention mask, token ids, token type ids) the rest of the encoder recomputes its mask arithmetic from.
+ */
+import { GraftError } from '../errors.js';
+import type { Feed } from '../preprocess/pipeline.js';
+
+export interface Rows {
+  /** Class of each row. */
+  labels: Int32Array;
+  /**
+   * Feeds of the graph's row inputs for `rows` (a batch), padded to `size` rows with zero rows (which
+   * training labels IGNORE_LABEL). The arrays may be reused by the next call.
+   */
+  feeds(rows: readonly number[], size: number): Record<string, Feed>;
+}
+
+/** Rows of `dim` floats (`features[i·dim … (i+1)·dim)`), fed as `input` with per-row shape `rowShape`. */
+export function denseRows(data: { features: Float32Array; dim: number; labels: Int32Array }, input: string, rowShape: readonly number[]): Rows {
+  const { features, dim, labels } = data;
+  let x = new Float32Array(0);
+  return {
+    labels,
+    feeds(rows, size) {
+      if (x.length < size * dim) x = new Float32Array(size * dim);
+      rows.forEach((r, i) => x.set(features.subarray(r * dim, (r + 1) * dim), i * dim));
+      x.fill(0, rows.length * dim, size * dim);
+      return { [input]: { type: 'float32', data: x.subarray(0, size * dim), dims: [size, ...rowShape] } };
+    },
+  };
+}
+
+/** What each side input of a sequence suffix holds. */
+export type SideInput = 'mask' | 'ids' | 'typeIds';
+
+export interface SequenceData {
+  /** Row i's token states, T_i × width. */
+  states: readonly Float32Array[];
+  /** Row i's token ids (T_i of them). */
+  tokens: readonly Int32Array[];
+  width: number;
+  labels: Int32Array;
+}
+
+/**
+ * Token-state rows fed as `input` [N, T, width] (T: the batch's longest row), with `side` graph inputs
+ * ([N, T] int64): the attention mask (1 on real tokens), the token ids (`padId` after the end), token types (0).
+ */
+export function sequenceRows(data: SequenceData, input: string, side: Readonly<Record<string, SideInput>>, padId: number): Rows {
+  const { states, tokens, width, labels } = data;
+  for (let i = 0; i < states.length; i++) {
+    if (states[i]!.length !== tokens[i]!.length * width) throw new GraftError('TRAIN', `row ${i}: ${states[i]!.length} state values for ${tokens[i]!.length} tokens of width ${width}`);
+  }
+  return {
+    labels,
+    feeds(rows, size) {
+      const T = Math.max(1, ...rows.map((r) => tokens[r]!.length));
+      const x = new Float32Array(size * T * width);
+      rows.forEach((r, i) => x.set(states[r]!, i * T * width));
+      const feeds: Record<string, Feed> = { [input]: { type: 'float32', data: x, dims: [size, T, width] } };
+      for (const [name, kind] of Object.entries(side)) {
+        const v = new BigInt64Array(size * T);
+        if (kind === 'ids') v.fill(BigInt(padId));
+        if (kind !== 'typeIds') {
+          rows.forEach((r, i) => {
+            const ids = tokens[r]!;
+            for (let t = 0; t < ids.length; t++) v[i * T + t] = kind === 'mask' ? 1n : BigInt(ids[t]!);
+          });
+        }
+        feeds[name] = { type: 'int64', data: v, dims: [size, T] };
+      }
+      return feeds;
+    },
+  };
+}
