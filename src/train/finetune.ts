@@ -307,9 +307,12 @@ export async function poolWithSuffix(plan: SuffixPlan, rowShape: number[], activ
   const session = await ort.InferenceSession.create(encodeModel(b.model(TRAIN_OPSET)));
   const features = new Float32Array(activations.labels.length * featureDim);
   const chunk = 64;
+  // Rows of similar lengths together (token sequences): little padding per chunk.
+  const lengths = activations.lengths;
+  const ordered = lengths ? [...rows].sort((a, b) => lengths[a]! - lengths[b]! || a - b) : rows;
   try {
-    for (let s = 0; s < rows.length; s += chunk) {
-      const part = rows.slice(s, s + chunk);
+    for (let s = 0; s < ordered.length; s += chunk) {
+      const part = ordered.slice(s, s + chunk);
       const feeds: Record<string, ort.Tensor> = {};
       for (const [name, f] of Object.entries(activations.feeds(part, part.length))) feeds[name] = new ort.Tensor(f.type, f.data, [...f.dims]);
       const data = (await session.run(feeds))[plan.output]!.data as Float32Array;

@@ -10,6 +10,8 @@ import type { Feed } from '../preprocess/pipeline.js';
 export interface Rows {
   /** Class of each row. */
   labels: Int32Array;
+  /** Each row's length, where rows differ (token sequences): batches then group similar lengths. */
+  lengths?: Int32Array;
   /**
    * Feeds of the graph's row inputs for `rows` (a batch), padded to `size` rows with zero rows (which
    * training labels IGNORE_LABEL). The arrays may be reused by the next call.
@@ -55,6 +57,7 @@ export function sequenceRows(data: SequenceData, input: string, side: Readonly<R
   }
   return {
     labels,
+    lengths: Int32Array.from(tokens, (t) => t.length),
     feeds(rows, size) {
       const T = Math.max(1, ...rows.map((r) => tokens[r]!.length));
       const x = new Float32Array(size * T * width);

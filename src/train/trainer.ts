@@ -36,6 +36,28 @@ export interface FeatureSet {
   labels: Int32Array;
 }
 
+/** Rows pooled before sorting by length into batches: long enough that batches are nearly uniform, short enough to stay random. */
+const LENGTH_POOL_BATCHES = 50;
+
+/**
+ * The batches of one epoch over rows already shuffled: consecutive runs of `size`, or, for rows of different
+ * lengths (token sequences), batches of similar lengths (sorted within pools of LENGTH_POOL_BATCHES batches,
+ * the batches then shuffled), so that padding to a batch's longest row stays small.
+ */
+export function batchesOf(order: readonly number[], size: number, lengths: ArrayLike<number> | undefined, rng: Random): number[][] {
+  const out: number[][] = [];
+  if (!lengths) {
+    for (let s = 0; s < order.length; s += size) out.push(order.slice(s, s + size));
+    return out;
+  }
+  const pool = size * LENGTH_POOL_BATCHES;
+  for (let s = 0; s < order.length; s += pool) {
+    const part = order.slice(s, s + pool).sort((a, b) => lengths[a]! - lengths[b]! || a - b);
+    for (let i = 0; i < part.length; i += size) out.push(part.slice(i, i + size));
+  }
+  return rng.shuffle(out);
+}
+
 /** Dense rows for a graph's row input, as they are; any other Rows source passes through. */
 function asRows(data: FeatureSet | Rows, trainable: Pick<Trainable, 'inputName' | 'rowShape'>): Rows {
   if ('feeds' in data) return data;
@@ -267,17 +289,20 @@ export class Evaluator {
     const source = asRows(data, this.trainable);
     let out: Float32Array | undefined;
     let numClasses = 0;
-    const all = Array.from(rows);
-    for (let start = 0; start < all.length; start += chunk) {
-      const part = all.slice(start, start + chunk);
-      const feeds: Record<string, Feed> = source.feeds(part, part.length);
+    // Positions into `rows`, by length where rows differ in length (little padding per chunk).
+    const positions = Array.from({ length: rows.length }, (_, i) => i);
+    const lengths = source.lengths;
+    if (lengths) positions.sort((a, b) => lengths[rows[a]!]! - lengths[rows[b]!]! || a - b);
+    for (let start = 0; start < positions.length; start += chunk) {
+      const part = positions.slice(start, start + chunk);
+      const feeds: Record<string, Feed> = source.feeds(part.map((i) => rows[i]!), part.length);
       for (const p of params) feeds[p.name] = { type: 'float32', data: p.data, dims: p.dims };
       const probs = (await this.session.run(feeds, [HEAD_OUTPUT]))[HEAD_OUTPUT]!.data;
       if (!out) {
         numClasses = probs.length / part.length;
-        out = new Float32Array(all.length * numClasses);
+        out = new Float32Array(positions.length * numClasses);
       }
-      out.set(probs, start * numClasses);
+      part.forEach((i, k) => out!.set(probs.subarray(k * numClasses, (k + 1) * numClasses), i * numClasses));
     }
     return out ?? new Float32Array(0);
   }
@@ -351,9 +376,8 @@ export async function train(
       emit('beforeEpoch');
       rng.shuffle(order);
       let lossSum = 0;
-      for (let start = 0; start < order.length; start += B) {
-        const n = Math.min(B, order.length - start);
-        const batch = order.slice(start, start + n);
+      for (const batch of batchesOf(order, B, data.lengths, rng)) {
+        const n = batch.length;
         for (let i = 0; i < n; i++) labels[i] = BigInt(data.labels[batch[i]!]!);
         // A fixed-size graph gets the short last batch padded with ignored rows (zeros: finite activations).
         const fed = trainable.batchSize ?? n;
