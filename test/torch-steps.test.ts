@@ -26,38 +26,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import * as ort from 'onnxruntime-node';
-import { appendGradients } from '../src/onnx/autodiff.js';
-import { GraphBuilder } from '../src/onnx/builder.js';
-import { DataType, encodeModel } from '../src/onnx/proto.js';
-import { Adam, AdamW, SGD, type Optimizer } from '../src/train/optimizer.js';
-import type { Param } from '../src/head/head.js';
+import { DataType } from '../src/onnx/proto.js';
+import { checkNetwork, f32, type Build, type Entry, type NetworkRecord } from './support/torch-fixture.js';
 
-interface Entry {
-  shape: number[];
-  data: number[];
-}
-interface OptimizerRecord {
-  kind: 'SGD' | 'Adam' | 'AdamW';
-  lr: number;
-  weightDecay: number;
-  momentum?: number;
-  beta1?: number;
-  beta2?: number;
-  eps?: number;
-  params1: Record<string, number[]>;
-  loss2: number;
-  grads2: Record<string, number[]>;
-  params2: Record<string, number[]>;
-}
-interface NetworkRecord {
-  inputs: { x: Entry; labels: Entry };
-  constants: Record<string, Entry | number>;
-  params: Array<{ name: string; shape: number[]; decay: boolean; data: number[] }>;
-  loss: number;
-  grads: Record<string, number[]>;
-  optimizers: Record<string, OptimizerRecord>;
-}
 interface Fixture {
   torch: string;
   conv: NetworkRecord;
@@ -65,65 +36,6 @@ interface Fixture {
 }
 
 const fixture = JSON.parse(readFileSync(new URL('../../test/fixtures/torch-steps.json', import.meta.url), 'utf8')) as Fixture;
-
-const TOL = 1e-4;
-const PARAM_FLOOR = 1e-2;
-const GRAD_FLOOR = 1e-2; // times the tensor's largest magnitude
-const UPDATE_FLOOR = 1e-2; // times the tensor's largest update
-const verbose = !!process.env.GRAFT_TORCH_VERBOSE;
-
-/** Largest |got − want| / max(|want|, floor) over the elements. */
-function maxError(got: ArrayLike<number>, want: readonly number[], floor: number): { err: number; at: number } {
-  assert.equal(got.length, want.length);
-  let err = 0;
-  let at = -1;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!) / Math.max(Math.abs(want[i]!), floor);
-    if (!(e <= err)) [err, at] = [Number.isNaN(e) ? Infinity : e, i]; // NaN counts as the worst
-  }
-  return { err, at };
-}
-
-/** Worst error per label, kept for the summary. */
-type Report = Map<string, number>;
-
-function check(report: Report, label: string, got: ArrayLike<number>, want: readonly number[], floor: number): void {
-  const { err, at } = maxError(got, want, floor);
-  report.set(label, Math.max(report.get(label) ?? 0, err));
-  assert.ok(err <= TOL, `${label}: max relative error ${err.toExponential(2)} > ${TOL} at element ${at}: graft ${got[at]}, torch ${want[at]}`);
-}
-
-/** float32 spacing at v (the distance to the next float32 away from zero). */
-function ulp32(v: number): number {
-  const a = Math.abs(v);
-  return a < 2 ** -126 ? 2 ** -149 : 2 ** (Math.floor(Math.log2(a)) - 23);
-}
-
-/**
- * The parameter update w − w0 against torch's, element-wise: |Δgraft − Δtorch| − 2·ulp(w) ≤ TOL · max(|Δtorch|,
- * 1e-2 · max|Δtorch|). The 2 ulp of w are the float32 rounding of the two parameters themselves.
- */
-function checkUpdate(report: Report, label: string, w0: Float32Array, got: Float32Array, want: readonly number[]): void {
-  const dWant = want.map((v, i) => v - w0[i]!);
-  const floor = UPDATE_FLOOR * dWant.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-  let err = 0;
-  let at = -1;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.max(0, Math.abs(got[i]! - want[i]!) - 2 * ulp32(want[i]!)) / Math.max(Math.abs(dWant[i]!), floor);
-    if (!(e <= err)) [err, at] = [Number.isNaN(e) ? Infinity : e, i];
-  }
-  report.set(label, Math.max(report.get(label) ?? 0, err));
-  assert.ok(err <= TOL, `${label}: max error ${err.toExponential(2)} of the update > ${TOL} at element ${at}: graft ${got[at]! - w0[at]!}, torch ${dWant[at]}`);
-}
-
-function gradFloor(want: readonly number[]): number {
-  return GRAD_FLOOR * want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-}
-
-const f32 = (v: readonly number[]) => Float32Array.from(v);
-
-/** A forward graph with the parameters (named as torch names them) as inputs; returns the loss name. */
-type Build = (b: GraphBuilder, net: NetworkRecord) => string;
 
 /** Conv 3x3/2 → BatchNorm (inference) → ReLU6 → depthwise 3x3 → ReLU → 1x1 → global average pool → Linear → cross-entropy. */
 const buildConv: Build = (b, net) => {
@@ -173,81 +85,12 @@ const buildTransformer: Build = (b, net) => {
   return b.op('SoftmaxCrossEntropyLoss', [logits, labels]);
 };
 
-/** Forward + backward session: params → loss and gradients (by parameter name). */
-async function gradientSession(net: NetworkRecord, build: Build) {
-  const b = new GraphBuilder('torch_steps');
-  for (const p of net.params) b.input(p.name, DataType.FLOAT, p.shape);
-  const loss = build(b, net);
-  const grads = appendGradients(b, { loss, wrt: net.params.map((p) => p.name) });
-  b.output(loss, DataType.FLOAT, []);
-  for (const p of net.params) b.output(grads.get(p.name)!, DataType.FLOAT, p.shape);
-  const session = await ort.InferenceSession.create(encodeModel(b.model(17)), { intraOpNumThreads: 1 });
-  const fixed = {
-    x: new ort.Tensor('float32', f32(net.inputs.x.data), net.inputs.x.shape),
-    labels: new ort.Tensor('int64', BigInt64Array.from(net.inputs.labels.data, (v) => BigInt(v)), net.inputs.labels.shape),
-  };
-  return {
-    session,
-    async run(params: readonly Param[]): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
-      const feeds: Record<string, ort.Tensor> = { ...fixed };
-      for (const p of params) feeds[p.name] = new ort.Tensor('float32', Float32Array.from(p.data), p.dims);
-      const out = await session.run(feeds);
-      return {
-        loss: (out[loss]!.data as Float32Array)[0]!,
-        grads: new Map(net.params.map((p) => [p.name, Float32Array.from(out[grads.get(p.name)!]!.data as Float32Array)])),
-      };
-    },
-  };
-}
-
-function makeOptimizer(rec: OptimizerRecord, params: Param[]): Optimizer {
-  if (rec.kind === 'SGD') return new SGD(params, { lr: rec.lr, momentum: rec.momentum, weightDecay: rec.weightDecay });
-  const options = { lr: rec.lr, beta1: rec.beta1, beta2: rec.beta2, eps: rec.eps, weightDecay: rec.weightDecay };
-  return rec.kind === 'Adam' ? new Adam(params, options) : new AdamW(params, options);
-}
-
-async function checkNetwork(name: 'conv' | 'transformer', build: Build): Promise<void> {
-  const net = fixture[name];
-  const report: Report = new Map();
-  const { session, run } = await gradientSession(net, build);
-  try {
-    const initial = (): Param[] => net.params.map((p) => ({ name: p.name, dims: [...p.shape], data: f32(p.data), decay: p.decay }));
-    const init = new Map(net.params.map((p) => [p.name, f32(p.data)]));
-    const checkAll = (label: string, params: readonly Param[], want: Record<string, number[]>) => {
-      for (const p of params) check(report, label, p.data, want[p.name]!, PARAM_FLOOR);
-      for (const p of params) checkUpdate(report, `${label}, update`, init.get(p.name)!, p.data, want[p.name]!);
-    };
-    const checkGrads = (label: string, got: Map<string, Float32Array>, want: Record<string, number[]>) => {
-      for (const p of net.params) check(report, `${label} (${p.name})`, got.get(p.name)!, want[p.name]!, gradFloor(want[p.name]!));
-    };
-
-    const first = await run(initial());
-    check(report, 'loss', [first.loss], [net.loss], PARAM_FLOOR);
-    checkGrads('gradient', first.grads, net.grads);
-
-    for (const [key, rec] of Object.entries(net.optimizers)) {
-      const params = initial();
-      const opt = makeOptimizer(rec, params);
-      opt.step(first.grads);
-      checkAll(`${key} params after step 1`, params, rec.params1);
-      const second = await run(params);
-      check(report, `${key} loss at step 2`, [second.loss], [rec.loss2], PARAM_FLOOR);
-      checkGrads(`${key} gradient at step 2`, second.grads, rec.grads2);
-      opt.step(second.grads);
-      checkAll(`${key} params after step 2`, params, rec.params2);
-    }
-  } finally {
-    if (verbose) for (const [label, err] of report) console.log(`${name} ${label}: ${err.toExponential(2)}`);
-    await session.release();
-  }
-}
-
 test(`conv net: loss, gradients and two SGD/Adam/AdamW steps match PyTorch ${fixture.torch}`, async () => {
-  await checkNetwork('conv', buildConv);
+  await checkNetwork('conv', fixture.conv, buildConv);
 });
 
 test(`transformer block: loss, gradients and two SGD/Adam/AdamW steps match PyTorch ${fixture.torch}`, async () => {
-  await checkNetwork('transformer', buildTransformer);
+  await checkNetwork('transformer', fixture.transformer, buildTransformer);
 });
 
 test('the fixture is as described: float32, torch layouts, both networks with the three optimizers', () => {

@@ -8,8 +8,8 @@
  */
 import { GraftError } from '../errors.js';
 import type { AttrValue, GraphBuilder } from './builder.js';
-import { attrInt, attrInts, DataType, tensor, tensorToFloat32, toNumber, type AttributeProto, type NodeProto, type TensorProto, type ValueInfoProto } from './proto.js';
-import { declaredShapes, inferShapes, isSize, provablyEqual, topologicalOrder, type StaticShape } from './shapes.js';
+import { attrInt, attrInts, constantInts, DataType, tensor, tensorToFloat32, toNumber, type AttributeProto, type NodeProto, type TensorProto, type ValueInfoProto } from './proto.js';
+import { declaredShapes, inferShapes, isSize, provablyEqual, topologicalOrder, type Dim, type StaticShape } from './shapes.js';
 
 export type { Dim, StaticShape } from './shapes.js';
 
@@ -91,7 +91,8 @@ const NON_DIFFERENTIABLE_OPS = new Set([
 const INDEX_INPUTS: Readonly<Record<string, readonly number[]>> = {
   Reshape: [1], Expand: [1], Squeeze: [1], Unsqueeze: [1], ReduceSum: [1], ReduceMean: [1],
   SoftmaxCrossEntropyLoss: [1], Dropout: [1, 2], Tile: [1], Slice: [1, 2, 3, 4], Gather: [1], OneHot: [0, 1],
-  ReduceMax: [1], ReduceMin: [1], Pad: [1, 3],
+  ReduceMax: [1], ReduceMin: [1], ReduceL2: [1], Pad: [1, 3], Split: [1],
+  Where: [0], // the condition
   // Running statistics: in inference mode they are frozen buffers, in training mode they do not reach Y.
   BatchNormalization: [3, 4],
 };
@@ -524,6 +525,24 @@ const reduceExtremeGrad: GradRule = (c) => {
   return [c.emit('Mul', [mask, c.emit('Div', [keep(c.dy), ties])]), ...rest];
 };
 
+/**
+ * Max / Min (variadic, broadcasting): the gradient goes to the inputs equal to the output, split evenly among
+ * ties, as torch.maximum / torch.minimum do for two (half each) and as ReduceMax does here.
+ */
+const elementwiseExtremeGrad: GradRule = (c) => {
+  if (c.inputs.length === 1) return [c.dy];
+  const y = c.outputs[0]!;
+  const masks = c.inputs.map((x) => c.emit('Cast', [c.emit('Equal', [x, y])], { to: c.elemType }));
+  const share = c.emit('Div', [c.dy, c.emit('Sum', masks)]);
+  return c.inputs.map((x, i) => (c.needs(i) ? c.unbroadcast(c.emit('Mul', [share, masks[i]!]), x) : null));
+};
+
+/** The reduced axes of a ReduceL2-style node (input or attribute), or '' for all of them. */
+function reducedAxes(c: GradContext): string {
+  const axesAttr = c.attrInts('axes');
+  return c.inputs[1] || (axesAttr && axesAttr.length > 0 ? c.ints(axesAttr) : '');
+}
+
 export const GRAD_RULES: Record<string, GradRule> = {
   Identity: passThrough,
   // Inference mode only (checked up front): training graphs apply their dropout mask with Mul.
@@ -541,6 +560,8 @@ export const GRAD_RULES: Record<string, GradRule> = {
     c.emit('Where', [c.emit('Greater', [x, c.scalar(0)]), c.dy, c.emit('Mul', [c.dy, c.scalar(c.attrFloat('alpha', 0.01))])])),
   Sigmoid: unary((c, _x, y) => c.emit('Mul', [c.dy, c.emit('Mul', [y, c.emit('Sub', [c.scalar(1), y])])])),
   Tanh: unary((c, _x, y) => c.emit('Mul', [c.dy, c.emit('Sub', [c.scalar(1), c.emit('Mul', [y, y])])])),
+  Sin: unary((c, x) => c.emit('Mul', [c.dy, c.emit('Cos', [x])])),
+  Cos: unary((c, x) => c.emit('Neg', [c.emit('Mul', [c.dy, c.emit('Sin', [x])])])),
 
   Add: (c) => [c.needs(0) ? c.unbroadcast(c.dy, c.inputs[0]!) : null, c.needs(1) ? c.unbroadcast(c.dy, c.inputs[1]!) : null],
   Sum: (c) => c.inputs.map((x, i) => (c.needs(i) ? c.unbroadcast(c.dy, x) : null)),
@@ -558,6 +579,15 @@ export const GRAD_RULES: Record<string, GradRule> = {
   Pow: (c) => {
     // y = x^p: dx = dy·p·x^(p-1), dp = dy·y·ln(x) (only defined for x > 0)
     const [x, p0] = [c.inputs[0]!, c.inputs[1]!];
+    const init = c.initializer(p0);
+    const constant = init && !c.needs(1) ? tensorToFloat32(init) : undefined;
+    if (constant && constant.length === 1) {
+      // A constant scalar exponent (LayerNorm's variance squares, decomposed as exports write it): folded;
+      // x² → 2x, with no Pow (exact for every x, negative ones included).
+      const pv = constant[0]!;
+      const slope = pv === 2 ? c.emit('Mul', [x, c.scalar(2)]) : pv === 1 ? undefined : c.emit('Mul', [c.emit('Pow', [x, c.scalar(pv - 1)]), c.scalar(pv)]);
+      return [c.needs(0) ? c.unbroadcast(slope ? c.emit('Mul', [c.dy, slope]) : c.dy, x) : null, null];
+    }
     const pType = c.typeOf(p0);
     const p = pType !== undefined && pType !== c.elemType ? c.emit('Cast', [p0], { to: c.elemType }) : p0;
     const dx = c.needs(0) ? c.unbroadcast(c.emit('Mul', [c.dy, c.emit('Mul', [p, c.emit('Pow', [x, c.emit('Sub', [p, c.scalar(1)])])])]), x) : null;
@@ -584,6 +614,19 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const dlo = c.needs(1) ? c.unbroadcast(c.emit('Where', [c.emit('Less', [x, lo]), c.dy, zero]), c.inputs[1]!) : null;
     const dhi = c.needs(2) ? c.unbroadcast(c.emit('Where', [c.emit('Greater', [x, hi]), c.dy, zero]), c.inputs[2]!) : null;
     return [dx, dlo, dhi].slice(0, c.inputs.length);
+  },
+
+  Max: elementwiseExtremeGrad,
+  Min: elementwiseExtremeGrad,
+  Where: (c) => {
+    // y = cond ? X : Y: dX = dY where cond, dY = dY elsewhere (each summed over its broadcast axes).
+    const [cond, x, y] = [c.inputs[0]!, c.inputs[1]!, c.inputs[2]!];
+    const zero = c.scalar(0);
+    return [
+      null,
+      c.needs(1) ? c.unbroadcast(c.emit('Where', [cond, c.dy, zero]), x) : null,
+      c.needs(2) ? c.unbroadcast(c.emit('Where', [cond, zero, c.dy]), y) : null,
+    ];
   },
 
   Flatten: reshapeBack,
@@ -616,6 +659,34 @@ export const GRAD_RULES: Record<string, GradRule> = {
       start = end;
       return g;
     });
+  },
+
+  Tile: (c) => {
+    // y = x tiled r_i times along axis i: dY viewed as [r0, d0, r1, d1, …] summed over the r axes.
+    const [x, repeats] = [c.inputs[0]!, c.inputs[1]!];
+    const reps = c.initializer(repeats) ? Array.from(tensorToFloat32(c.initializer(repeats)!)) : undefined;
+    const rank = reps?.length ?? c.staticShape(x)?.length;
+    if (rank === undefined) refuse(c, `the rank of ${x} is needed`);
+    const xs = c.staticShape(x);
+    let split: string;
+    if (reps && xs && xs.every(isSize)) split = c.ints(reps.flatMap((r, i) => [r, xs[i] as number]));
+    else {
+      const column = (t: string) => c.emit('Unsqueeze', [t, c.ints([1])]);
+      split = c.emit('Reshape', [c.emit('Concat', [column(reps ? c.ints(reps) : repeats), column(c.shapeOf(x))], { axis: 1 }), c.ints([-1])]);
+    }
+    const summed = c.emit('ReduceSum', [c.emit('Reshape', [c.dy, split]), c.ints(range(0, rank).map((i) => 2 * i))], { keepdims: 0 });
+    return [summed, null];
+  },
+  Split: (c) => {
+    // The outputs' gradients concatenated back (zeros for an output that none reaches).
+    const axis = c.attrInt('axis', 0);
+    const parts = c.outputs.map((o, i) => {
+      const g = c.dys[i];
+      if (g) return g;
+      const s = c.staticShape(o);
+      return filled(c, s && s.every(isSize) ? c.ints(s as number[]) : c.shapeOf(o), 0);
+    });
+    return [c.emit('Concat', parts, { axis }), ...c.inputs.slice(1).map(() => null)];
   },
 
   Softmax: (c) => [softmaxBackward(c, c.dy, c.outputs[0]!, c.attrInt('axis', -1))],
@@ -656,6 +727,26 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const sa = c.staticShape(a);
     const sb = c.staticShape(b);
     const so = c.staticShape(c.outputs[0]!);
+    if (!sa && sb?.length === 2) {
+      // A's rank unknown, B a matrix [K, N] (a weight): dA = dY·Bᵀ for any rank of A (1-D included), and
+      // dB = Σ over A's leading axes of Aᵀ·dY, with A and dY viewed as rows [-1, K] and [-1, N].
+      const rows = (t: string, d: string | number) => c.emit('Reshape', [t, typeof d === 'number' ? c.ints([-1, d]) : c.emit('Concat', [c.ints([-1]), d], { axis: 0 })]);
+      const dim = (i: number) => (isSize(sb[i]) ? (sb[i] as number) : c.emit('Slice', [c.shapeOf(b), c.ints([i]), c.ints([i + 1]), c.ints([0])]));
+      return [
+        c.needs(0) ? c.emit('MatMul', [c.dy, c.emit('Transpose', [b], { perm: [1, 0] })]) : null,
+        c.needs(1) ? c.emit('MatMul', [c.emit('Transpose', [rows(a, dim(0))], { perm: [1, 0] }), rows(c.dy, dim(1))]) : null,
+      ];
+    }
+    if (sa?.length === 2 && !sb) {
+      // A a matrix [M, K], B's rank unknown: dB = Aᵀ·dY has B's shape (A has no batch axes to broadcast B
+      // over); dA = Σ over the batch of dY·Bᵀ: batched products viewed as [-1, M, K], summed over axis 0.
+      const bt = c.emit('Einsum', [c.dy, b], { equation: '...mn,...kn->...mk' });
+      const flat = c.emit('Reshape', [bt, shapeVec(c, [-1, ...parts(dimsOf(c, a, 0, 2))])]);
+      return [
+        c.needs(0) ? c.emit('ReduceSum', [flat, c.ints([0])], { keepdims: 0 }) : null,
+        c.needs(1) ? c.emit('MatMul', [c.emit('Transpose', [a], { perm: [1, 0] }), c.dy]) : null,
+      ];
+    }
     if (!sa || !sb) {
       // Ranks unknown (an operand from an op the shape propagation does not know): assume both have the
       // same rank ≥ 2 (ORT's Einsum does not broadcast ellipses) and let Einsum swap the last two axes.
@@ -906,6 +997,30 @@ export const GRAD_RULES: Record<string, GradRule> = {
 
   ReduceMax: reduceExtremeGrad,
   ReduceMin: reduceExtremeGrad,
+  ReduceL2: (c) => {
+    // y = √Σx²: dx = x·dy/y, and 0 where y = 0 (as torch's norm: the subgradient 0 at the origin).
+    const rest = c.inputs.slice(1).map(() => null);
+    if (reducesNothing(c)) return [c.emit('Mul', [c.dy, c.emit('Sign', [c.inputs[0]!])]), ...rest]; // |x|
+    const axes = reducedAxes(c);
+    const keep = (t: string) => (c.attrInt('keepdims', 1) === 0 && axes ? c.emit('Unsqueeze', [t, axes]) : t);
+    const y = keep(c.outputs[0]!);
+    const ratio = c.emit('Where', [c.emit('Equal', [y, c.scalar(0)]), c.scalar(0), c.emit('Div', [keep(c.dy), y])]);
+    return [c.emit('Mul', [c.inputs[0]!, ratio]), ...rest];
+  },
+  LpNormalization: (c) => {
+    // y = x/‖x‖ along axis: p = 2: dx = (dy − y·Σ dy·y)/‖x‖₂; p = 1: dx = (dy − sign(x)·Σ dy·y)/‖x‖₁.
+    const x = c.inputs[0]!;
+    const axis = c.attrInt('axis', -1);
+    const p = c.attrInt('p', 2);
+    if (p !== 1 && p !== 2) refuse(c, `p ${p} is not supported (1 or 2)`);
+    const y = c.outputs[0]!;
+    // The norm recomputed with ReduceSum (axes as an input at every opset from 13).
+    const summed = c.emit('ReduceSum', [p === 2 ? c.emit('Mul', [x, x]) : c.emit('Abs', [x]), c.ints([axis])], { keepdims: 1 });
+    const norm = p === 2 ? c.emit('Sqrt', [summed]) : summed;
+    const dot = c.emit('ReduceSum', [c.emit('Mul', [c.dy, y]), c.ints([axis])], { keepdims: 1 });
+    const along = p === 2 ? y : c.emit('Sign', [x]);
+    return [c.emit('Div', [c.emit('Sub', [c.dy, c.emit('Mul', [along, dot])]), norm])];
+  },
 };
 
 function isConstantFalse(t: TensorProto | undefined): boolean {
@@ -920,6 +1035,163 @@ function hasAttr(node: NodeProto, name: string): boolean {
 // ---------------------------------------------------------------------------------------------------
 // The walk
 // ---------------------------------------------------------------------------------------------------
+
+/** A value of a shape tensor: a size, a symbolic size, or null where unknown. */
+type DimValue = number | string | null;
+
+const INT_TYPES = new Set<number>([DataType.INT64, DataType.INT32]);
+
+/**
+ * inferShapes, plus the shape arithmetic that exported graphs do at run time. The values of the small int
+ * tensors that compute shapes (Shape, and Gather, Unsqueeze, Squeeze, Concat, Slice, Cast of them, constants)
+ * are followed as dims, so that a Reshape, Expand or ConstantOfShape to a computed shape (a transformer's
+ * [N, L, heads, headDim] from Shape(x), as Hugging Face exports write it) gets its static shape, symbolic
+ * sizes included: shapes.ts's propagation knows constant targets only, and without this everything after the
+ * first head reshape of a BERT layer would have no rank. Repeated until a round learns nothing (a round's
+ * reshapes unlock the next ones).
+ */
+function shapesThroughShapeOps(
+  nodes: readonly NodeProto[],
+  inputs: readonly ValueInfoProto[],
+  initializers: readonly TensorProto[],
+  given: ReadonlyMap<string, StaticShape>,
+): Map<string, StaticShape> {
+  const extra = new Map(given);
+  const inits = new Map(initializers.map((t) => [t.name!, t]));
+  for (;;) {
+    const shapes = inferShapes(nodes, inputs, initializers, extra);
+    const values = new Map<string, DimValue[]>();
+    const valueOf = (t: string | undefined): DimValue[] | undefined => (t ? values.get(t) ?? constantInts(inits.get(t)) : undefined);
+    const numbers = (t: string | undefined): number[] | undefined => {
+      const v = valueOf(t);
+      return v && v.every((d) => typeof d === 'number') ? (v as number[]) : undefined;
+    };
+    let learnt = false;
+    const learn = (t: string, s: StaticShape) => {
+      if (shapes.has(t)) return;
+      extra.set(t, s);
+      learnt = true;
+    };
+    const asDims = (v: readonly DimValue[]): Dim[] => v.map((d) => (d === null ? -1 : d));
+    for (const n of nodes) {
+      const ins = n.input ?? [];
+      const out = n.output?.[0];
+      if (!out) continue;
+      switch (n.opType) {
+        case 'Shape': {
+          const x = shapes.get(ins[0] ?? '');
+          if (!x) break;
+          const r = x.length;
+          const clamp = (a: number) => Math.min(Math.max(a < 0 ? a + r : a, 0), r);
+          const dims = x.slice(clamp(attrInt(n, 'start', 0)), clamp(attrInt(n, 'end', r))).map((d) => (typeof d === 'string' || d >= 0 ? d : null));
+          values.set(out, dims);
+          learn(out, [dims.length]);
+          break;
+        }
+        case 'Constant': {
+          const c = constantInts(n.attribute?.find((a) => a.name === 'value')?.t ?? undefined);
+          if (c) values.set(out, c);
+          break;
+        }
+        case 'Cast':
+        case 'Identity':
+        case 'Squeeze':
+        case 'Unsqueeze': {
+          const v = valueOf(ins[0]);
+          if (v && (n.opType !== 'Cast' || INT_TYPES.has(attrInt(n, 'to', 0)))) values.set(out, v);
+          break;
+        }
+        case 'Gather': {
+          const [v, idx] = [valueOf(ins[0]), numbers(ins[1])];
+          if (v && idx && attrInt(n, 'axis', 0) === 0) values.set(out, idx.map((i) => v[i < 0 ? i + v.length : i] ?? null));
+          break;
+        }
+        case 'Concat': {
+          const parts = ins.map(valueOf);
+          if (parts.every((p) => p !== undefined)) values.set(out, (parts as DimValue[][]).flat());
+          break;
+        }
+        case 'Slice': {
+          const [v, starts, ends] = [valueOf(ins[0]), numbers(ins[1]), numbers(ins[2])];
+          const axes = ins[3] ? numbers(ins[3]) : [0];
+          const steps = ins[4] ? numbers(ins[4]) : [1];
+          if (!v || starts?.length !== 1 || ends?.length !== 1 || axes?.length !== 1 || (axes[0] !== 0 && axes[0] !== -1) || steps?.length !== 1 || steps[0] === 0) break;
+          const [d, st] = [v.length, steps[0]!];
+          const at = (e: number, lo: number, hi: number) => Math.min(Math.max(e < 0 ? e + d : e, lo), hi);
+          const [lo, hi] = st > 0 ? [0, d] : [-1, d - 1];
+          const picked: DimValue[] = [];
+          for (let i = at(starts[0]!, lo, hi); st > 0 ? i < at(ends[0]!, lo, hi) : i > at(ends[0]!, lo, hi); i += st) picked.push(v[i]!);
+          values.set(out, picked);
+          break;
+        }
+        case 'Reshape': {
+          const target = valueOf(ins[1]);
+          if (!target) break;
+          const x = shapes.get(ins[0] ?? '');
+          const dims = target.map((d, i): Dim => (d === 0 && attrInt(n, 'allowzero', 0) === 0 ? x?.[i] ?? -1 : d === null ? -1 : d));
+          const minus = target.indexOf(-1);
+          if (minus >= 0 && x) dims[minus] = inferredDim(x, dims.filter((_, i) => i !== minus));
+          learn(out, dims);
+          break;
+        }
+        case 'Expand': {
+          const [x, target] = [shapes.get(ins[0] ?? ''), valueOf(ins[1])];
+          if (!x || !target) break;
+          const rank = Math.max(x.length, target.length);
+          const pad = <T>(a: readonly T[], fill: T) => [...Array<T>(rank - a.length).fill(fill), ...a];
+          const [xs, ts] = [pad<Dim>(x, 1), pad<DimValue>(target, 1)];
+          learn(out, xs.map((d, i) => {
+            const t = ts[i]!;
+            if (t === 1 || t === d) return d;
+            if (d === 1) return t ?? -1;
+            return typeof t === 'number' && t > 1 ? t : typeof d === 'number' && d > 1 ? d : -1;
+          }));
+          break;
+        }
+        case 'ConstantOfShape': {
+          const target = valueOf(ins[0]);
+          if (target) learn(out, asDims(target));
+          break;
+        }
+        case 'Split': {
+          // Every output (shapes.ts follows output 0 of a node only): sizes from the split input (opset 13+),
+          // the split attribute (before), or equal parts (the last smaller, opset 18's num_outputs).
+          const x = shapes.get(ins[0] ?? '');
+          const outs = n.output ?? [];
+          if (!x) break;
+          const axis = attrInt(n, 'axis', 0) < 0 ? attrInt(n, 'axis', 0) + x.length : attrInt(n, 'axis', 0);
+          const d = x[axis];
+          let sizes: Dim[] | undefined = ins[1] ? numbers(ins[1]) : attrInts(n, 'split');
+          if (!sizes && isSize(d)) {
+            const part = Math.ceil(d / outs.length);
+            sizes = outs.map((_, i) => Math.max(0, Math.min(part, d - i * part)));
+          }
+          outs.forEach((o, i) => o && learn(o, x.map((dim, j) => (j === axis ? sizes?.[i] ?? -1 : dim))));
+          break;
+        }
+        default:
+          break;
+      }
+    }
+    if (!learnt) return shapes;
+  }
+}
+
+/** The size a Reshape's -1 stands for: x's elements over the other target dims', where symbols cancel. */
+function inferredDim(x: StaticShape, rest: readonly Dim[]): Dim {
+  if (x.some((d) => d === -1) || rest.some((d) => d === -1)) return -1;
+  const symbols = x.filter((d): d is string => typeof d === 'string');
+  for (const d of rest) {
+    if (typeof d !== 'string') continue;
+    const at = symbols.indexOf(d);
+    if (at < 0) return -1;
+    symbols.splice(at, 1);
+  }
+  if (symbols.length > 0) return symbols.length === 1 && (x.filter((d) => typeof d === 'number') as number[]).reduce((a, b) => a * b, 1) === (rest.filter((d) => typeof d === 'number') as number[]).reduce((a, b) => a * b, 1) ? symbols[0]! : -1;
+  const num = (ds: readonly Dim[]) => (ds.filter((d) => typeof d === 'number') as number[]).reduce((a, b) => a * b, 1);
+  const r = num(rest);
+  return r > 0 && num(x) % r === 0 ? num(x) / r : -1;
+}
 
 /**
  * An Expand in the backward pass (GlobalAveragePool's gradient spread over H×W) whose every reader is a binary
@@ -951,6 +1223,42 @@ function dropBroadcastExpands(builder: GraphBuilder, given: ReadonlyMap<string, 
   if (dropped.size === 0) return;
   const gone = new Set([...dropped].map((e) => e.output![0]!));
   builder.nodes.splice(0, builder.nodes.length, ...builder.nodes.filter((n) => !dropped.has(n)));
+  builder.valueInfos.splice(0, builder.valueInfos.length, ...builder.valueInfos.filter((v) => !gone.has(v.name!)));
+}
+
+/**
+ * Reshape(Reshape(a, s1), s2) in the backward pass becomes Reshape(a, s2) (a reshape depends only on the element
+ * order, which reshapes keep) where s2 has no 0 entries (which would copy dims of the inner Reshape's output):
+ * a Shape output or a constant. The pair comes from a dynamic unbroadcast (which ends in a Reshape to the
+ * input's shape) followed by a rule's reshape back; ONNX Runtime 1.30's basic graph optimizations fail on it
+ * when s1 is a Shape output ("Attempting to get index by a name which does not exist"). Inner Reshapes left
+ * without readers are removed, unless `keep` (the returned gradients) or the graph outputs name them.
+ */
+function foldReshapeChains(builder: GraphBuilder, from: number, keep: ReadonlySet<string>): void {
+  const backward = new Set(builder.nodes.slice(from).filter((n) => n.opType === 'Reshape' && !attrInt(n, 'allowzero', 0)));
+  if (backward.size < 2) return;
+  const producer = new Map<string, NodeProto>();
+  for (const n of builder.nodes) for (const o of n.output ?? []) if (o) producer.set(o, n);
+  const initializers = new Map(builder.initializers.map((t) => [t.name!, t]));
+  const noZeros = (shape: string) => {
+    const c = constantInts(initializers.get(shape));
+    return c ? !c.includes(0) : producer.get(shape)?.opType === 'Shape';
+  };
+  let folded = false;
+  for (const n of backward) {
+    if (!noZeros(n.input![1]!)) continue;
+    for (let inner = producer.get(n.input![0]!); inner && backward.has(inner); inner = producer.get(n.input![0]!)) {
+      n.input![0] = inner.input![0]!;
+      folded = true;
+    }
+  }
+  if (!folded) return;
+  const read = new Set<string>([...keep, ...builder.outputs.map((o) => o.name!)]);
+  for (const n of builder.nodes) for (const i of n.input ?? []) if (i) read.add(i);
+  const dead = new Set([...backward].filter((n) => !read.has(n.output![0]!)));
+  if (dead.size === 0) return;
+  const gone = new Set([...dead].map((n) => n.output![0]!));
+  builder.nodes.splice(0, builder.nodes.length, ...builder.nodes.filter((n) => !dead.has(n)));
   builder.valueInfos.splice(0, builder.valueInfos.length, ...builder.valueInfos.filter((v) => !gone.has(v.name!)));
 }
 
@@ -1011,13 +1319,14 @@ export function appendGradients(builder: GraphBuilder, options: GradientOptions)
     }
   }
 
+  const firstBackward = builder.nodes.length;
   // Reserve every name of the forward graph so that fresh gradient names cannot collide with one.
   for (const n of forward) for (const t of [...(n.input ?? []), ...(n.output ?? [])]) if (t) builder.fresh(t);
 
   // Static shapes.
   const useStatic = options.useStaticShapes ?? true;
   const given = options.shapes instanceof Map ? options.shapes : new Map(Object.entries(options.shapes ?? {}));
-  const shapes = inferShapes(forward, builder.inputs, builder.initializers, given);
+  const shapes = shapesThroughShapeOps(forward, builder.inputs, builder.initializers, given);
   // Without static shapes, ranks stay known (rules need them) but every size is treated as unknown.
   if (!useStatic) for (const [k, v] of shapes) shapes.set(k, v.map(() => -1));
 
@@ -1180,5 +1489,6 @@ export function appendGradients(builder: GraphBuilder, options: GradientOptions)
     returned.add(g);
     result.set(w, g);
   }
+  foldReshapeChains(builder, firstBackward, returned);
   return result;
 }
