@@ -428,7 +428,7 @@ describe('manifests', () => {
     assert.equal(d.modality, 'image');
     assert.deepEqual(d.classes, ['ants', 'bees']);
     assert.deepEqual(d.split, { kind: 'random', valFraction: 0.2, seed: 0 });
-    assert.deepEqual(skips(d.skipped), [[6, '/nonexistent/graft/x.jpg does not exist']]);
+    assert.deepEqual(skips(d.skipped), [[6, '/nonexistent/graft/x.jpg: does not exist (or is a dangling symbolic link)']]);
     assert.equal(d.skipped[0]!.file, f);
     assert.equal(d.train.length, 2);
     assert.equal(d.val.length, 2);
@@ -464,8 +464,8 @@ describe('manifests', () => {
     ]);
     assert.deepEqual(lines(d.val), [4, 5]);
     assert.deepEqual(skips(d.skipped), [
-      [6, `${path.join(dir, 'img/missing.jpg')} does not exist`],
-      [7, `${path.join(dir, 'img')} is a folder, not a file`],
+      [6, `${path.join(dir, 'img/missing.jpg')}: does not exist (or is a dangling symbolic link)`],
+      [7, `${path.join(dir, 'img')}: not a regular file: a folder`],
       [8, `${path.join(dir, 'notes.txt')}: neither an image nor audio (unrecognised file signature)`],
     ]);
   });

@@ -6,7 +6,7 @@
  * Images go in fixed-size batches through a few reused shared buffers. Texts are tokenised a window at a
  * time and batched by length within the window, so that padding to a batch's longest text stays small.
  */
-import { readFile } from 'node:fs/promises';
+import { FileProblem, readRegularFile } from '../util/fs.js';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { Skipped } from '../data/dataset.js';
@@ -242,7 +242,7 @@ export class FeatureExtractor {
     const readAhead = 8;
     const reads = new Map<number, Promise<Uint8Array | Error>>();
     const readAt = (i: number) => {
-      if (i < samples.length) reads.set(i, readFile(samples[i]!.file).then((b) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength), (e: Error) => e));
+      if (i < samples.length) reads.set(i, readRegularFile(samples[i]!.file).catch((e: Error) => e));
     };
     for (let i = 0; i < readAhead; i++) readAt(i);
 
@@ -251,7 +251,7 @@ export class FeatureExtractor {
       const bytes = await reads.get(row)!;
       reads.delete(row);
       if (bytes instanceof Error) {
-        run.skip(samples[row]!, `cannot read file (${(bytes as NodeJS.ErrnoException).code ?? bytes.message})`);
+        run.skip(samples[row]!, bytes instanceof FileProblem ? bytes.problem : `cannot read file (${bytes.message})`);
         continue;
       }
       const hash = contentHash(bytes);

@@ -7,7 +7,7 @@ import { access, mkdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, extname, join, relative, resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { GraftModel } from '../artifact/model.js';
-import { writeFileAtomic } from '../util/fs.js';
+import { oneLine, writeFileAtomic } from '../util/fs.js';
 import { sampleName, type Sample, type Skipped } from '../data/dataset.js';
 import { openLabelled } from '../data/open.js';
 import { readTable } from '../data/table.js';
@@ -43,11 +43,6 @@ const fraction = (v: string) => {
 
 function emitJson(doc: unknown): void {
   process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
-}
-
-/** A file name or text for a one-line message: relative to the working directory, control characters escaped. */
-function oneLine(text: string): string {
-  return text.replace(/[\u0000-\u001f\u007f]/g, (c) => (c === '\n' ? '\\n' : c === '\t' ? '\\t' : c === '\r' ? '\\r' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
 }
 
 function printSkipped(skipped: Skipped[]): void {

@@ -1,6 +1,9 @@
-import { open, readdir, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { GraftError, invalidParameter } from '../errors.js';
+import { mapLimit } from '../util/async.js';
+import { FileProblem, fileProblem, readRegularFile } from '../util/fs.js';
+import { byCodeUnit, listFolder, walkFiles } from './walk.js';
 import { Random } from '../util/random.js';
 
 /** What a sample holds: an image (or audio) file, or a text. */
@@ -117,60 +120,28 @@ export function whyNotImage(head: Uint8Array): string | undefined {
 }
 
 /** Why a file cannot be an image, judged from its first bytes; undefined when it looks like one. */
+/** Why a file is not a usable image (from its first bytes), or undefined. Never blocks: only regular files are read. */
 async function checkFile(file: string): Promise<string | undefined> {
-  const handle = await open(file, 'r');
   try {
-    const head = new Uint8Array(16);
-    const { bytesRead } = await handle.read(head, 0, head.length, 0);
-    return whyNotImage(head.subarray(0, bytesRead));
-  } finally {
-    await handle.close();
+    return whyNotImage(await readRegularFile(file, 16));
+  } catch (e) {
+    if (e instanceof FileProblem) return e.problem;
+    throw e;
   }
 }
 
-const isHidden = (name: string) => name.startsWith('.');
-
-async function isDirectory(p: string): Promise<boolean> {
-  return (await stat(p).catch(() => undefined))?.isDirectory() ?? false;
-}
-
-/** Visible entries of a folder, sorted by name, split into sub-folders and files (symbolic links followed). */
-async function listFolder(dir: string): Promise<{ dirs: string[]; files: string[] }> {
-  const dirs: string[] = [];
-  const files: string[] = [];
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    if (isHidden(entry.name)) continue;
-    const full = path.join(dir, entry.name);
-    const isDir = entry.isSymbolicLink() ? await isDirectory(full) : entry.isDirectory();
-    (isDir ? dirs : files).push(entry.name);
+/** The folders and files of a dataset folder; an unreadable one is a DATASET error naming it. */
+async function readFolder(dir: string, skipped: Skipped[]): Promise<{ dirs: string[]; files: string[] }> {
+  try {
+    return await listFolder(dir, skipped);
+  } catch (e) {
+    throw new GraftError('DATASET', `${dir}: folder ${fileProblem(e)}`, { dir }, { cause: e });
   }
-  return { dirs: dirs.sort(), files: files.sort() };
-}
-
-/** Runs `fn` over `items` with at most `limit` calls pending, keeping the order of results. */
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const run = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
-  return results;
 }
 
 /** Every usable image under a class folder, recursively, sorted; unusable files go to `skipped`. */
-async function collectImages(classDir: string, skipped: Skipped[]): Promise<string[]> {
-  const all: string[] = [];
-  const walk = async (dir: string) => {
-    const { dirs, files } = await listFolder(dir);
-    for (const f of files) all.push(path.join(dir, f));
-    for (const d of dirs) await walk(path.join(dir, d));
-  };
-  await walk(classDir);
-  all.sort();
+async function collectImages(classDir: string, skipped: Skipped[], dataRoot: string): Promise<string[]> {
+  const all = await walkFiles(classDir, skipped, dataRoot);
   const reasons = await mapLimit(all, 32, checkFile);
   const images: string[] = [];
   all.forEach((file, i) => {
@@ -183,7 +154,7 @@ async function collectImages(classDir: string, skipped: Skipped[]): Promise<stri
 
 /** The class folders of `dir` with their images; throws when there are none. */
 async function scanClasses(dir: string, skipped: Skipped[]): Promise<Map<string, string[]>> {
-  const { dirs, files } = await listFolder(dir);
+  const { dirs, files } = await readFolder(dir, skipped);
   if (dirs.length === 0) {
     throw new GraftError(
       'DATASET',
@@ -192,7 +163,7 @@ async function scanClasses(dir: string, skipped: Skipped[]): Promise<Map<string,
     );
   }
   const classes = new Map<string, string[]>();
-  for (const name of dirs) classes.set(name, await collectImages(path.join(dir, name), skipped));
+  for (const name of dirs) classes.set(name, await collectImages(path.join(dir, name), skipped, dir));
   return classes;
 }
 
@@ -206,7 +177,7 @@ async function requireFolder(dir: string): Promise<string> {
 
 /** The sub-folder of `root` whose lower-cased name is the first of `names` present, if any. */
 async function findSubfolder(root: string, names: readonly string[]): Promise<string | undefined> {
-  const { dirs } = await listFolder(root);
+  const { dirs } = await readFolder(root, []);
   for (const name of names) {
     const found = dirs.find((d) => d.toLowerCase() === name);
     if (found) return path.join(root, found);
@@ -278,7 +249,6 @@ export async function scanImageFolder(dir: string, options: { valSplit?: number;
   const byClass = await scanClasses(classDir, skipped);
   checkClasses(classDir, byClass);
   const classes = [...byClass.keys()];
-  const byCodeUnit = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
   const split = stratifiedSplit(classes.map((name) => byClass.get(name)!), valFraction, seed, byCodeUnit);
   const train: Sample[] = split.train.map(({ item, label }) => ({ file: item, label }));
   const val: Sample[] = split.val.map(({ item, label }) => ({ file: item, label }));

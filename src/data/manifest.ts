@@ -2,9 +2,10 @@
  * Manifests: tables that list sample files (a `path` column, relative to the manifest's folder or absolute)
  * with their labels and optionally their split, for any modality.
  */
-import { open, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { GraftError } from '../errors.js';
+import { mapLimit } from '../util/async.js';
+import { FileProblem, readRegularFile } from '../util/fs.js';
 import { sniffImageType, type Dataset, type DatasetSplit, type Modality, type Sample, type Skipped } from './dataset.js';
 import { readTable, type Table } from './table.js';
 import { checkSplitOptions, evaluationRows, labelItems, scanTextData, splitLabelled, type LabelledItem } from './text.js';
@@ -43,31 +44,6 @@ export function sniffMedia(head: Uint8Array): { modality: 'image' | 'audio'; for
   return { reason: 'neither an image nor audio (unrecognised file signature)' };
 }
 
-async function readHead(file: string): Promise<Uint8Array> {
-  const handle = await open(file, 'r');
-  try {
-    const head = new Uint8Array(16);
-    const { bytesRead } = await handle.read(head, 0, head.length, 0);
-    return head.subarray(0, bytesRead);
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Runs `fn` over `items` with at most `limit` calls pending, keeping the order of results. */
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const run = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
-  return results;
-}
-
 /**
  * The files of a manifest's rows, checked by their first bytes: missing files, folders and files that are
  * neither images nor audio are skipped with a reason naming the file (the entry names the manifest line). The
@@ -78,10 +54,14 @@ async function manifestItems(table: Table, skipped: Skipped[]): Promise<{ modali
   const rows = table.rows.filter((r) => r.path !== undefined);
   const checked = await mapLimit(rows, 32, async (row) => {
     const file = path.resolve(base, row.path!);
-    const info = await stat(file).catch(() => undefined);
-    if (!info) return { row, file, reason: `${file} does not exist` };
-    if (info.isDirectory()) return { row, file, reason: `${file} is a folder, not a file` };
-    const kind = sniffMedia(await readHead(file));
+    let head: Uint8Array;
+    try {
+      head = await readRegularFile(file, 16);
+    } catch (e) {
+      if (e instanceof FileProblem) return { row, file, reason: `${file}: ${e.problem}` };
+      throw e;
+    }
+    const kind = sniffMedia(head);
     return 'reason' in kind ? { row, file, reason: `${file}: ${kind.reason}` } : { row, file, kind };
   });
   const count = { image: 0, audio: 0 };

@@ -8,10 +8,11 @@
  * row spans) come from a scanner in this file that follows csv-parse's quoting rules, which is what gives every
  * row its line and lets one unclosed quote cost one row instead of the rest of the file.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { GraftError } from '../errors.js';
+import { FileProblem, readRegularFile } from '../util/fs.js';
 import { sniffImageType, type Skipped } from './dataset.js';
 
 export type TableFormat = 'csv' | 'tsv' | 'jsonl';
@@ -509,7 +510,13 @@ export async function readTable(file: string, options: ReadTableOptions = {}): P
   const info = await stat(abs).catch(() => undefined);
   if (!info) throw new GraftError('DATASET', `Table ${abs} does not exist`, { file: abs });
   if (!info.isFile()) throw new GraftError('DATASET', `Table ${abs} is not a file`, { file: abs });
-  const bytes = new Uint8Array(await readFile(abs));
+  let bytes: Uint8Array;
+  try {
+    bytes = await readRegularFile(abs);
+  } catch (e) {
+    if (e instanceof FileProblem) throw new GraftError('DATASET', `Table ${abs}: ${e.problem}`, { file: abs }, { cause: e });
+    throw e;
+  }
   if (bytes.length === 0) throw new GraftError('DATASET', `Table ${abs} is empty (0 bytes)`, { file: abs });
   const { text, badLines } = decodeText(abs, format, bytes);
 

@@ -2,11 +2,13 @@
  * Text datasets: a table (CSV/TSV/JSONL), a folder of train/val tables, or class folders of `.txt` documents,
  * read into labelled text samples and split like image folders.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { GraftError, invalidParameter } from '../errors.js';
 import { sortClasses, stratifiedSplit, type Dataset, type DatasetSplit, type Modality, type Sample, type Skipped } from './dataset.js';
 import { readTable, tableFormat, type SplitName, type Table } from './table.js';
+import { FileProblem, fileProblem, readRegularFile } from '../util/fs.js';
+import { byCodeUnit, listFolder, walkFiles } from './walk.js';
 
 /** A text dataset; `test` holds a table's or folder's test samples when it also has validation ones. */
 export interface TextDataset extends Dataset {
@@ -38,7 +40,6 @@ const VAL_NAMES = ['val', 'valid', 'validation', 'test'];
 const TABLE_EXTS = ['.csv', '.tsv', '.tab', '.jsonl', '.ndjson'];
 
 const fatal = new TextDecoder('utf-8', { fatal: true });
-const byCodeUnit = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 const bySource = (a: LabelledItem, b: LabelledItem) => byCodeUnit(a.sample.file, b.sample.file) || (a.sample.line ?? 0) - (b.sample.line ?? 0);
 
 /** How texts are compared for leakage: NFC, trimmed, runs of whitespace as one space; case kept. */
@@ -180,17 +181,13 @@ function readTextTable(file: string, options: TextDataOptions, ignoreSplit = fal
   return readTable(file, { textColumns: options.textColumns, labelColumn: options.labelColumn, require: 'text', ignoreSplit });
 }
 
-/** Visible entries of a folder, sorted, as sub-folders and files (symbolic links followed). */
-async function listFolder(dir: string): Promise<{ dirs: string[]; files: string[] }> {
-  const dirs: string[] = [];
-  const files: string[] = [];
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    if (entry.name.startsWith('.')) continue;
-    const full = path.join(dir, entry.name);
-    const isDir = entry.isSymbolicLink() ? ((await stat(full).catch(() => undefined))?.isDirectory() ?? false) : entry.isDirectory();
-    (isDir ? dirs : files).push(entry.name);
+/** A folder's sub-folders and regular files; an unreadable folder is a DATASET error naming it. */
+async function readFolder(dir: string, skipped: Skipped[] = []): Promise<{ dirs: string[]; files: string[] }> {
+  try {
+    return await listFolder(dir, skipped);
+  } catch (e) {
+    throw new GraftError('DATASET', `${dir}: folder ${fileProblem(e)}`, { dir }, { cause: e });
   }
-  return { dirs: dirs.sort(byCodeUnit), files: files.sort(byCodeUnit) };
 }
 
 /**
@@ -198,7 +195,7 @@ async function listFolder(dir: string): Promise<{ dirs: string[]; files: string[
  * (compared lower-case; csv before tsv before jsonl when a stem has several).
  */
 export async function findTables(dir: string, stems: readonly string[]): Promise<Map<string, string>> {
-  const { files } = await listFolder(dir);
+  const { files } = await readFolder(dir);
   const found = new Map<string, string>();
   for (const stem of stems) {
     for (const ext of TABLE_EXTS) {
@@ -248,26 +245,26 @@ function documentText(bytes: Uint8Array): { text: string } | { reason: string } 
 
 /** The `.txt` documents under each class folder of `dir` (recursively), as items of `part`. */
 async function documentItems(dir: string, skipped: Skipped[], part?: SplitName): Promise<LabelledItem[]> {
-  const { dirs, files } = await listFolder(dir);
+  const { dirs, files } = await readFolder(dir, skipped);
   if (dirs.length === 0) {
     throw new GraftError('DATASET', `No class folders in ${dir}: expected one sub-folder per class, found ${files.length} file(s) and no folders`, { dir });
   }
   const items: LabelledItem[] = [];
   for (const label of dirs) {
-    const all: string[] = [];
-    const walk = async (d: string) => {
-      const listed = await listFolder(d);
-      for (const f of listed.files) all.push(path.join(d, f));
-      for (const sub of listed.dirs) await walk(path.join(d, sub));
-    };
-    await walk(path.join(dir, label));
-    all.sort(byCodeUnit);
-    for (const file of all) {
+    for (const file of await walkFiles(path.join(dir, label), skipped, dir)) {
       if (path.extname(file).toLowerCase() !== '.txt') {
         skipped.push({ file, reason: 'not a .txt document' });
         continue;
       }
-      const got = documentText(new Uint8Array(await readFile(file)));
+      let bytes: Uint8Array;
+      try {
+        bytes = await readRegularFile(file);
+      } catch (e) {
+        if (!(e instanceof FileProblem)) throw e;
+        skipped.push({ file, reason: e.problem });
+        continue;
+      }
+      const got = documentText(bytes);
       if ('reason' in got) skipped.push({ file, reason: got.reason });
       else items.push({ sample: { file, text: got.text }, label, part });
     }
@@ -277,7 +274,7 @@ async function documentItems(dir: string, skipped: Skipped[], part?: SplitName):
 
 /** The sub-folder of `root` whose lower-cased name is the first of `names` present. */
 async function findSubfolder(root: string, names: readonly string[]): Promise<string | undefined> {
-  const { dirs } = await listFolder(root);
+  const { dirs } = await readFolder(root);
   for (const name of names) {
     const found = dirs.find((d) => d.toLowerCase() === name);
     if (found) return path.join(root, found);

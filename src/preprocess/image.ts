@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { FileProblem, readRegularFile } from '../util/fs.js';
 import sharp, { type OutputInfo, type Sharp } from 'sharp';
 import { whyNotImage } from '../data/dataset.js';
 import { GraftError, invalidParameter } from '../errors.js';
@@ -24,9 +24,9 @@ export async function decodeImage(input: Uint8Array | string, config: Pretrained
   const fail = (reason: string, cause?: unknown) => new GraftError('IMAGE', `${name}: ${reason}`, { file: name, reason }, { cause });
   if (typeof input === 'string') {
     try {
-      input = await readFile(input);
+      input = await readRegularFile(input);
     } catch (e) {
-      throw fail(`cannot read file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, e);
+      throw fail(e instanceof FileProblem ? e.problem : `cannot read file (${(e as Error).message})`, e);
     }
   }
   const notImage = whyNotImage((input as Uint8Array).subarray(0, 16));
