@@ -1,4 +1,10 @@
 #!/usr/bin/env node
-import { main } from '../dist/src/cli/main.js';
+import { fileURLToPath } from 'node:url';
+import { longArgv } from '../dist/src/cli/argv.js';
 
-await main(process.argv);
+// Long command lines (hundreds of files) are passed to a relaunched process through a file: see argv.ts.
+const argv = longArgv(process.argv, fileURLToPath(import.meta.url));
+if (argv) {
+  const { main } = await import('../dist/src/cli/main.js');
+  await main(argv);
+}

@@ -6,7 +6,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -107,6 +108,41 @@ describe('graft CLI end to end (hymenoptera subset)', () => {
       assert.ok(Math.abs(a!.probability + b!.probability - 1) < 1e-4);
     }
     assert.match(doc[2]!.error!, /empty/);
+  });
+
+  it('predict takes 450 file arguments (34 KB of argv: onnxruntime-node alone segfaults there), a folder, and --files-from', async () => {
+    const bee = join(data, 'val/bees', (await readdir(join(data, 'val/bees')))[0]!);
+    const many = join(tmp, 'many');
+    await mkdir(join(many, 'deeper'), { recursive: true });
+    const files: string[] = [];
+    for (let i = 0; i < 450; i++) {
+      const f = join(many, i % 2 ? 'deeper' : '', `a-rather-long-file-name-of-a-bee-photo-number-${String(i).padStart(4, '0')}.jpg`);
+      await symlink(bee, f);
+      files.push(f);
+    }
+    assert.ok(files.join(' ').length > 32_000);
+    const direct = await graft(['predict', out, ...files, '--json']);
+    assert.equal(direct.code, 0, direct.stderr);
+    const doc = JSON.parse(direct.stdout) as Array<{ file: string; predictions: Array<{ label: string; probability: number }> }>;
+    assert.deepEqual(doc.map((e) => e.file), files);
+    const p0 = doc[0]!.predictions[0]!;
+    for (const e of doc) assert.deepEqual(e.predictions[0], p0, 'the same image everywhere');
+
+    execFileSync('mkfifo', [join(many, 'pipe.jpg')]);
+    const folder = await graft(['predict', out, many, '--json']);
+    assert.equal(folder.code, 1, 'the FIFO is reported (exit 1), not waited on');
+    const fdoc = JSON.parse(folder.stdout) as Array<{ file: string; error?: string }>;
+    assert.equal(fdoc.length, 451);
+    assert.deepEqual(fdoc.filter((e) => e.error).map((e) => [e.file, e.error]), [[join(many, 'pipe.jpg'), 'not a regular file: a named pipe (FIFO)']]);
+
+    const list = join(tmp, 'list.txt');
+    await writeFile(list, `${files.slice(0, 3).join('\n')}\n\n${join(tmp, 'nowhere.jpg')}\n`);
+    const listed = await graft(['predict', out, '--files-from', list, '--json']);
+    const ldoc = JSON.parse(listed.stdout) as Array<{ file: string; error?: string }>;
+    assert.deepEqual(ldoc.map((e) => e.file), [...files.slice(0, 3), join(tmp, 'nowhere.jpg')]);
+    assert.match(ldoc[3]!.error!, /^does not exist/);
+    const stdin = execFileSync(process.execPath, [join(root, 'bin/graft.js'), 'predict', out, '--files-from', '-', '--json'], { input: files.slice(0, 2).join('\n') });
+    assert.deepEqual((JSON.parse(stdin.toString()) as Array<{ file: string }>).map((e) => e.file), files.slice(0, 2));
   });
 
   it('a second run reads every feature from the cache', async () => {

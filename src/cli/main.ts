@@ -7,7 +7,8 @@ import { access, mkdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, extname, join, relative, resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { GraftModel } from '../artifact/model.js';
-import { oneLine, writeFileAtomic } from '../util/fs.js';
+import { fileProblem, oneLine, writeFileAtomic } from '../util/fs.js';
+import { walkFiles } from '../data/walk.js';
 import { sampleName, type Sample, type Skipped } from '../data/dataset.js';
 import { openLabelled } from '../data/open.js';
 import { readTable } from '../data/table.js';
@@ -284,6 +285,40 @@ interface PredictFlags {
   json: boolean;
   text?: string[];
   textColumn?: string[];
+  filesFrom?: string;
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/**
+ * The image files to classify: each argument (a folder stands for every file under it, recursively, sorted) and
+ * each line of `--files-from` (a file, or `-` for stdin). Paths that cannot be used are returned with a reason.
+ */
+async function imageInputs(inputs: string[], flags: PredictFlags): Promise<{ files: string[]; problems: Skipped[] }> {
+  const listed = [...inputs];
+  if (flags.filesFrom !== undefined) {
+    let text: string;
+    try {
+      text = flags.filesFrom === '-' ? await readStdin() : await readFile(flags.filesFrom, 'utf8');
+    } catch (e) {
+      throw new GraftError('USAGE', `--files-from ${flags.filesFrom}: ${fileProblem(e)}`);
+    }
+    listed.push(...text.split(/\r?\n/).filter((l) => l.trim() !== ''));
+  }
+  const files: string[] = [];
+  const problems: Skipped[] = [];
+  for (const input of listed) {
+    const file = resolve(input);
+    const info = await stat(file).catch((e: unknown) => e as Error);
+    if (info instanceof Error) problems.push({ file, reason: fileProblem(info) });
+    else if (info.isDirectory()) files.push(...(await walkFiles(file, problems)));
+    else files.push(file);
+  }
+  return { files, problems };
 }
 
 /** Texts to classify: each `--text`, each line of a `.txt` file, each row of a table (its text column). */
@@ -324,17 +359,20 @@ async function predict(modelDir: string, inputs: string[], flags: PredictFlags):
       return;
     }
     if (flags.text?.length) throw new GraftError('USAGE', `${model.dir} is an image model: give image files, not --text`);
-    if (inputs.length === 0) throw new GraftError('USAGE', 'nothing to classify: give one or more image files');
-    const files = inputs.map((f) => resolve(f));
-    const { predictions, skipped } = await model.predict(files, k);
+    if (inputs.length === 0 && flags.filesFrom === undefined) throw new GraftError('USAGE', 'nothing to classify: give image files or folders, or --files-from LIST');
+    const { files: found, problems } = await imageInputs(inputs, flags);
+    const predicted = found.length ? await model.predict(found, k) : { predictions: [], skipped: [] };
+    const predictions = predicted.predictions;
+    const skipped = [...problems, ...predicted.skipped];
+    const files = [...new Set([...found, ...problems.map((p) => p.file)])];
     const byFile = new Map(predictions.map((p) => [p.input, p]));
-    const errors = new Map(skipped.map((s) => [s.file, s.reason]));
+    const errors = new Map(skipped.map((s) => [s.file, oneLine(s.reason)]));
     const entries = files.map((file) => (byFile.has(file) ? { file, predictions: byFile.get(file)!.predictions } : { file, error: errors.get(file) ?? 'not predicted' }));
     if (flags.json) emitJson(entries);
     else {
       for (const e of entries) {
-        if ('error' in e) process.stdout.write(`${e.file}\n  error: ${e.error}\n`);
-        else process.stdout.write(`${e.file}\n${formatPredictions(e.predictions)}\n`);
+        if ('error' in e) process.stdout.write(`${oneLine(e.file)}\n  error: ${e.error}\n`);
+        else process.stdout.write(`${oneLine(e.file)}\n${formatPredictions(e.predictions)}\n`);
       }
     }
     if (skipped.length) process.exitCode = 1;
@@ -400,7 +438,8 @@ export function program(): Command {
     .command('predict')
     .description('classify images or texts with an exported model')
     .argument('<model-dir>', 'directory written by graft train')
-    .argument('[inputs...]', 'image files; for a text model: .txt files (one text a line) or .csv/.tsv/.jsonl tables')
+    .argument('[inputs...]', 'image files or folders of them; for a text model: .txt files (one text a line) or .csv/.tsv/.jsonl tables')
+    .option('--files-from <list>', 'image models: also classify the files listed in LIST, one path a line (- reads stdin)')
     .option('--text <text>', 'a text to classify (text models; repeatable)', collect)
     .option('--text-column <name>', 'tables: the column holding the text (repeatable)', collect)
     .option('--top-k <k>', 'number of ranked classes per input', int('--top-k', 1), 5)
