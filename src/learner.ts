@@ -249,8 +249,9 @@ export class Learner {
    * converted to float first. The frozen prefix runs once over the samples (cached); only the suffix runs each epoch.
    */
   async fineTune(options: FineTuneOptions, callbacks: Callback[] = []): Promise<FineTuneResult> {
-    const fit: FitOptions = { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, seed: this.seed, ...options.fit };
-    const freezeEpochs = options.freezeEpochs ?? DEFAULT_FINE_TUNE.freezeEpochs;
+    const text = this.modality === 'text';
+    const fit: FitOptions = { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, ...(text ? { epochs: TEXT_FINE_TUNE.epochs } : {}), seed: this.seed, ...options.fit };
+    const freezeEpochs = options.freezeEpochs ?? (text ? TEXT_FINE_TUNE.freezeEpochs : DEFAULT_FINE_TUNE.freezeEpochs);
     const lrMult = options.lrMult ?? DEFAULT_FINE_TUNE.lrMult;
     const model = this.floatModel();
     const plan = planSuffix(model, FEATURES, options);
@@ -459,7 +460,7 @@ export async function learner(options: LearnerOptions): Promise<Learner> {
 }
 
 export interface FineTuneOptions extends FreezeSpec {
-  /** Epochs of head-only training on the frozen backbone before unfreezing (default 3). */
+  /** Epochs of head-only training on the frozen backbone before unfreezing (default 3; texts: TEXT_FINE_TUNE). */
   freezeEpochs?: number;
   /** The backbone trains at lr / lrMult (default 10). */
   lrMult?: number;
@@ -482,6 +483,15 @@ export interface FineTuneResult {
 }
 
 export const DEFAULT_FINE_TUNE = { lr: 1e-4, lrMult: 10, freezeEpochs: 3 } as const;
+
+/**
+ * Text encoders: the head first trains to convergence on the frozen features (early stopping, up to 60 epochs:
+ * seconds on pooled features), then the unfrozen layers train with it for 3 epochs, the usual BERT budget. The
+ * unfrozen phase overfits SMS within an epoch (train loss 0.002 while validation loss rises), and each epoch
+ * costs the most there (~50 s for USE-lite on SMS on 2 cores): measured on SMS seed 0, a 3-epoch head before it
+ * gave spam F1 0.9655, the converged head 0.9689 (bench/text).
+ */
+export const TEXT_FINE_TUNE = { freezeEpochs: 60, epochs: 3 } as const;
 
 /** Default learning rate of the MLP head on text features (see Learner.headLr). */
 export const TEXT_MLP_LR = 1e-3;

@@ -17,11 +17,11 @@ import { encodeModel, loadModel, onnx } from '../src/onnx/proto.js';
 import { pruneTo } from '../src/onnx/surgery.js';
 import { inputShape } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
-import { SHARED } from './support/paths.js';
+import { requireShared, SHARED } from './support/paths.js';
 
 const INT8_MODEL = `${SHARED}/models/mobilenetv2-12-int8/model.onnx`;
 const IMAGE = `${SHARED}/data/hymenoptera/val/bees/10870992_eebeeb3a12.jpg`;
-const skip = (!existsSync(INT8_MODEL) || !existsSync(IMAGE)) && 'no real model or data';
+requireShared(INT8_MODEL, IMAGE);
 
 async function rejectsWith(promise: Promise<unknown>, code: GraftErrorCode, pattern?: RegExp): Promise<void> {
   await assert.rejects(promise, (e: unknown) => {
@@ -32,7 +32,7 @@ async function rejectsWith(promise: Promise<unknown>, code: GraftErrorCode, patt
   });
 }
 
-describe('loadBackbone (int8 MobileNetV2)', { skip }, () => {
+describe('loadBackbone (int8 MobileNetV2)', () => {
   let tmp: string;
   let backbone: Backbone;
   const load = (options?: LoadBackboneOptions) => loadBackbone(INT8_MODEL, options);

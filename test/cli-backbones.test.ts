@@ -3,6 +3,7 @@
  * offline errors, `graft import` of the real Teachable Machine export followed by training on it, and
  * `graft train` with no --model on a machine without network (the bundled default).
  */
+import { requireShared } from './support/paths.js';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -90,7 +91,8 @@ describe('graft models / pull / import / default backbone', () => {
     assert.match(doc.error.message, /Xenova\/resnet-50: onnx\/model\.onnx: not in the cache .* offline mode is on/);
   });
 
-  test('import converts the Teachable Machine export; training on the imported backbone works', { skip: !existsSync(TM) && 'no shared model' }, async () => {
+  test('import converts the Teachable Machine export; training on the imported backbone works', async () => {
+    requireShared(TM);
     const out = join(tmp, 'tm');
     const r = await graft(['import', TM, '--out', out, '--json'], env);
     assert.equal(r.code, 0, r.stderr);

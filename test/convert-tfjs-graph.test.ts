@@ -20,7 +20,7 @@ import { resolveConfig } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
 import { Random } from '../src/util/random.js';
 import { assertGraftError, maxAbsDiff, runModel } from './support/onnx.js';
-import { SHARED } from './support/paths.js';
+import { requireShared, SHARED } from './support/paths.js';
 
 type Tfjs = typeof import('@tensorflow/tfjs');
 const require = createRequire(import.meta.url);
@@ -252,7 +252,8 @@ function randomBatch(dims: number[], seed: number): Batch {
 // ---- tests ----
 
 describe('nsfwjs bundled models', () => {
-  it('reads each bundled model with its weights decoded', { skip: !nsfwjsAvailable() && 'nsfwjs not installed' }, () => {
+  it('reads each bundled model with its weights decoded', () => {
+    assert.ok(nsfwjsAvailable(), 'nsfwjs (a devDependency) is installed');
     assert.match(NSFWJS_VERSION, /^\d+\.\d+\.\d+/);
     const mid = readNsfwjsModel('mobilenet_v2_mid');
     assert.equal(mid.json.format, 'graph-model');
@@ -268,7 +269,8 @@ describe('nsfwjs bundled models', () => {
   });
 });
 
-describe('mobilenet_v2_mid converted to ONNX', { skip: (!nsfwjsAvailable() || !existsSync(VAL)) && 'needs nsfwjs and the hymenoptera images' }, () => {
+describe('mobilenet_v2_mid converted to ONNX', () => {
+  requireShared(VAL);
   let converted: ConvertedModel;
   let batch: Batch;
   let json: TfjsModelJson;

@@ -22,14 +22,14 @@ import { findCut } from '../src/onnx/surgery.js';
 import { resolveConfig } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
 import { Random } from '../src/util/random.js';
-import { SHARED } from './support/paths.js';
+import { requireShared, SHARED } from './support/paths.js';
 
 tf.enableProdMode(); // silences the "use tfjs-node" banner
 tf.setBackend('cpu');
 
 const TM = `${SHARED}/models/tm-mobilenetv2-0.35`;
 const VAL = `${SHARED}/data/hymenoptera/val`;
-const noRealData = (!existsSync(TM) || !existsSync(VAL)) && 'no Teachable Machine model or hymenoptera images';
+requireShared(TM, VAL);
 const TOL = 1e-4;
 
 
@@ -55,7 +55,7 @@ describe('permute (weight layouts)', () => {
   });
 });
 
-describe('convertLayersModel on the Teachable Machine MobileNetV2 export', { skip: noRealData }, () => {
+describe('convertLayersModel on the Teachable Machine MobileNetV2 export', () => {
   const POOLED = 'global_average_pooling2d_GlobalAveragePooling2D6';
   const N = 4;
   let converted: ConvertedModel;

@@ -179,3 +179,35 @@ test('unreadable files and sub-folders (EACCES, as a non-root user) are skipped 
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+test('class order never depends on the locale: Bee, ant, Émile in code-unit order under any LANG, in image and text datasets', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'graft-locale-'));
+  try {
+    chmodSync(root, 0o755);
+    for (const c of ['ant', 'Émile', 'Bee']) {
+      mkdirSync(join(root, 'img', c), { recursive: true });
+      mkdirSync(join(root, 'txt', c), { recursive: true });
+      for (let i = 0; i < 2; i++) {
+        writeFileSync(join(root, 'img', c, `${i}.png`), png);
+        writeFileSync(join(root, 'txt', c, `${i}.txt`), `${c} ${i}`);
+      }
+    }
+    const script = `
+      const { scanImageFolder } = await import(${JSON.stringify(new URL('../src/data/dataset.js', import.meta.url).href)});
+      const { scanTextData } = await import(${JSON.stringify(new URL('../src/data/text.js', import.meta.url).href)});
+      const img = await scanImageFolder(${JSON.stringify(join(root, 'img'))}, { valSplit: 0.5 });
+      const txt = await scanTextData(${JSON.stringify(join(root, 'txt'))}, { valSplit: 0.5 });
+      console.log(JSON.stringify([img.classes, txt.classes, [...'Bee ant Émile'.split(' ')].sort((a, b) => a.localeCompare(b))]));`;
+    for (const lang of ['C', 'en_US.UTF-8', 'fr_FR.UTF-8', 'sv_SE.UTF-8']) {
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, LANG: lang, LC_ALL: lang } });
+      assert.equal(r.status, 0, r.stderr);
+      const [img, txt, localeSorted] = JSON.parse(r.stdout) as string[][];
+      assert.deepEqual(img, ['Bee', 'ant', 'Émile'], lang);
+      assert.deepEqual(txt, ['Bee', 'ant', 'Émile'], lang);
+      // What a locale-aware sort would have given: the order graft must not use.
+      assert.notDeepEqual(localeSorted, img);
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});

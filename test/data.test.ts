@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import sharp from 'sharp';
 import { scanImageFolder, scanLabelledFolder, sniffImageType } from '../src/data/dataset.js';
 import { GraftError } from '../src/errors.js';
-import { SHARED } from './support/paths.js';
+import { requireShared, SHARED } from './support/paths.js';
 
 const HYMENOPTERA = `${SHARED}/data/hymenoptera`;
 
@@ -142,7 +142,8 @@ describe('scanImageFolder: train/val folders', () => {
     await rejectsWith(scanImageFolder(dir), 'DATASET', /zebra/, /not present/, /train classes: a, b/);
   });
 
-  it('reads the real hymenoptera layout', { skip: !existsSync(HYMENOPTERA) }, async () => {
+  it('reads the real hymenoptera layout', async () => {
+    requireShared(HYMENOPTERA);
     const ds = await scanImageFolder(HYMENOPTERA);
     assert.deepEqual(ds.classes, ['ants', 'bees']);
     assert.equal(ds.split.kind, 'folders');

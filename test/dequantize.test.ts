@@ -16,11 +16,11 @@ import { IMAGENET_DEFAULTS } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
 import { Random } from '../src/util/random.js';
 import { assertGraftError, runModel, withOutputs, type Feeds } from './support/onnx.js';
-import { SHARED } from './support/paths.js';
+import { requireShared, SHARED } from './support/paths.js';
 
 const INT8_MODEL = `${SHARED}/models/mobilenetv2-12-int8/model.onnx`;
 const VAL = `${SHARED}/data/hymenoptera/val`;
-const noRealData = !existsSync(INT8_MODEL) || !existsSync(VAL);
+requireShared(INT8_MODEL, VAL);
 const FLOAT = DataType.FLOAT;
 const QUANTIZED_OPS = /^(QLinear|QuantizeLinear|DequantizeLinear)/;
 
@@ -180,7 +180,7 @@ describe('dequantizeModel on hand-built models', () => {
   });
 });
 
-describe('dequantizeModel on MobileNetV2-12-int8', { skip: noRealData && 'real model or hymenoptera data not available' }, () => {
+describe('dequantizeModel on MobileNetV2-12-int8', () => {
   const S = 3 * 224 * 224;
   let int8: ModelProto;
   let float: ModelProto;

@@ -20,11 +20,11 @@ import { DataType, encodeModel } from '../src/onnx/proto.js';
 import { FeatureExtractor, type ExtractOptions, type ExtractProgress, type ExtractResult } from '../src/backbone/extractor.js';
 import { inputShape } from '../src/preprocess/config.js';
 import { decodeImage, normalizeInto } from '../src/preprocess/image.js';
-import { SHARED } from './support/paths.js';
+import { requireShared, SHARED } from './support/paths.js';
 
 const INT8_MODEL = `${SHARED}/models/mobilenetv2-12-int8/model.onnx`;
 const HYMENOPTERA = `${SHARED}/data/hymenoptera`;
-const skip = (!existsSync(INT8_MODEL) || !existsSync(HYMENOPTERA)) && 'no real model or data';
+requireShared(INT8_MODEL, HYMENOPTERA);
 const PER_CLASS = 20;
 const BATCH = 8;
 /** Row of the one good image that is a real copy (not a symlink), so that its content can be changed. */
@@ -43,7 +43,7 @@ async function listTree(dir: string): Promise<string[]> {
   return (await readdir(dir, { recursive: true })).map(String).sort();
 }
 
-describe('FeatureExtractor (int8 MobileNetV2, hymenoptera)', { skip }, () => {
+describe('FeatureExtractor (int8 MobileNetV2, hymenoptera)', () => {
   let tmp: string;
   let cacheDir: string;
   let backbone: Backbone;

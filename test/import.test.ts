@@ -3,6 +3,7 @@
  * and nsfwjs's mobilenet_v2_mid written out as model.json + binary shards (graph). Each writes a model
  * that loadBackbone cuts at its global pooling with the written config, and the sidecar says NHWC.
  */
+import { requireShared } from './support/paths.js';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -28,7 +29,8 @@ describe('graft import', () => {
     await rm(tmp, { recursive: true, force: true });
   });
 
-  test('a Teachable Machine layers export: labels, [-1, 1] NHWC config, cut at its pooling', { skip: !existsSync(TM) && 'no shared model' }, async () => {
+  test('a Teachable Machine layers export: labels, [-1, 1] NHWC config, cut at its pooling', async () => {
+    requireShared(TM);
     const r = await importTfjs(TM, join(tmp, 'tm'));
     assert.equal(r.format, 'layers');
     assert.deepEqual(r.inputShape, [-1, 224, 224, 3]);

@@ -12,12 +12,12 @@ import { IMAGENET_DEFAULTS, resolveConfig, type PretrainedConfig } from '../src/
 import { blankness, decodeImage, normalizeInto } from '../src/preprocess/image.js';
 import { ImagePool, sharedFloat32 } from '../src/preprocess/pool.js';
 import { Random } from '../src/util/random.js';
-import { SHARED } from './support/paths.js';
+import { requireShared, SHARED } from './support/paths.js';
 
 const HYMENOPTERA = `${SHARED}/data/hymenoptera`;
 const PLACEHOLDER = path.join(HYMENOPTERA, 'train/ants/imageNotFound.gif');
 const ANT = path.join(HYMENOPTERA, 'train/ants/0013035.jpg');
-const noRealData = !existsSync(HYMENOPTERA);
+requireShared(HYMENOPTERA);
 
 let tmp: string;
 before(async () => {
@@ -117,7 +117,7 @@ describe('decodeImage', () => {
     assert.ok(!isRed(pixelAt(squashed, 100, 2, 50)) && isRed(pixelAt(squashed, 100, 50, 50)));
   });
 
-  it('rejects a truncated JPEG', { skip: noRealData }, async () => {
+  it('rejects a truncated JPEG', async () => {
     const bytes = await readFile(ANT);
     await rejectsImage(decodeImage(bytes.subarray(0, bytes.length >> 1), IMAGENET_DEFAULTS, 'half.jpg'), /^half\.jpg: cannot decode image \(.+\)$/);
   });
@@ -127,7 +127,7 @@ describe('decodeImage', () => {
     await rejectsImage(decodeImage(new Uint8Array(0), IMAGENET_DEFAULTS, 'zero.jpg'), /zero\.jpg: empty file \(0 bytes\)/);
   });
 
-  it('rejects the placeholder GIF as blank', { skip: noRealData }, async () => {
+  it('rejects the placeholder GIF as blank', async () => {
     await rejectsImage(decodeImage(PLACEHOLDER, IMAGENET_DEFAULTS), /imageNotFound\.gif: blank or placeholder image \(grey-level entropy 0\.\d+ bits\)/);
   });
 
@@ -136,7 +136,7 @@ describe('decodeImage', () => {
     await rejectsImage(decodeImage(png, IMAGENET_DEFAULTS, 'flat.png'), /flat\.png: blank or placeholder image \(grey-level entropy 0\.00 bits\)/);
   });
 
-  it('decodes a real photo to the input size', { skip: noRealData }, async () => {
+  it('decodes a real photo to the input size', async () => {
     const out = await decodeImage(ANT, IMAGENET_DEFAULTS);
     assert.equal(out.length, 224 * 224 * 3);
     assert.ok(blankness(out) > 4);
@@ -183,7 +183,7 @@ describe('normalizeInto', () => {
 });
 
 describe('ImagePool', () => {
-  it('decodes exactly like the main thread and reports failures', { skip: noRealData }, async () => {
+  it('decodes exactly like the main thread and reports failures', async () => {
     const config = resolveConfig({ layout: 'NHWC', channelOrder: 'BGR' });
     const files = [
       ANT,
@@ -218,7 +218,7 @@ describe('ImagePool', () => {
     await assert.rejects(pool.loadInto({ file: ANT }, target, 0), /closed/);
   });
 
-  it('lets the process exit after close(), and even without it', { skip: noRealData }, async () => {
+  it('lets the process exit after close(), and even without it', async () => {
     const poolUrl = new URL('../src/preprocess/pool.js', import.meta.url).href;
     const configUrl = new URL('../src/preprocess/config.js', import.meta.url).href;
     for (const close of [true, false]) {

@@ -11,10 +11,9 @@ import { DataType, decodeModel, defaultOpset, encodeModel, loadModel, tensorToFl
 import { cutModel, findCut, mergeModels, pruneTo } from '../src/onnx/surgery.js';
 import { Random } from '../src/util/random.js';
 import { assertGraftError, maxAbsDiff, runModel, withOutputs, type Feeds } from './support/onnx.js';
-import { SHARED } from './support/paths.js';
+import { requireShared, SHARED } from './support/paths.js';
 
 const INT8_MODEL = `${SHARED}/models/mobilenetv2-12-int8/model.onnx`;
-const noRealModel = !existsSync(INT8_MODEL);
 const FLOAT = DataType.FLOAT;
 
 function randn(n: number, seed: number, scale = 1): Float32Array {
@@ -114,7 +113,8 @@ describe('pruneTo', () => {
 });
 
 describe('findCut', () => {
-  it('finds the dequantized input of the QLinearGlobalAveragePool in the int8 MobileNetV2', { skip: noRealModel && 'no real model' }, async () => {
+  it('finds the dequantized input of the QLinearGlobalAveragePool in the int8 MobileNetV2', async () => {
+    requireShared(INT8_MODEL);
     const { model } = await loadModel(INT8_MODEL);
     const cut = findCut(model);
     assert.equal(cut.tensor, '627');

@@ -404,7 +404,7 @@ export function program(): Command {
     .option('--cut <tensor>', 'tensor to cut the model at (default: the input of its last global pooling)')
     .option('--out <dir>', 'output directory for model.onnx and graft.json', 'graft-model')
     .addOption(new Option('--head <kind>', 'new classifier head').choices(['mlp', 'linear']).default('mlp'))
-    .option('--epochs <n>', 'maximum training epochs', int('--epochs', 1))
+    .option('--epochs <n>', 'maximum training epochs (default 60; fine-tuning a text encoder: 3)', int('--epochs', 1))
     .option('--lr <x>', 'learning rate', positive('--lr'))
     .option('--batch-size <n>', 'training batch size', int('--batch-size', 1))
     .option('--weight-decay <x>', 'decoupled weight decay', Number)
@@ -421,7 +421,7 @@ export function program(): Command {
     .option('--no-cache', 'do not read or write the feature cache')
     .option('--fine-tune-at <n|tensor>', 'fine-tune the backbone from this node index or tensor on (after training the head)')
     .option('--unfreeze <k>', 'fine-tune the last K blocks of the backbone (after training the head)', int('--unfreeze', 1))
-    .option('--freeze-epochs <e>', 'head-only epochs before unfreezing (fine-tuning; default 3)', int('--freeze-epochs'))
+    .option('--freeze-epochs <e>', 'head-only epochs before unfreezing (fine-tuning; default 3, texts: up to 60 with early stopping)', int('--freeze-epochs'))
     .option('--lr-mult <m>', 'the backbone trains at lr / m (fine-tuning; default 10)', positive('--lr-mult'))
     .option('--json', 'print one JSON document on stdout', false)
     .action((data: string, flags: TrainFlags) => train(data, flags));
