@@ -1,6 +1,7 @@
-import { readFile, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { readFile, realpath, stat } from 'node:fs/promises';
+import { dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { GraftError } from '../errors.js';
+import { readRegularFile } from '../util/fs.js';
 import type { ModelProto } from '../onnx/proto.js';
 
 /** One weight as a TensorFlow.js `weightsManifest` describes it. */
@@ -153,8 +154,16 @@ export async function readTfjsModel(path: string): Promise<TfjsModel> {
   const shards = new Map<string, Uint8Array>();
   for (const g of json.weightsManifest)
     for (const p of g.paths ?? []) {
+      // A shard is a file of the model's own folder: `../../etc/passwd`, an absolute path or a link out is refused.
+      const shardPath = resolve(dir, String(p));
+      const within = (root: string, f: string) => f.startsWith(root.endsWith(sep) ? root : root + sep);
+      if (typeof p !== 'string' || isAbsolute(p) || !within(resolve(dir), shardPath))
+        throw new GraftError('MODEL', `${file}: weight shard path ${JSON.stringify(p)} leaves the model's folder`, { file, shard: String(p) });
+      const real = await realpath(shardPath).catch(() => shardPath);
+      const realDir = await realpath(dir).catch(() => resolve(dir));
+      if (!within(realDir, real)) throw new GraftError('MODEL', `${file}: weight shard ${JSON.stringify(p)} is a link out of the model's folder`, { file, shard: p });
       try {
-        shards.set(p, new Uint8Array(await readFile(join(dir, p))));
+        shards.set(p, await readRegularFile(shardPath));
       } catch (e) {
         throw new GraftError('MODEL', `${file}: weight shard ${join(dir, p)} is missing or unreadable`, { file, shard: p }, { cause: e });
       }
