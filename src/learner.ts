@@ -30,6 +30,7 @@ import { planSuffix, prefixModel, probeShape, poolWithSuffix, suffixTrainable, u
 import { denseRows, sequenceRows, type Rows, type SideInput } from './train/rows.js';
 import { DEFAULT_FIT, DEFAULT_LR, Evaluator, train, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
 import { writeArtifact, type Manifest, type ManifestDraft } from './artifact/artifact.js';
+import { digestSamples, splitRecord, SPLIT_FILE } from './artifact/split.js';
 
 export interface LearnerOptions {
   /**
@@ -424,9 +425,14 @@ export class Learner {
         ...(dataset.leaks ? { leaks: dataset.leaks.length } : {}),
       },
     };
-    if (this.backbone.modality === 'image') return writeArtifact(dir, merged, { task: 'image-classification', config: this.backbone.config, ...common } as ManifestDraft);
+    // What the model saw, by content digest: graft eval leaves these samples out (split.ts).
+    const samples = [...dataset.train, ...dataset.val];
+    const digests = await digestSamples(samples);
+    const split = { [SPLIT_FILE]: splitRecord(this.data.trainRows.map((r) => digests[r]), this.data.valRows.map((r) => digests[r])) };
+    if (this.backbone.modality === 'image') return writeArtifact(dir, merged, { task: 'image-classification', config: this.backbone.config, ...common } as ManifestDraft, split);
     const { tokenizer } = this.backbone.pipeline;
     return writeArtifact(dir, merged, { task: 'text-classification', config: this.backbone.config, ...common } as ManifestDraft, {
+      ...split,
       [this.backbone.config.tokenizer.file]: tokenizer.text,
       ...(tokenizer.configText !== undefined ? { 'tokenizer_config.json': tokenizer.configText } : {}),
     });

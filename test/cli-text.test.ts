@@ -85,11 +85,13 @@ describe('graft on texts', () => {
     const plain = await graft(['predict', out, '--text', 'hello there'], env);
     assert.match(plain.stdout, /^hello there\n\s+[\d.]+%\s+(ham|spam)\n/);
 
-    // eval on a labelled table (every row: training rows included, so above validation).
+    // eval on the whole table: the 4460 training rows (and the validation rows repeating a training text) are left out.
     const e = await graft(['eval', out, SMS, '--json'], env);
     assert.equal(e.code, 0, e.stderr);
-    assert.ok((JSON.parse(e.stdout) as { metrics: { count: number } }).metrics.count === 5574);
-
+    const ed = JSON.parse(e.stdout);
+    assert.equal(ed.trainingSamples.known, true);
+    assert.ok(ed.trainingSamples.excluded >= 4460 && ed.trainingSamples.excluded < 4460 + 120, `excluded ${ed.trainingSamples.excluded}`);
+    assert.equal(ed.metrics.count + ed.trainingSamples.excluded, 5574);
     const wrong = await graft(['predict', out, '--json'], env);
     assert.equal(wrong.code, 2);
     assert.match(wrong.stdout, /nothing to classify/);
@@ -124,7 +126,7 @@ describe('graft on texts', () => {
     assert.equal(r.code, 0, r.stderr);
     const manifest = JSON.parse(await readFile(join(out, 'graft.json'), 'utf8')) as { config: { pooling: string; normalize: boolean; maxLength: number }; files: Record<string, unknown> };
     assert.deepEqual([manifest.config.pooling, manifest.config.normalize, manifest.config.maxLength], ['masked-mean', true, 32]);
-    assert.deepEqual(Object.keys(manifest.files).sort(), ['tokenizer.json', 'tokenizer_config.json']);
+    assert.deepEqual(Object.keys(manifest.files).sort(), ['split.json', 'tokenizer.json', 'tokenizer_config.json']);
     // An image zoo model for a text dataset is a usage error naming the text models.
     const img = await graft(['train', SMS, '--model', 'resnet50', '--out', join(tmp, 'z'), '--json'], env);
     assert.equal(img.code, 2);

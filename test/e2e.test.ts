@@ -110,6 +110,29 @@ describe('graft CLI end to end (hymenoptera subset)', () => {
     assert.match(doc[2]!.error!, /empty/);
   });
 
+  it('eval on a flat folder mixing training and validation images leaves out the 60 it was trained on (split.json), and says so', async () => {
+    const flat = join(tmp, 'flat');
+    for (const cls of ['ants', 'bees']) {
+      await mkdir(join(flat, cls), { recursive: true });
+      for (const split of ['train', 'val']) {
+        for (const f of await readdir(join(data, split, cls))) {
+          if (/^(empty|truncated|notes|imageNotFound)\./.test(f)) continue;
+          await symlink(join(data, split, cls, f), join(flat, cls, `${split}-${f}`));
+        }
+      }
+    }
+    const run = await graft(['eval', out, flat, '--json']);
+    assert.equal(run.code, 0, run.stderr);
+    const doc = JSON.parse(run.stdout);
+    assert.deepEqual(doc.trainingSamples, { excluded: 60, known: true });
+    assert.match(run.stderr, /left out 60 of 100 images the model was trained on/);
+    assert.equal(doc.metrics.confusion.flat().reduce((a: number, b: number) => a + b, 0), 40);
+    assert.equal(doc.metrics.accuracy, firstDoc.metrics.accuracy, 'exactly the validation images remain');
+    const split = JSON.parse(await readFile(join(out, 'split.json'), 'utf8'));
+    assert.equal(split.train.length, 60);
+    assert.equal(split.val.length, 40);
+  });
+
   it('predict takes 450 file arguments (34 KB of argv: onnxruntime-node alone segfaults there), a folder, and --files-from', async () => {
     const bee = join(data, 'val/bees', (await readdir(join(data, 'val/bees')))[0]!);
     const many = join(tmp, 'many');

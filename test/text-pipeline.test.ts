@@ -232,7 +232,7 @@ describe('Learner on texts: SMS spam with a random BERT, head and fine-tuning, e
       assert.equal(manifest.task, 'text-classification');
       assert.equal(manifest.formatVersion, 2);
       assert.deepEqual(manifest.model.inputs.map((i) => [i.name, i.type]), [['input_ids', 'int64'], ['attention_mask', 'int64'], ['token_type_ids', 'int64']]);
-      assert.deepEqual(Object.keys(files).sort(), ['tokenizer.json', 'tokenizer_config.json']);
+      assert.deepEqual(Object.keys(files).sort(), ['split.json', 'tokenizer.json', 'tokenizer_config.json']);
       assert.deepEqual(files['tokenizer.json'], await readFile(`${SHARED}/models/minilm-l6-tokenizer/tokenizer.json`));
 
       // The validation texts through GraftModel, and through plain ONNX Runtime one at a time.

@@ -3,6 +3,7 @@
  * trained with. Prediction applies exactly the recorded config (image preprocessing, or the tokenizer and
  * text config).
  */
+import { parseSplitRecord, SPLIT_FILE, type SplitRecord } from './split.js';
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import type { Skipped } from '../data/dataset.js';
@@ -37,6 +38,8 @@ export class GraftModel {
     private readonly session: ort.InferenceSession,
     private readonly threads: number,
     private readonly tokenizer: TextTokenizer | undefined,
+    /** The samples it was trained and validated on (content digests), when the artifact records them. */
+    readonly split: SplitRecord | undefined = undefined,
   ) {}
 
   static async load(dir: string, options: { threads?: number } = {}): Promise<GraftModel> {
@@ -47,7 +50,8 @@ export class GraftModel {
         : undefined;
     const threads = options.threads ?? availableParallelism();
     const session = await ort.InferenceSession.create(modelBytes, { intraOpNumThreads: threads });
-    return new GraftModel(manifest, root, session, threads, tokenizer);
+    const split = files[SPLIT_FILE] ? parseSplitRecord(files[SPLIT_FILE], `${root}/${SPLIT_FILE}`) : undefined;
+    return new GraftModel(manifest, root, session, threads, tokenizer, split);
   }
 
   get labels(): string[] {

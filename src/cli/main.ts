@@ -8,7 +8,8 @@ import { basename, dirname, extname, join, relative, resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { GraftModel } from '../artifact/model.js';
 import { fileProblem, oneLine, writeFileAtomic } from '../util/fs.js';
-import { walkFiles } from '../data/walk.js';
+import { byCodeUnit, walkFiles } from '../data/walk.js';
+import { digestSamples } from '../artifact/split.js';
 import { sampleName, type Sample, type Skipped } from '../data/dataset.js';
 import { openLabelled } from '../data/open.js';
 import { readTable } from '../data/table.js';
@@ -253,12 +254,23 @@ async function evaluate(modelDir: string, data: string, flags: { json: boolean; 
   const model = await GraftModel.load(modelDir);
   try {
     const modality = model.task === 'text-classification' ? 'text' : 'image';
-    const { samples, skipped: scanSkipped, source } = await openLabelled(data, model.labels, modality, {
+    const { samples: scanned, skipped: scanSkipped, source } = await openLabelled(data, model.labels, modality, {
       ...(flags.textColumn?.length ? { textColumns: flags.textColumn } : {}),
       ...(flags.labelColumn ? { labelColumn: flags.labelColumn } : {}),
     });
     const progress = createProgress();
     const what = modality === 'text' ? 'texts' : 'images';
+    // Samples the model was trained on are left out: scoring them would overstate accuracy (split.json).
+    let samples = scanned;
+    let excluded = 0;
+    if (model.split) {
+      const train = new Set(model.split.train);
+      const digests = await digestSamples(scanned);
+      samples = scanned.filter((_, i) => !(digests[i] !== undefined && train.has(digests[i]!)));
+      excluded = scanned.length - samples.length;
+      if (excluded) progress.log(`left out ${excluded} of ${scanned.length} ${what} the model was trained on`);
+      if (samples.length === 0) throw new GraftError('DATASET', `every sample of ${source} is one the model was trained on: nothing left to evaluate`, { dir: source });
+    } else progress.log(`warning: ${model.dir} records no training split (made by an older graft): training samples in ${source} would be scored too`);
     progress.log(`evaluating ${samples.length} ${what} from ${source}`);
     const { probabilities, valid, skipped } = await model.probabilities(samples.map((s) => (modality === 'text' ? s.text! : s.file)));
     const rows = samples.map((_, i) => i).filter((i) => valid[i]);
@@ -267,10 +279,11 @@ async function evaluate(modelDir: string, data: string, flags: { json: boolean; 
     rows.forEach((r, k) => probs.set(probabilities.subarray(r * c, (r + 1) * c), k * c));
     const truth = Int32Array.from(rows, (r) => samples[r]!.label);
     const metrics: Metrics = computeMetrics(model.labels, truth, argmaxRows(probs, c), { loss: crossEntropy(probs, c, truth) });
-    const allSkipped = [...scanSkipped, ...skipped].sort((a, b) => a.file.localeCompare(b.file) || (a.line ?? 0) - (b.line ?? 0));
+    const allSkipped = [...scanSkipped, ...skipped].sort((a, b) => byCodeUnit(a.file, b.file) || (a.line ?? 0) - (b.line ?? 0));
     const out = join(model.dir, 'eval.json');
-    await writeFileAtomic(out, JSON.stringify({ data: resolve(source), metrics, skipped: allSkipped }, null, 2) + '\n');
-    if (flags.json) emitJson({ metrics, skipped: allSkipped, out });
+    const trainingSamples = { excluded, known: model.split !== undefined };
+    await writeFileAtomic(out, JSON.stringify({ data: resolve(source), metrics, skipped: allSkipped, trainingSamples }, null, 2) + '\n');
+    if (flags.json) emitJson({ metrics, skipped: allSkipped, trainingSamples, out });
     else {
       printSkipped(allSkipped);
       process.stdout.write(`${source} (${rows.length} ${what})\n${formatMetrics(metrics)}\n`);
