@@ -117,6 +117,25 @@ export function inputShape(config: PretrainedConfig, n: number): [number, number
 
 /** Stable identity of the preprocessing part of a config (what changes the pixels fed to the model). */
 export function preprocessKey(config: PretrainedConfig): string {
-  const { inputSize, layout, channelOrder, resize, cropPct, interpolation, scale, mean, std } = config;
-  return JSON.stringify({ inputSize, layout, channelOrder, resize, cropPct, interpolation, scale, mean, std });
+  return JSON.stringify(Object.fromEntries(PREPROCESS_KEY_FIELDS.map((f) => [f, config[f]])));
 }
+
+/**
+ * Which config fields change the pixels a backbone sees, and so go into the cache key. Typed over every field of
+ * PretrainedConfig: a field added later does not compile until it is placed here (in the key, or out with a reason).
+ */
+const KEYED: Record<keyof PretrainedConfig, boolean> = {
+  inputSize: true,
+  layout: true,
+  channelOrder: true,
+  resize: true,
+  cropPct: true,
+  interpolation: true,
+  scale: true,
+  mean: true,
+  std: true,
+  inputName: false, // a name, not a value
+  cut: false, // part of the feature model, whose bytes key the cache
+  featureDim: false, // follows from the model and cut
+};
+export const PREPROCESS_KEY_FIELDS = (Object.keys(KEYED) as Array<keyof PretrainedConfig>).filter((f) => KEYED[f]);

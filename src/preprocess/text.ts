@@ -69,9 +69,21 @@ export function validateTextConfig(raw: unknown, source = 'TextConfig'): TextCon
 
 /** What changes the token ids fed to the model: tokenizer bytes, max length, inputs (not pooling: that is in the graph). */
 export function textKey(config: TextConfig): string {
-  const { tokenizer, maxLength, inputs, padId } = config;
-  return JSON.stringify({ tokenizer: tokenizer.sha256, maxLength, inputs, padId });
+  const { tokenizer, maxLength, inputs, padId, pooling, normalize } = config;
+  return JSON.stringify({ tokenizer: { sha256: tokenizer.sha256, model: tokenizer.model, lowercase: tokenizer.lowercase }, maxLength, inputs, padId, pooling, normalize });
 }
+
+/** Every field of TextConfig, and whether textKey keys on it (typed: a new field must be placed here). */
+export const TEXT_KEY_FIELDS: Record<keyof TextConfig, boolean> = {
+  tokenizer: true, // by content (sha256), model and lower-casing; the file name is not keyed
+  maxLength: true,
+  inputs: true,
+  padId: true,
+  pooling: true,
+  normalize: true,
+  cut: false, // part of the feature model, whose bytes key the cache
+  featureDim: false,
+};
 
 export interface TokenizerFiles {
   /** tokenizer.json, parsed. */
