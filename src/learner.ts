@@ -84,7 +84,7 @@ export interface LearnerData {
  * The backbone's weights: the pretrained ones (the float copy made once when fine-tuning needs it), or ones
  * trained since (fine-tuning), with where that training started and how many weight tensors it changed.
  */
-type BackboneWeights = { kind: 'pretrained'; float?: ModelProto } | { kind: 'tuned'; model: ModelProto; from: string; trainableTensors: number };
+type BackboneWeights = { kind: 'pretrained'; float?: ModelProto } | { kind: 'tuned'; model: ModelProto; from: string; trainableTensors: number; timing?: FineTuneTiming };
 
 /** The outcome of the last training: weights, options, the standardiser in use and the graph evaluate() runs. */
 interface Trained {
@@ -254,6 +254,7 @@ export class Learner {
     const fit: FitOptions = { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, ...(text ? { epochs: TEXT_FINE_TUNE.epochs } : {}), seed: this.seed, ...options.fit };
     const freezeEpochs = options.freezeEpochs ?? (text ? TEXT_FINE_TUNE.freezeEpochs : DEFAULT_FINE_TUNE.freezeEpochs);
     const lrMult = options.lrMult ?? DEFAULT_FINE_TUNE.lrMult;
+    const clock = stopwatch();
     const model = this.floatModel();
     const plan = planSuffix(model, FEATURES, options);
 
@@ -261,9 +262,11 @@ export class Learner {
     const { rowShape, activations } = await this.activationsAt(model, plan);
     const pooled = await poolWithSuffix(plan, rowShape, activations, [...this.data.trainRows, ...this.data.valRows], this.backbone.config.featureDim);
     const std = fitStandardizer(pooled.features, pooled.dim, this.data.trainRows);
+    const prefixSeconds = clock.lap();
     let phase1: TrainResult | undefined;
     const headFit = { ...fit, lr: options.headLr ?? this.headLr(), epochs: freezeEpochs };
     if (freezeEpochs > 0) phase1 = await trainHead(pooled, this.data.trainRows, this.data.valRows, this.spec, std, headFit, callbacks);
+    const headSeconds = clock.lap();
     const result = phase1 ?? { params: initParams(this.spec, this.seed), history: [], bestEpoch: -1, stoppedEarly: false };
     this.weights = { kind: 'tuned', model, from: plan.boundary, trainableTensors: 0 };
     this.setTrained({ result, fit: headFit, standardizer: std, evaluation: { graph: Evaluator.forHead(this.spec, std), data: pooled, params: result.params } });
@@ -274,12 +277,22 @@ export class Learner {
     else stages.push(options);
     let phase2: TrainResult | undefined;
     let last = plan;
+    const stageSeconds: number[] = [];
     for (let i = 0; i < stages.length; i++) {
       const epochs = Math.max(1, Math.round(fit.epochs / stages.length));
       // The stages only train blocks after the phase-1 boundary, so its activations stay valid.
       ({ result: phase2, plan: last } = await this.fitSuffix(stages[i]!, false, { ...fit, epochs }, lrMult, callbacks, i === stages.length - 1 ? fit : undefined, { plan, rowShape, activations }));
+      stageSeconds.push(clock.lap());
     }
-    return { phase1, phase2: phase2!, boundary: last.boundary, trainableTensors: last.trainable.length, trainableNodes: last.nodes.length, unit: last.unit };
+    const timing: FineTuneTiming = {
+      prefix: prefixSeconds,
+      head: headSeconds,
+      fineTune: stageSeconds.reduce((a, b) => a + b, 0),
+      stages: stageSeconds,
+      total: clock.total(),
+    };
+    if (this.weights.kind === 'tuned') this.weights.timing = timing;
+    return { phase1, phase2: phase2!, boundary: last.boundary, trainableTensors: last.trainable.length, trainableNodes: last.nodes.length, unit: last.unit, timing };
   }
 
   /** Metrics of the trained head (and tuned backbone) on the validation rows. */
@@ -412,7 +425,7 @@ export class Learner {
         bestEpoch: result.bestEpoch + 1,
         stoppedEarly: result.stoppedEarly,
         history: result.history,
-        ...(this.weights.kind === 'tuned' ? { fineTuned: { from: this.weights.from, trainableTensors: this.weights.trainableTensors, float: true } } : {}),
+        ...(this.weights.kind === 'tuned' ? { fineTuned: { from: this.weights.from, trainableTensors: this.weights.trainableTensors, float: true, ...(this.weights.timing ? { seconds: roundTiming(this.weights.timing) } : {}) } } : {}),
       },
       ...(metrics ? { metrics } : {}),
       data: {
@@ -486,6 +499,43 @@ export interface FineTuneResult {
   trainableNodes: number;
   /** What `unfreeze` counted: residual blocks, or a transformer's encoder layers. */
   unit: 'block' | 'layer';
+  /** Where the time went, phase by phase. */
+  timing: FineTuneTiming;
+}
+
+/**
+ * Wall-clock seconds of each phase of fineTune(): `prefix` runs the frozen layers once over every sample (the
+ * boundary activations, read from the cache when they are there) and pools them through the suffix for the head;
+ * `head` trains the head alone on those features; `fineTune` trains the unfrozen layers with the head (graph
+ * building and sessions included), `stages` the same per stage of gradual unfreezing (one entry otherwise).
+ * `total` is the whole call; evaluation and export are not part of it.
+ */
+export interface FineTuneTiming {
+  prefix: number;
+  head: number;
+  fineTune: number;
+  stages: number[];
+  total: number;
+}
+
+/** Timings to 0.1 s, as written into graft.json and the CLI's JSON. */
+export function roundTiming(t: FineTuneTiming): FineTuneTiming {
+  const r = (x: number) => Math.round(x * 10) / 10;
+  return { prefix: r(t.prefix), head: r(t.head), fineTune: r(t.fineTune), stages: t.stages.map(r), total: r(t.total) };
+}
+
+function stopwatch(): { lap(): number; total(): number } {
+  const start = performance.now();
+  let last = start;
+  return {
+    lap() {
+      const now = performance.now();
+      const s = (now - last) / 1000;
+      last = now;
+      return s;
+    },
+    total: () => (performance.now() - start) / 1000,
+  };
 }
 
 export const DEFAULT_FINE_TUNE = { lr: 1e-4, lrMult: 10, freezeEpochs: 3 } as const;

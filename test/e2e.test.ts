@@ -187,6 +187,17 @@ describe('graft CLI end to end (hymenoptera subset)', () => {
     assert.match(run.stderr, /fine-tuned \d+ backbone nodes .* after "452"/);
     const manifest = JSON.parse(await readFile(join(tuned, 'graft.json'), 'utf8'));
     assert.equal(manifest.training.fineTuned.from, '452');
+    // Timing per phase, in the JSON, the log and graft.json alike; the unfrozen epochs lie inside the fine-tune phase.
+    const phases = doc.phases as { prefix: number; head: number; fineTune: number; stages: number[]; total: number };
+    assert.deepEqual(Object.keys(phases), ['prefix', 'head', 'fineTune', 'stages', 'total']);
+    assert.ok(phases.prefix > 0 && phases.fineTune > 0 && phases.head >= 0, JSON.stringify(phases));
+    assert.deepEqual(phases.stages, [phases.fineTune]);
+    assert.ok(Math.abs(phases.prefix + phases.head + phases.fineTune - phases.total) <= 0.2, JSON.stringify(phases));
+    assert.ok(phases.total <= doc.seconds);
+    const epochSeconds = (manifest.training.history as Array<{ seconds: number }>).reduce((a, h) => a + h.seconds, 0);
+    assert.ok(epochSeconds <= phases.fineTune + 0.1, `unfrozen epochs ${epochSeconds} s within fine-tune ${phases.fineTune} s`);
+    assert.deepEqual(manifest.training.fineTuned.seconds, phases);
+    assert.match(run.stderr, new RegExp(`phases: frozen prefix ${phases.prefix.toFixed(1)} s, head ${phases.head.toFixed(1)} s, fine-tune ${phases.fineTune.toFixed(1)} s\n`));
     const evaluated = await graft(['eval', tuned, data, '--json']);
     assert.equal(evaluated.code, 0, evaluated.stderr);
     assert.equal(JSON.parse(evaluated.stdout).metrics.accuracy, doc.metrics.accuracy);

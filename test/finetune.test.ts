@@ -187,10 +187,23 @@ describe('Learner.fineTune on a hymenoptera subset', () => {
   it('gradual unfreezing trains one more block per stage', async () => {
     const learn = await learner({ data: join(tmp, 'data'), model: MODEL, cacheDir: join(tmp, 'cache') });
     const seen: string[] = [];
-    const result = await learn.fineTune({ unfreeze: 2, gradual: true, freezeEpochs: 1, fit: { epochs: 2, patience: 0 } }, [{ beforeFit: (s) => seen.push(`${s.params.length}`) }]);
+    // Each fit's own duration, from the callbacks: the head fit, then one per stage.
+    const fits: number[] = [];
+    let started = 0;
+    const result = await learn.fineTune({ unfreeze: 2, gradual: true, freezeEpochs: 1, fit: { epochs: 2, patience: 0 } }, [
+      { beforeFit: (s) => (seen.push(`${s.params.length}`), (started = performance.now())), afterFit: () => void fits.push((performance.now() - started) / 1000) },
+    ]);
     // Head-only (4 head weights), then the last block (+8 tensors), then the last two blocks (+14 tensors).
     assert.deepEqual(seen, ['4', '12', '18']);
     assert.equal(result.boundary, '443');
+    // Timing per phase: every fit falls inside the phase it is attributed to, and the phases add up to the call.
+    const t = result.timing;
+    assert.equal(t.stages.length, 2);
+    assert.ok(t.prefix > 0, `prefix ${t.prefix}`);
+    assert.ok(fits[0]! <= t.head, `head fit ${fits[0]} s within the head phase ${t.head} s`);
+    fits.slice(1).forEach((f, i) => assert.ok(f <= t.stages[i]!, `stage ${i + 1} fit ${f} s within its phase ${t.stages[i]} s`));
+    assert.ok(Math.abs(t.stages[0]! + t.stages[1]! - t.fineTune) < 1e-9);
+    assert.ok(Math.abs(t.prefix + t.head + t.fineTune - t.total) < 0.05, JSON.stringify(t));
     await learn.close();
   });
 

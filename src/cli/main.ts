@@ -16,7 +16,7 @@ import { readTable } from '../data/table.js';
 import { GraftError } from '../errors.js';
 import { argmaxRows, computeMetrics, crossEntropy, type Metrics } from '../evaluate/metrics.js';
 import { formatMetrics } from '../evaluate/report.js';
-import { Learner } from '../learner.js';
+import { Learner, roundTiming, type FineTuneTiming } from '../learner.js';
 import type { OptimizerKind, ScheduleKind, TrainResult, TrainState } from '../train/trainer.js';
 import { VERSION } from '../version.js';
 import { formatBytes, hubOptions, importCommand, models, pull, type HubFlags } from './backbones.js';
@@ -203,6 +203,7 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
     afterFit: () => progress.stop(),
   };
   let result: TrainResult;
+  let phases: FineTuneTiming | undefined;
   if (flags.fineTuneAt !== undefined || flags.unfreeze !== undefined) {
     if (flags.fineTuneAt !== undefined && flags.unfreeze !== undefined) throw new GraftError('USAGE', 'give --fine-tune-at or --unfreeze, not both');
     const at = flags.fineTuneAt;
@@ -219,7 +220,10 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
       [show, { afterFit: () => (phase = 'fine-tune') }],
     );
     result = tuned.phase2;
+    phases = roundTiming(tuned.timing);
     progress.log(`fine-tuned ${tuned.trainableNodes} backbone nodes (${tuned.trainableTensors} weight tensors) after "${tuned.boundary}" with the head`);
+    const stages = phases.stages.length > 1 ? ` (stages ${phases.stages.map((x) => `${x.toFixed(1)} s`).join(', ')})` : '';
+    progress.log(`phases: frozen prefix ${phases.prefix.toFixed(1)} s, head ${phases.head.toFixed(1)} s, fine-tune ${phases.fineTune.toFixed(1)} s${stages}`);
   } else {
     result = await learn.fit(fit, [show]);
   }
@@ -243,6 +247,7 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
       epochs: result.history.length,
       bestEpoch: result.bestEpoch + 1,
       seconds,
+      ...(phases ? { phases } : {}),
     });
   } else {
     printSkipped(d.skipped);
