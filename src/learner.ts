@@ -84,7 +84,7 @@ export interface LearnerData {
  * The backbone's weights: the pretrained ones (the float copy made once when fine-tuning needs it), or ones
  * trained since (fine-tuning), with where that training started and how many weight tensors it changed.
  */
-type BackboneWeights = { kind: 'pretrained'; float?: ModelProto } | { kind: 'tuned'; model: ModelProto; from: string; trainableTensors: number; timing?: FineTuneTiming };
+type BackboneWeights = { kind: 'pretrained'; float?: ModelProto } | { kind: 'tuned'; model: ModelProto; from: string; trainableTensors: number; timing?: FineTuneTiming; encoderDropout?: number };
 
 /** The outcome of the last training: weights, options, the standardiser in use and the graph evaluate() runs. */
 interface Trained {
@@ -273,7 +273,7 @@ export class Learner {
 
     // Phase 2: suffix + head with discriminative learning rates; gradually, one block more per stage.
     const stages: FreezeSpec[] = [];
-    if (options.gradual && options.unfreeze !== undefined) for (let k = 1; k <= options.unfreeze; k++) stages.push({ unfreeze: k, ...(options.batchNorm ? { batchNorm: options.batchNorm } : {}) });
+    if (options.gradual && options.unfreeze !== undefined) for (let k = 1; k <= options.unfreeze; k++) stages.push({ unfreeze: k, ...(options.batchNorm ? { batchNorm: options.batchNorm } : {}), ...(options.encoderDropout !== undefined ? { encoderDropout: options.encoderDropout } : {}) });
     else stages.push(options);
     let phase2: TrainResult | undefined;
     let last = plan;
@@ -375,7 +375,8 @@ export class Learner {
     extracted?: { plan: SuffixPlan; rowShape: number[]; activations: Rows },
   ): Promise<{ result: TrainResult; plan: SuffixPlan }> {
     const model = this.floatModel();
-    const plan = planSuffix(model, FEATURES, spec);
+    // A frozen backbone is a fixed feature map: no dropout inside it.
+    const plan = planSuffix(model, FEATURES, frozenBackbone ? { ...spec, encoderDropout: 0 } : spec);
     const { rowShape, activations } = extracted?.plan.boundary === plan.boundary ? extracted : await this.activationsAt(model, plan);
     // No head yet: standardise on the float backbone's own pooled features.
     const standardizer = this.trained?.standardizer ?? fitStandardizer((await poolWithSuffix(plan, rowShape, activations, this.data.trainRows, this.backbone.config.featureDim)).features, this.backbone.config.featureDim, this.data.trainRows);
@@ -386,6 +387,7 @@ export class Learner {
       weightDecay: fit.weightDecay,
       batchSize: Math.min(fit.batchSize, this.data.trainRows.length),
       nchwcBlock: await nchwcBlockSize(),
+      seed: fit.seed,
     });
     if (frozenBackbone) trainable.groups[0]!.frozen = true;
     const result = await train(trainable, activations, this.data.trainRows, this.data.valRows, fit, callbacks);
@@ -393,7 +395,8 @@ export class Learner {
     // Running statistics (batchNorm 'train') go into the exported backbone with the trained weights.
     const statistics = (trainable.state ?? []).map((t) => ({ name: t.name, dims: t.dims, data: t.data, decay: false }));
     const backboneParams = [...result.params.filter((p) => !headNames.has(p.name)), ...statistics];
-    this.weights = { kind: 'tuned', model: withWeights(model, backboneParams), from: plan.boundary, trainableTensors: frozenBackbone ? 0 : plan.trainable.length };
+    const encoderDropout = frozenBackbone ? (this.weights.kind === 'tuned' ? this.weights.encoderDropout : undefined) : plan.encoderDropout || undefined;
+    this.weights = { kind: 'tuned', model: withWeights(model, backboneParams), from: plan.boundary, trainableTensors: frozenBackbone ? 0 : plan.trainable.length, ...(encoderDropout ? { encoderDropout } : {}) };
     this.setTrained({
       result: { ...result, params: result.params.filter((p) => headNames.has(p.name)) },
       fit: record,
@@ -425,7 +428,7 @@ export class Learner {
         bestEpoch: result.bestEpoch + 1,
         stoppedEarly: result.stoppedEarly,
         history: result.history,
-        ...(this.weights.kind === 'tuned' ? { fineTuned: { from: this.weights.from, trainableTensors: this.weights.trainableTensors, float: true, ...(this.weights.timing ? { seconds: roundTiming(this.weights.timing) } : {}) } } : {}),
+        ...(this.weights.kind === 'tuned' ? { fineTuned: { from: this.weights.from, trainableTensors: this.weights.trainableTensors, float: true, ...(this.weights.encoderDropout ? { encoderDropout: this.weights.encoderDropout } : {}), ...(this.weights.timing ? { seconds: roundTiming(this.weights.timing) } : {}) } } : {}),
       },
       ...(metrics ? { metrics } : {}),
       data: {

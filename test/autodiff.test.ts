@@ -250,15 +250,54 @@ test('an op without a rule on the path throws before anything is built', () => {
   assert.deepEqual({ nodes: b.nodes.length, inits: b.initializers.length }, before);
 });
 
-test('Dropout in training mode is refused up front', () => {
+test('Dropout in training mode: the gradient passes exactly the kept elements, scaled as the forward pass', async () => {
+  // A random op cannot be finite-differenced; its gradient is checked against the mask the same run drew.
   const b = new GraphBuilder('dropout');
-  const x = b.input('x', DataType.DOUBLE, [2, 3]);
-  const training = b.input('training_mode', DataType.BOOL, []);
-  const [y] = b.node('Dropout', [x, b.constant('ratio', Float64Array.of(0.5), []), training], {}, { outputs: 2, name: 'drop' });
-  const loss = b.op('ReduceSum', [y!], { keepdims: 0 });
-  const count = b.nodes.length;
-  assert.throws(() => appendGradients(b, { loss, wrt: [x] }), (e: unknown) => e instanceof GraftError && e.code === 'MODEL' && /Dropout in training mode \(node drop\)/.test(e.message));
-  assert.equal(b.nodes.length, count);
+  const x = b.input('x', DataType.FLOAT, [6, 50]);
+  const r = b.input('r', DataType.FLOAT, [6, 50]);
+  const training = b.bool('training_mode', true);
+  const [y, mask] = b.node('Dropout', [b.op('Mul', [x, b.constant('two', Float32Array.of(2), [])]), b.constant('ratio', Float32Array.of(0.25), []), training], { seed: 7 }, { outputs: 2, name: 'drop' });
+  const loss = b.op('ReduceSum', [b.op('Mul', [y!, r])], { keepdims: 0 });
+  const grads = appendGradients(b, { loss, wrt: [x] });
+  b.output(y!, DataType.FLOAT, [6, 50]);
+  b.output(mask!, DataType.BOOL, [6, 50]);
+  b.op('Identity', [grads.get(x)!], {}, { outputs: ['dx'] });
+  b.output('dx', DataType.FLOAT, [6, 50]);
+  const session = await ort.InferenceSession.create(encodeModel(b.model(17)));
+  const xs = Float32Array.from({ length: 300 }, (_, i) => Math.sin(i) + 0.1);
+  const rs = Float32Array.from({ length: 300 }, (_, i) => Math.cos(3 * i));
+  const out = await session.run({ x: new ort.Tensor('float32', xs, [6, 50]), r: new ort.Tensor('float32', rs, [6, 50]) });
+  const kept = out[mask!]!.data as Uint8Array;
+  const ys = out[y!]!.data as Float32Array;
+  const dx = out.dx!.data as Float32Array;
+  const keptCount = Array.from(kept).filter(Boolean).length;
+  assert.ok(keptCount > 180 && keptCount < 270, `kept ${keptCount} of 300 at ratio 0.25`);
+  for (let i = 0; i < 300; i++) {
+    const k = kept[i] ? 1 : 0;
+    assert.ok(Math.abs(ys[i]! - (2 * xs[i]! * k) / 0.75) < 1e-5, `y[${i}]`);
+    assert.ok(Math.abs(dx[i]! - (2 * rs[i]! * k) / 0.75) < 1e-5, `dx[${i}] = ${dx[i]}, expected ${(2 * rs[i]! * k) / 0.75}`);
+  }
+  // A second run draws another mask (the generator advances), and the gradient follows it.
+  const again = await session.run({ x: new ort.Tensor('float32', xs, [6, 50]), r: new ort.Tensor('float32', rs, [6, 50]) });
+  const kept2 = again[mask!]!.data as Uint8Array;
+  assert.ok(Array.from(kept2).some((v, i) => Boolean(v) !== Boolean(kept[i])), 'a second step draws a fresh mask');
+  const dx2 = again.dx!.data as Float32Array;
+  for (let i = 0; i < 300; i++) assert.ok(Math.abs(dx2[i]! - (2 * rs[i]! * (kept2[i] ? 1 : 0)) / 0.75) < 1e-5);
+  await session.release();
+});
+
+test('Dropout in training mode without its mask output, or with a ratio fed at run time, is refused up front', () => {
+  for (const variant of ['no mask', 'fed ratio'] as const) {
+    const b = new GraphBuilder('dropout');
+    const x = b.input('x', DataType.DOUBLE, [2, 3]);
+    const training = b.input('training_mode', DataType.BOOL, []);
+    const ratio = variant === 'fed ratio' ? b.input('ratio', DataType.DOUBLE, []) : b.constant('ratio', Float64Array.of(0.5), []);
+    const [y] = b.node('Dropout', [x, ratio, training], {}, { outputs: variant === 'no mask' ? 1 : 2, name: 'drop' });
+    const loss = b.op('ReduceSum', [y!], { keepdims: 0 });
+    const count = b.nodes.length;
+    assert.throws(() => appendGradients(b, { loss, wrt: [x] }), (e: unknown) => e instanceof GraftError && e.code === 'MODEL' && /Dropout node drop in training mode needs its mask output and a constant scalar ratio/.test(e.message), variant);
+    assert.equal(b.nodes.length, count);
+  }
 });
 
 test('an op without a rule off the path (frozen, or only feeding a shape) needs no rule', async () => {

@@ -18,6 +18,8 @@ import { convertUseLite, USE_LITE_PACKAGE, USE_LITE_TENSORS, type UseLiteModel, 
 import { GraftError } from '../src/errors.js';
 import { DataType, encodeModel } from '../src/onnx/proto.js';
 import { Random } from '../src/util/random.js';
+import { initParams, type HeadSpec } from '../src/head/head.js';
+import { dropoutSites, planSuffix, suffixTrainable } from '../src/train/finetune.js';
 import { SHARED } from './support/paths.js';
 
 type Tfjs = typeof import('@tensorflow/tfjs');
@@ -190,6 +192,19 @@ describe('USE-lite', () => {
       assert.ok(reaches('embeddings'), `everything passes through ${boundary}`);
       assert.ok(!maskOnly(boundary));
     }
+  });
+
+  it('fine-tunes its two layers with a training graph whose every constant is read, dropping out in both layers', () => {
+    const plan = planSuffix(converted.model, 'embeddings', { unfreeze: 2 });
+    assert.equal(plan.unit, 'layer');
+    // Layer 0's attention branch has a projected skip path (both inputs read once): left alone.
+    assert.deepEqual([...dropoutSites(plan)].map(([i, k]) => `${plan.nodes[i]!.name}:${k}`), [
+      'layer_0/attention/context/heads:0', 'layer_0/output:0', 'layer_1/attention/context/heads:0', 'layer_1/attention/output:0', 'layer_1/output:0',
+    ]);
+    const spec: HeadSpec = { kind: 'mlp', hidden: 16, dropout: 0.5, inputDim: 512, numClasses: 2 };
+    const t = suffixTrainable(plan, [-1, 512], spec, { mean: new Float32Array(512), invStd: new Float32Array(512).fill(1) }, initParams(spec, 0), { lr: 1e-3, lrMult: 10, weightDecay: 0, batchSize: 8, seed: 1 });
+    const read = new Set((t.trainModel.graph!.node ?? []).flatMap((n) => n.input ?? []));
+    assert.deepEqual((t.trainModel.graph!.initializer ?? []).filter((i) => !read.has(i.name!)).map((i) => i.name), []);
   });
 
   it('matches the TF.js graph model on 240 SMS texts and edge cases, batched and padded', async () => {

@@ -18,11 +18,12 @@ import { GraftModel } from '../src/artifact/model.js';
 import { loadTextBackbone, readTokenizerFiles, type TextBackbone } from '../src/backbone/backbone.js';
 import { FeatureExtractor } from '../src/backbone/extractor.js';
 import { Learner } from '../src/learner.js';
-import { encodeModel } from '../src/onnx/proto.js';
+import { encodeModel, type ModelProto } from '../src/onnx/proto.js';
 import { boundaries } from '../src/onnx/surgery.js';
 import { textFeeds } from '../src/preprocess/pipeline.js';
 import { TextTokenizer } from '../src/preprocess/text.js';
-import { planSuffix } from '../src/train/finetune.js';
+import { dropoutSites, planSuffix, suffixTrainable } from '../src/train/finetune.js';
+import { initParams, TRAIN_LOSS, type HeadSpec } from '../src/head/head.js';
 import { buildBert } from './support/bert.js';
 import { maxAbsDiff } from './support/onnx.js';
 import { SHARED } from './support/paths.js';
@@ -199,6 +200,73 @@ describe('text backbones (a BERT-architecture encoder with random weights + the 
     assert.equal(plan.trainable.length, 32);
     assert.throws(() => planSuffix(backbone.featureModel, 'features', { unfreeze: 4 }), /has 3 layers/);
   });
+
+  it('drops out in the unfrozen layers while training only: attention probabilities and both residual branches of each layer', async () => {
+    const plan = planSuffix(backbone.featureModel, 'features', { unfreeze: 2 });
+    assert.equal(plan.encoderDropout, 0.1);
+    const sites = [...dropoutSites(plan)].map(([i, inputs]) => {
+      const n = plan.nodes[i]!;
+      const producer = (t: string) => plan.nodes.find((m) => m.output?.includes(t))?.name ?? t;
+      return `${n.name} <- ${inputs.map((k) => `${n.opType}[${k}] ${producer(n.input![k]!)}`).join(', ')}`;
+    });
+    const expected = [1, 2].flatMap((l) => [
+      new RegExp(`^/encoder/layer\\.${l}/attention/self/MatMul\\S* <- MatMul\\[0\\] /encoder/layer\\.${l}/attention/self/Softmax`),
+      new RegExp(`^/encoder/layer\\.${l}/attention/output/Add\\S* <- Add\\[0\\] /encoder/layer\\.${l}/attention/output/dense/Add`),
+      new RegExp(`^/encoder/layer\\.${l}/output/Add\\S* <- Add\\[0\\] /encoder/layer\\.${l}/output/dense/Add`),
+    ]);
+    assert.equal(sites.length, 6, sites.join('\n'));
+    sites.forEach((site, i) => assert.match(site, expected[i]!));
+
+    const spec: HeadSpec = { kind: 'linear', hidden: 0, dropout: 0, inputDim: 32, numClasses: 2 };
+    const std = { mean: new Float32Array(32), invStd: new Float32Array(32).fill(1) };
+    const rowShape = [-1, 32];
+    const make = (p: typeof plan) => suffixTrainable(p, rowShape, spec, std, initParams(spec, 0), { lr: 1e-3, lrMult: 10, weightDecay: 0, batchSize: 4, seed: 11 });
+    const dropouts = (m: ModelProto) => (m.graph!.node ?? []).filter((n) => n.opType === 'Dropout');
+    const trainable = make(plan);
+    assert.equal(dropouts(trainable.trainModel).length, 6);
+    assert.deepEqual(dropouts(trainable.trainModel).map((n) => n.attribute!.find((a) => a.name === 'seed')!.i), [11, 12, 13, 14, 15, 16]);
+    assert.equal(dropouts(trainable.evalModel).length, 0, 'no dropout when evaluating');
+    const read = new Set((trainable.trainModel.graph!.node ?? []).flatMap((n) => n.input ?? []));
+    const unread = (trainable.trainModel.graph!.initializer ?? []).filter((t) => !read.has(t.name!)).map((t) => t.name);
+    assert.deepEqual(unread, [], 'every constant of the training graph is read (ONNX Runtime warns about the others)');
+    const off = make(planSuffix(backbone.featureModel, 'features', { unfreeze: 2, encoderDropout: 0 }));
+    assert.equal(dropouts(off.trainModel).length, 0);
+    assert.throws(() => planSuffix(backbone.featureModel, 'features', { unfreeze: 2, encoderDropout: 1 }), /encoder dropout must be in \[0, 1\)/);
+
+    // The same step twice: with dropout the loss and gradients change from run to run, without it they do not.
+    const T = 6;
+    const values = new Map(trainable.groups.flatMap((g) => g.params.map((p) => [p.name, p] as const)));
+    const feedsFor = (m: ModelProto) => {
+      const feeds: Record<string, ort.Tensor> = {};
+      for (const input of m.graph!.input ?? []) {
+        const name = input.name!;
+        const p = values.get(name);
+        if (p) feeds[name] = new ort.Tensor('float32', p.data, p.dims);
+        else if (name === plan.boundary) feeds[name] = new ort.Tensor('float32', Float32Array.from({ length: 4 * T * 32 }, (_, i) => Math.sin(i * 0.37)), [4, T, 32]);
+        else if (name === 'attention_mask') feeds[name] = new ort.Tensor('int64', new BigInt64Array(4 * T).fill(1n), [4, T]);
+        else feeds[name] = new ort.Tensor('int64', BigInt64Array.from([0n, 1n, 0n, 1n]), [4]);
+      }
+      return feeds;
+    };
+    const losses = async (m: ModelProto) => {
+      const session = await ort.InferenceSession.create(encodeModel(m));
+      try {
+        const feeds = feedsFor(m);
+        const out: number[] = [];
+        for (let i = 0; i < 2; i++) out.push((await session.run(feeds))[TRAIN_LOSS]!.data[0] as number);
+        return out;
+      } finally {
+        await session.release();
+      }
+    };
+    const [a, b] = await losses(trainable.trainModel);
+    assert.notEqual(a, b, 'two steps draw two dropout masks');
+    const [c, d] = await losses(off.trainModel);
+    assert.equal(c, d);
+    assert.ok(Math.abs(a! - c!) > 0 && Math.abs(a! - c!) < 0.5, `dropout perturbs the loss (${a} vs ${c}) without swamping it`);
+    // A fresh session with the same seeds repeats the same masks: runs are reproducible.
+    assert.deepEqual(await losses(trainable.trainModel), [a, b]);
+  });
 });
 
 describe('Learner on texts: SMS spam with a random BERT, head and fine-tuning, exported and reloaded', () => {
@@ -274,6 +342,9 @@ describe('Learner on texts: SMS spam with a random BERT, head and fine-tuning, e
       const metrics = await learn.evaluate();
       const out = path.join(tmp, 'tuned');
       await learn.export(out, metrics);
+      const recorded = JSON.parse(await readFile(path.join(out, 'graft.json'), 'utf8')) as { training: { fineTuned: { encoderDropout?: number } } };
+      assert.equal(recorded.training.fineTuned.encoderDropout, 0.1, 'graft.json records the dropout the layers trained with');
+      assert.ok(!(await readFile(path.join(out, 'model.onnx'))).includes(Buffer.from('Dropout')), 'the exported graph holds no Dropout node');
       const loaded = await GraftModel.load(out);
       const samples = [...learn.data.dataset.train, ...learn.data.dataset.val];
       const { probabilities } = await loaded.probabilities(learn.data.valRows.map((i) => samples[i]!.text!));

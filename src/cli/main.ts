@@ -101,6 +101,7 @@ interface TrainFlags {
   freezeEpochs?: number;
   lrMult?: number;
   batchNorm?: 'frozen-stats' | 'train';
+  encoderDropout?: number;
   optimizer?: OptimizerKind;
   schedule?: ScheduleKind;
   warmup?: number;
@@ -215,6 +216,7 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
         ...(flags.freezeEpochs !== undefined ? { freezeEpochs: flags.freezeEpochs } : {}),
         ...(flags.lrMult !== undefined ? { lrMult: flags.lrMult } : {}),
         ...(flags.batchNorm !== undefined ? { batchNorm: flags.batchNorm } : {}),
+        ...(flags.encoderDropout !== undefined ? { encoderDropout: flags.encoderDropout } : {}),
         fit,
       },
       [show, { afterFit: () => (phase = 'fine-tune') }],
@@ -441,6 +443,7 @@ export function program(): Command {
     .option('--unfreeze <k>', 'fine-tune the last K blocks of the backbone (after training the head)', int('--unfreeze', 1))
     .option('--freeze-epochs <e>', 'head-only epochs before unfreezing (fine-tuning; default 3, texts: up to 60 with early stopping)', int('--freeze-epochs'))
     .option('--lr-mult <m>', 'the backbone trains at lr / m (fine-tuning; default 10)', positive('--lr-mult'))
+    .option('--encoder-dropout <p>', "dropout in a transformer's unfrozen layers while fine-tuning (default 0.1)", fractionOf('--encoder-dropout'))
     .option('--json', 'print one JSON document on stdout', false)
     .action((data: string, flags: TrainFlags) => train(data, flags));
   cmd

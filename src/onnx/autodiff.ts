@@ -545,8 +545,14 @@ function reducedAxes(c: GradContext): string {
 
 export const GRAD_RULES: Record<string, GradRule> = {
   Identity: passThrough,
-  // Inference mode only (checked up front): training graphs apply their dropout mask with Mul.
-  Dropout: (c) => [c.dy, null, null].slice(0, c.inputs.length),
+  // Inference mode: identity. Training mode (its mask output and a constant ratio, checked up front): the
+  // kept elements, scaled by 1 / (1 - ratio) as the forward pass scaled them.
+  Dropout: (c) => {
+    const training = c.inputs[2];
+    if (!training || isConstantFalse(c.initializer(training))) return [c.dy, null, null].slice(0, c.inputs.length);
+    const kept = c.emit('Cast', [c.outputs[1]!], { to: c.elemType });
+    return [c.emit('Mul', [c.emit('Mul', [c.dy, kept]), c.scalar(1 / (1 - (c.inputs[1] ? dropoutRatio(c.initializer(c.inputs[1]))! : 0.5)))]), null, null].slice(0, c.inputs.length);
+  },
   Cast: (c) => [c.emit('Cast', [c.dy], { to: c.typeOf(c.inputs[0]!) ?? c.elemType })],
   Neg: (c) => [c.emit('Neg', [c.dy])],
   Exp: unary((c, _x, y) => c.emit('Mul', [c.dy, y])),
@@ -1023,6 +1029,13 @@ export const GRAD_RULES: Record<string, GradRule> = {
   },
 };
 
+/** A Dropout node's ratio from its constant scalar input; undefined when it is not one. */
+function dropoutRatio(t: TensorProto | undefined): number | undefined {
+  if (!t || (t.dims ?? []).length > 0) return undefined;
+  const v = tensorToFloat32(t)[0];
+  return v !== undefined && v >= 0 && v < 1 ? v : undefined;
+}
+
 function isConstantFalse(t: TensorProto | undefined): boolean {
   if (!t) return false;
   return t.rawData && t.rawData.length > 0 ? t.rawData.every((v) => v === 0) : (t.int32Data ?? []).every((v) => v === 0);
@@ -1315,11 +1328,15 @@ export function appendGradients(builder: GraphBuilder, options: GradientOptions)
     }
     const training = n.opType === 'Dropout' ? n.input?.[2] : undefined;
     if (training && !isConstantFalse(initializers.get(training))) {
-      throw new GraftError('MODEL', `no gradient rule for op Dropout in training mode (node ${n.name}); apply the dropout mask with Mul instead`, { node: n.name, op: n.opType });
+      const ratio = n.input?.[1] ? dropoutRatio(initializers.get(n.input[1])) : 0.5;
+      if (!n.output?.[1] || ratio === undefined) {
+        throw new GraftError('MODEL', `Dropout node ${n.name} in training mode needs its mask output and a constant scalar ratio in [0, 1) for its gradient`, { node: n.name, op: n.opType });
+      }
     }
   }
 
   const firstBackward = builder.nodes.length;
+  const firstConstant = builder.initializers.length;
   // Reserve every name of the forward graph so that fresh gradient names cannot collide with one.
   for (const n of forward) for (const t of [...(n.input ?? []), ...(n.output ?? [])]) if (t) builder.fresh(t);
 
@@ -1490,5 +1507,14 @@ export function appendGradients(builder: GraphBuilder, options: GradientOptions)
     result.set(w, g);
   }
   foldReshapeChains(builder, firstBackward, returned);
+  dropUnreadConstants(builder, firstConstant);
   return result;
+}
+
+/** Removes the constants the backward pass made that no node reads any more (folded reshapes' shapes). */
+function dropUnreadConstants(builder: GraphBuilder, from: number): void {
+  const read = new Set<string>(builder.outputs.map((o) => o.name!));
+  for (const n of builder.nodes) for (const i of n.input ?? []) if (i) read.add(i);
+  const kept = builder.initializers.filter((t, i) => i < from || read.has(t.name!));
+  if (kept.length !== builder.initializers.length) builder.initializers.splice(0, builder.initializers.length, ...kept);
 }

@@ -1,6 +1,6 @@
 /** A small builder for ONNX graphs: named inputs, initializers and nodes, then a ModelProto. */
 import { GraftError } from '../errors.js';
-import { onnx, valueInfo, tensor, type AttributeProto, type GraphProto, type ModelProto, type NodeProto, type TensorProto, type ValueInfoProto } from './proto.js';
+import { DataType, onnx, valueInfo, tensor, type AttributeProto, type GraphProto, type ModelProto, type NodeProto, type TensorProto, type ValueInfoProto } from './proto.js';
 
 export type AttrValue = number | string | readonly number[] | readonly string[] | TensorProto;
 
@@ -88,6 +88,13 @@ export class GraphBuilder {
   copy(node: NodeProto): void {
     for (const o of node.output ?? []) if (o) this.claim(o);
     this.nodes.push(node);
+  }
+
+  /** A scalar BOOL initializer (e.g. Dropout's training_mode). */
+  bool(base: string, value: boolean): string {
+    const name = this.fresh(base);
+    this.initializers.push({ name, dataType: DataType.BOOL, dims: [], rawData: Uint8Array.of(value ? 1 : 0) });
+    return name;
   }
 
   int64(base: string, values: readonly number[]): string {

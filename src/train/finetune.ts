@@ -13,7 +13,7 @@ import { appendGradients } from '../onnx/autodiff.js';
 import { GraphBuilder } from '../onnx/builder.js';
 import { DataType, defaultOpset, encodeModel, onnx, tensorToFloat32, toNumber, type ModelProto, type NodeProto, type TensorProto } from '../onnx/proto.js';
 import { useNchwc } from '../onnx/nchwc.js';
-import { boundaries, pruneTo, suffixNodes, type Boundary } from '../onnx/surgery.js';
+import { boundaries, layerOf, pruneTo, suffixNodes, type Boundary } from '../onnx/surgery.js';
 import {
   declareParams,
   forward,
@@ -63,7 +63,16 @@ export interface FreezeSpec {
    * and updates the running statistics (momentum 0.9), which the exported graph then uses.
    */
   batchNorm?: BatchNormPolicy;
+  /**
+   * A transformer's unfrozen encoder layers drop out at this rate while they train (attention probabilities
+   * and each residual branch, as BERT trains; default DEFAULT_ENCODER_DROPOUT). Training graphs only: the
+   * exported model and evaluation run without it. Residual CNN blocks are not affected.
+   */
+  encoderDropout?: number;
 }
+
+/** BERT's hidden and attention-probability dropout. */
+export const DEFAULT_ENCODER_DROPOUT = 0.1;
 
 export type BatchNormPolicy = 'frozen-stats' | 'train';
 
@@ -86,6 +95,8 @@ export interface SuffixPlan {
   sideInputs: Array<{ name: string; elemType: number }>;
   /** What `--unfreeze` counted: residual blocks, or encoder layers. */
   unit: 'block' | 'layer';
+  /** Dropout rate of the encoder layers while training (0 for blocks). */
+  encoderDropout: number;
 }
 
 /** The split points `--unfreeze K` counts: encoder layers where the graph names them, else blocks. */
@@ -148,11 +159,13 @@ export function planSuffix(featureModel: ModelProto, output: string, freeze: Fre
       if (t.dataType === DataType.FLOAT && size > 1 && WEIGHT_INPUTS[n.opType!]?.includes(i)) trainable.add(name);
     });
   }
+  const encoderDropout = freeze.encoderDropout ?? DEFAULT_ENCODER_DROPOUT;
+  if (!(encoderDropout >= 0 && encoderDropout < 1)) throw new GraftError('USAGE', `encoder dropout must be in [0, 1), got ${freeze.encoderDropout}`);
   const batchNorm = freeze.batchNorm ?? 'frozen-stats';
   if (batchNorm !== 'frozen-stats' && batchNorm !== 'train') throw new GraftError('USAGE', `batchNorm must be "frozen-stats" or "train", got ${JSON.stringify(batchNorm)}`);
   const statistics = nodes.filter((n) => n.opType === 'BatchNormalization').flatMap((n) => [n.input![3]!, n.input![4]!]);
   const side = sideInputs.map((name) => ({ name, elemType: (graph.input ?? []).find((i) => i.name === name)?.type?.tensorType?.elemType ?? DataType.INT64 }));
-  return { boundary: chosen.tensor, boundaryIndex: chosen.index, nodes, initializers, trainable: [...trainable], output, batchNorm, statistics, sideInputs: side, unit };
+  return { boundary: chosen.tensor, boundaryIndex: chosen.index, nodes, initializers, trainable: [...trainable], output, batchNorm, statistics, sideInputs: side, unit, encoderDropout: unit === 'layer' ? encoderDropout : 0 };
 }
 
 /**
@@ -176,7 +189,46 @@ export function suffixParams(plan: SuffixPlan): Param[] {
 
 export const stateOutput = (name: string) => `state.${name}`;
 
-function suffixGraph(name: string, plan: SuffixPlan, rowShape: number[], spec: HeadSpec, std: Standardizer, training: boolean, batch: number | 'N' = 'N'): { b: GraphBuilder; logits: string; weights: string[] } {
+
+/**
+ * Where BERT-style training drops out, in the suffix's encoder-layer nodes: the attention probabilities (a
+ * Softmax output that feeds a MatMul) and each residual branch (the input of a residual Add, both of whose
+ * inputs come from the boundary activations, that nothing else reads: the skip path is also read by the
+ * next norm or projection). Returns, per node index, the inputs to drop out.
+ */
+export function dropoutSites(plan: SuffixPlan): Map<number, number[]> {
+  const fromBoundary = new Set([plan.boundary]);
+  const readers = new Map<string, number>();
+  for (const n of plan.nodes) {
+    for (const t of n.input ?? []) if (t) readers.set(t, (readers.get(t) ?? 0) + 1);
+    if ((n.input ?? []).some((t) => fromBoundary.has(t))) for (const o of n.output ?? []) if (o) fromBoundary.add(o);
+  }
+  const softmaxOut = new Set(plan.nodes.filter((n) => n.opType === 'Softmax' && layerOf(n) !== undefined).map((n) => n.output![0]!));
+  const sites = new Map<number, number[]>();
+  plan.nodes.forEach((n, i) => {
+    if (layerOf(n) === undefined) return;
+    const inputs = n.input ?? [];
+    if (n.opType === 'MatMul') {
+      const probs = inputs.flatMap((t, k) => (softmaxOut.has(t) ? [k] : []));
+      if (probs.length) sites.set(i, probs);
+    } else if (n.opType === 'Add' && inputs.length === 2 && inputs.every((t) => fromBoundary.has(t))) {
+      const branch = inputs.flatMap((t, k) => (readers.get(t) === 1 ? [k] : []));
+      if (branch.length === 1) sites.set(i, branch);
+    }
+  });
+  return sites;
+}
+
+function suffixGraph(
+  name: string,
+  plan: SuffixPlan,
+  rowShape: number[],
+  spec: HeadSpec,
+  std: Standardizer,
+  training: boolean,
+  batch: number | 'N' = 'N',
+  seed = 0,
+): { b: GraphBuilder; logits: string; weights: string[] } {
   const b = new GraphBuilder(name);
   declareRowInputs(b, plan, rowShape, batch);
   const trainable = new Set(plan.trainable);
@@ -191,7 +243,22 @@ function suffixGraph(name: string, plan: SuffixPlan, rowShape: number[], spec: H
     } else if (state.has(tname)) b.input(tname, DataType.FLOAT, dims);
     else b.initializer(t);
   }
-  for (const n of plan.nodes) {
+  const sites = training && plan.encoderDropout > 0 ? dropoutSites(plan) : new Map<number, number[]>();
+  const ratio = sites.size ? b.constant('encoder_dropout/ratio', Float32Array.of(plan.encoderDropout), []) : '';
+  const trainingMode = sites.size ? b.bool('encoder_dropout/training_mode', true) : '';
+  let drawn = 0;
+  for (const [i, n] of plan.nodes.entries()) {
+    const drop = sites.get(i);
+    if (drop) {
+      const input = [...n.input!];
+      for (const k of drop) {
+        // Each mask draws from its own seeded generator, advancing step by step: reproducible for a seed.
+        const [kept] = b.node('Dropout', [input[k]!, ratio, trainingMode], { seed: seed + drawn++ }, { outputs: 2, name: `${n.name ?? `node${i}`}/encoder_dropout_${k}` });
+        input[k] = kept!;
+      }
+      b.copy({ ...n, input });
+      continue;
+    }
     if (!(training && state.size > 0 && n.opType === 'BatchNormalization')) {
       b.copy(n);
       continue;
@@ -218,7 +285,7 @@ export function suffixTrainable(
   spec: HeadSpec,
   std: Standardizer,
   headParams: Param[],
-  options: { lr: number; lrMult: number; weightDecay: number; batchSize?: number; nchwcBlock?: number },
+  options: { lr: number; lrMult: number; weightDecay: number; batchSize?: number; nchwcBlock?: number; seed?: number },
 ): Trainable {
   const clash = headParams.find((p) => plan.initializers.has(p.name));
   if (clash) throw new GraftError('MODEL', `backbone initializer "${clash.name}" has the name of a head weight`, {});
@@ -227,7 +294,7 @@ export function suffixTrainable(
   // need for their fast form; a shorter last batch is padded with rows whose label IGNORE_LABEL the loss
   // skips. Not with batch statistics (BatchNorm 'train'): padding rows would change them.
   const batch = options.batchSize !== undefined && plan.batchNorm !== 'train' ? options.batchSize : undefined;
-  const train = suffixGraph('finetune_train', plan, rowShape, spec, std, true, batch);
+  const train = suffixGraph('finetune_train', plan, rowShape, spec, std, true, batch, options.seed);
   const labels = train.b.input(TRAIN_LABELS, DataType.INT64, [batch ?? 'N']);
   train.b.node('SoftmaxCrossEntropyLoss', [train.logits, labels], { reduction: 'mean', ignore_index: IGNORE_LABEL }, { outputs: [TRAIN_LOSS] });
   train.b.output(TRAIN_LOSS, DataType.FLOAT, []);
