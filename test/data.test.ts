@@ -179,9 +179,11 @@ describe('scanImageFolder: errors', () => {
   });
 
   it('lists the classes with fewer than two usable images', async () => {
-    const dir = await makeTree(fresh(), { a: 3, b: 1, c: 0 });
+    const dir = await makeTree(fresh(), { a: 3, b: 1, c: 0, d: 0 });
     await writeFile(path.join(dir, 'b', 'broken.jpg'), '');
-    await rejectsWith(scanImageFolder(dir), 'DATASET', /fewer than 2 usable images/, /b \(1\), c \(0\)/);
+    // A class whose every file was skipped says so, not just "(0)".
+    for (const f of ['one.jpg', 'two.jpg']) await writeFile(path.join(dir, 'd', f), 'not a picture');
+    await rejectsWith(scanImageFolder(dir), 'DATASET', /fewer than 2 usable images/, /: b \(1 usable; 1 skipped, e\.g\. broken\.jpg: empty file \(0 bytes\)\), c \(0\), d \(0 usable; 2 skipped, e\.g\. one\.jpg: not an image [^,]*\)$/);
   });
 });
 

@@ -122,6 +122,15 @@ describe('decodeImage', () => {
     await rejectsImage(decodeImage(bytes.subarray(0, bytes.length >> 1), IMAGENET_DEFAULTS, 'half.jpg'), /^half\.jpg: cannot decode image \(.+\)$/);
   });
 
+  it('gives a HEIC it cannot decode a one-line reason (libheif reports over ten lines)', async () => {
+    // An AVIF relabelled as HEVC-coded HEIC: sharp's libheif has no HEVC decoder and says so line by line.
+    const heic = Buffer.from(await sharp({ create: { width: 16, height: 16, channels: 3, background: '#f00' } }).avif().toBuffer());
+    heic.write('heic', heic.indexOf('avif'));
+    for (let j = heic.indexOf('av01'); j >= 0; j = heic.indexOf('av01', j + 1)) heic.write('hvc1', j);
+    await assert.rejects(sharp(heic).raw().toBuffer(), (e: Error) => e.message.split('\n').length > 3);
+    await rejectsImage(decodeImage(heic, IMAGENET_DEFAULTS, 'photo.heic'), /^photo\.heic: cannot decode image \([^\n]*heif[^\n]*\)$/);
+  });
+
   it('rejects data that is not an image', async () => {
     await rejectsImage(decodeImage(Buffer.from('definitely not an image'), IMAGENET_DEFAULTS, 'x.jpg'), /x\.jpg: not an image \(unrecognised file signature\)/);
     await rejectsImage(decodeImage(new Uint8Array(0), IMAGENET_DEFAULTS, 'zero.jpg'), /zero\.jpg: empty file \(0 bytes\)/);

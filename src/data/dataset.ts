@@ -185,7 +185,7 @@ async function findSubfolder(root: string, names: readonly string[]): Promise<st
   return undefined;
 }
 
-function checkClasses(dir: string, classes: Map<string, string[]>): void {
+function checkClasses(dir: string, classes: Map<string, string[]>, skipped: readonly Skipped[]): void {
   if (classes.size < 2) {
     const found = [...classes.keys()].join(', ');
     throw new GraftError('DATASET', `Dataset folder ${dir} has ${classes.size} class folder (${found}); at least 2 classes are needed`, {
@@ -195,7 +195,14 @@ function checkClasses(dir: string, classes: Map<string, string[]>): void {
   }
   const small = [...classes].filter(([, files]) => files.length < 2);
   if (small.length > 0) {
-    const list = small.map(([name, files]) => `${name} (${files.length})`).join(', ');
+    // Say how many of a class's files were skipped, and why (the first reason): "(0)" alone reads as an empty folder.
+    const list = small
+      .map(([name, files]) => {
+        const inClass = path.join(dir, name) + path.sep;
+        const lost = skipped.filter((k) => k.file.startsWith(inClass));
+        return lost.length ? `${name} (${files.length} usable; ${lost.length} skipped, e.g. ${path.basename(lost[0]!.file)}: ${lost[0]!.reason})` : `${name} (${files.length})`;
+      })
+      .join(', ');
     throw new GraftError('DATASET', `Classes with fewer than 2 usable images in ${dir}: ${list}`, {
       dir,
       classes: small.map(([name]) => name),
@@ -222,7 +229,7 @@ export async function scanImageFolder(dir: string, options: { valSplit?: number;
   const valDir = trainDir && (await findSubfolder(root, VAL_NAMES));
   if (trainDir && valDir) {
     const train = await scanClasses(trainDir, skipped);
-    checkClasses(trainDir, train);
+    checkClasses(trainDir, train, skipped);
     const classes = [...train.keys()];
     const val = await scanClasses(valDir, skipped);
     const extra = [...val.keys()].filter((name) => !train.has(name));
@@ -247,7 +254,7 @@ export async function scanImageFolder(dir: string, options: { valSplit?: number;
   // A lone train/ folder is split like a plain class folder.
   const classDir = trainDir ?? root;
   const byClass = await scanClasses(classDir, skipped);
-  checkClasses(classDir, byClass);
+  checkClasses(classDir, byClass, skipped);
   const classes = [...byClass.keys()];
   const split = stratifiedSplit(classes.map((name) => byClass.get(name)!), valFraction, seed, byCodeUnit);
   const train: Sample[] = split.train.map(({ item, label }) => ({ file: item, label }));

@@ -63,7 +63,8 @@ export async function decodeImage(input: Uint8Array | string, config: Pretrained
       entropy = blankness((await rgb8(original)).data);
     }
   } catch (e) {
-    const message = e instanceof Error ? e.message.trim() : String(e);
+    // Decoders report over several lines (libheif: four); a skip reason is one line.
+    const message = (e instanceof Error ? e.message : String(e)).split(/\s*[\r\n]+\s*/).filter(Boolean).join('; ');
     throw fail(`cannot decode image (${message})`, e);
   }
   if (entropy < MIN_ENTROPY_BITS) {
