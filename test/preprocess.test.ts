@@ -136,13 +136,39 @@ describe('decodeImage', () => {
     await rejectsImage(decodeImage(new Uint8Array(0), IMAGENET_DEFAULTS, 'zero.jpg'), /zero\.jpg: empty file \(0 bytes\)/);
   });
 
-  it('rejects the placeholder GIF as blank', async () => {
-    await rejectsImage(decodeImage(PLACEHOLDER, IMAGENET_DEFAULTS), /imageNotFound\.gif: blank or placeholder image \(grey-level entropy 0\.\d+ bits\)/);
+  it('rejects the placeholder GIF, and copies of it re-encoded at other sizes', async () => {
+    await rejectsImage(decodeImage(PLACEHOLDER, IMAGENET_DEFAULTS), /imageNotFound\.gif: blank or placeholder image \(matches a known placeholder, .*'image not found'.*; grey-level entropy 0\.\d+ bits\)$/);
+    for (const [size, format] of [[150, 'jpeg'], [600, 'png'], [97, 'webp']] as const) {
+      const copy = await sharp(PLACEHOLDER).resize(size, size).toFormat(format).toBuffer();
+      await rejectsImage(decodeImage(copy, IMAGENET_DEFAULTS, `copy.${format}`), /blank or placeholder image \(matches a known placeholder/);
+    }
   });
 
-  it('rejects a flat image as blank', async () => {
+  it('rejects a flat image as blank, and a flat one with a few specks of noise', async () => {
     const png = await sharp({ create: { width: 50, height: 40, channels: 3, background: '#3366cc' } }).png().toBuffer();
-    await rejectsImage(decodeImage(png, IMAGENET_DEFAULTS, 'flat.png'), /flat\.png: blank or placeholder image \(grey-level entropy 0\.00 bits\)/);
+    await rejectsImage(decodeImage(png, IMAGENET_DEFAULTS, 'flat.png'), /flat\.png: blank or placeholder image \(flat: 100\.00% of pixels within 8 grey levels of one; grey-level entropy 0\.00 bits\)/);
+    const specks = pixels(400, 300, 3, (x, y) => ((x * 7 + y * 13) % 5000 === 0 ? [0, 0, 0] : [250, 250, 250]));
+    await rejectsImage(decodeImage(await sharp(specks, { raw: { width: 400, height: 300, channels: 3 } }).png().toBuffer(), IMAGENET_DEFAULTS, 'specks.png'), /blank or placeholder image \(flat: 99\.9\d% of pixels/);
+  });
+
+  it('keeps line art: 40 black-on-white doodles, antialiased or binary, thin or bold, small or large', async () => {
+    const rng = new Random(7);
+    const entropies: number[] = [];
+    for (let i = 0; i < 40; i++) {
+      const size = [64, 128, 256, 512][i % 4]!;
+      const strokes = Array.from({ length: 1 + (i % 4) }, () => {
+        const points = Array.from({ length: 3 + Math.floor(rng.next() * 8) }, () => `${Math.round(rng.next() * size)},${Math.round(rng.next() * size)}`).join(' ');
+        return `<polyline points="${points}" fill="none" stroke="black" stroke-width="${1 + (i % 5)}" stroke-linecap="round"${i % 2 ? ' shape-rendering="crispEdges"' : ''}/>`;
+      });
+      const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${size}" height="${size}"><rect width="100%" height="100%" fill="white"/>${strokes.join('')}</svg>`;
+      const png = await sharp(Buffer.from(svg)).png().toBuffer();
+      const native = await sharp(png).removeAlpha().raw().toBuffer();
+      entropies.push(blankness(native));
+      const out = await decodeImage(png, IMAGENET_DEFAULTS, `doodle-${i}.png`);
+      assert.equal(out.length, 224 * 224 * 3);
+    }
+    // Most are what a 1-bit entropy threshold (graft before pipeline v3) dropped.
+    assert.ok(entropies.filter((e) => e < 1).length >= 20, `entropies ${entropies.map((e) => e.toFixed(2)).join(' ')}`);
   });
 
   it('decodes a real photo to the input size', async () => {

@@ -6,11 +6,53 @@ import type { PretrainedConfig } from './config.js';
 
 const KERNELS = { nearest: 'nearest', bilinear: 'linear', bicubic: 'cubic', lanczos3: 'lanczos3' } as const;
 
-/** Images whose grey levels carry less information than this are blank or placeholders, not photos. */
-export const MIN_ENTROPY_BITS = 1.0;
+
+
+/** A flat image: fewer than this fraction of its pixels differ from the commonest grey level by more than FLAT_TOLERANCE. */
+const FLAT_FRACTION = 0.001;
+const FLAT_TOLERANCE = 8;
+
 /**
- * Resampling adds grey levels along edges (a 300×300 placeholder of 0.56 bits measures 1.2 bits at 224×224), so
- * an output below this is measured again on the image at its own resolution.
+ * Known placeholders, by fingerprint: 16×16 grey thumbnails (see `fingerprint`), matched within
+ * PLACEHOLDER_DISTANCE mean absolute grey levels, so a re-encoded or resized copy matches too (a JPEG
+ * re-encoding at half size: 2.1) while line art and flat images do not (a doodle: 14.6, white: 12.6).
+ */
+export const PLACEHOLDERS: ReadonlyArray<{ name: string; fingerprint: string }> = [
+  {
+    name: "a photo host's 'image not found' picture (as in the hymenoptera set's imageNotFound.gif)",
+    fingerprint: '9/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39vf39/f39/f39/f39/f39/j4+Pn5+Pn5+Pj39/f39/Xr6+nn7uvq6Ofw9/f39/jvrK7Locm0uKOtyPj39/f39uXd6dzm4uDf4uf39/f39/jz6uff4+Tj6+r0+Pf39/f39/j16evm6vf49/f39/f39/f39/j4+Pj39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39w==',
+  },
+];
+const PLACEHOLDER_DISTANCE = 5;
+
+/** The 16×16 grey thumbnail placeholders are matched by. */
+export async function fingerprint(input: Uint8Array | string): Promise<Uint8Array> {
+  return load(input).greyscale().resize(16, 16, { fit: 'fill', kernel: 'cubic' }).raw({ depth: 'uchar' }).toBuffer();
+}
+
+/** Why a low-entropy image is rejected (flat, or a known placeholder), or undefined for line art and the like. */
+async function blankOrPlaceholder(pixels: Uint8Array, input: Uint8Array | string): Promise<string | undefined> {
+  const luma = new Uint8Array(Math.floor(pixels.length / 3));
+  const histogram = new Uint32Array(256);
+  for (let i = 0, j = 0; j + 2 < pixels.length; i++, j += 3) histogram[(luma[i] = (77 * pixels[j]! + 150 * pixels[j + 1]! + 29 * pixels[j + 2]! + 128) >> 8)]!++;
+  const mode = histogram.indexOf(Math.max(...histogram));
+  let off = 0;
+  for (const v of luma) if (Math.abs(v - mode) > FLAT_TOLERANCE) off++;
+  if (off < FLAT_FRACTION * luma.length) return `flat: ${(100 * (1 - off / luma.length)).toFixed(2)}% of pixels within ${FLAT_TOLERANCE} grey levels of one`;
+  const thumb = await fingerprint(input);
+  for (const p of PLACEHOLDERS) {
+    const known = Buffer.from(p.fingerprint, 'base64');
+    let d = 0;
+    for (let i = 0; i < known.length; i++) d += Math.abs(known[i]! - thumb[i]!);
+    if (d / known.length < PLACEHOLDER_DISTANCE) return `matches a known placeholder, ${p.name}`;
+  }
+  return undefined;
+}
+/**
+ * Images with fewer bits of grey-level entropy than this are checked at their own resolution for being flat or
+ * a known placeholder (photos have 5-7 bits; resampling and re-encoding add levels: the 0.56-bit placeholder
+ * measures 1.2 bits at 224×224, a JPEG copy of it more). Low entropy alone rejects nothing: line art, sketches
+ * and scans have little (a black-on-white doodle: 0.35 bits).
  */
 const RECHECK_BITS = 3.0;
 
@@ -34,6 +76,7 @@ export async function decodeImage(input: Uint8Array | string, config: Pretrained
   const [height, width] = config.inputSize;
   let pixels: Uint8Array;
   let entropy: number;
+  let rejected: string | undefined;
   try {
     const image = load(input);
     const kernel = KERNELS[config.interpolation];
@@ -60,16 +103,16 @@ export async function decodeImage(input: Uint8Array | string, config: Pretrained
     if (entropy < RECHECK_BITS) {
       // Nearest-neighbour sampling keeps the image's own grey levels; the size cap bounds the cost of huge images.
       const original = load(input).resize(1024, 1024, { fit: 'inside', withoutEnlargement: true, kernel: 'nearest' });
-      entropy = blankness((await rgb8(original)).data);
+      const native = (await rgb8(original)).data;
+      entropy = blankness(native);
+      rejected = await blankOrPlaceholder(native, input);
     }
   } catch (e) {
     // Decoders report over several lines (libheif: four); a skip reason is one line.
     const message = (e instanceof Error ? e.message : String(e)).split(/\s*[\r\n]+\s*/).filter(Boolean).join('; ');
     throw fail(`cannot decode image (${message})`, e);
   }
-  if (entropy < MIN_ENTROPY_BITS) {
-    throw fail(`blank or placeholder image (grey-level entropy ${entropy.toFixed(2)} bits)`);
-  }
+  if (rejected) throw fail(`blank or placeholder image (${rejected}; grey-level entropy ${entropy.toFixed(2)} bits)`);
   return pixels;
 }
 
