@@ -1,7 +1,7 @@
 /**
  * FeatureExtractor over real hymenoptera images with the int8 MobileNetV2: every row against the same image run
  * alone through the feature model (catches batch mix-ups), broken files skipped with reasons, the on-disk cache
- * (hits, skip records, content-keyed invalidation) and `cacheDir: false`.
+ * (pack records, hits, skip records, content-keyed invalidation) and `cacheDir: false`.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { loadBackbone, type ImageBackbone as Backbone } from '../src/backbone/backbone.js';
-import { contentHash } from '../src/backbone/cache.js';
+import { contentHash, FeatureCache, FEATURES_RECORD, HEADER, listRecords, SKIP_RECORD, type PackRecord } from '../src/backbone/cache.js';
 import { GraftError } from '../src/errors.js';
 import { GraphBuilder } from '../src/onnx/builder.js';
 import { DataType, encodeModel } from '../src/onnx/proto.js';
@@ -107,7 +107,21 @@ describe('FeatureExtractor (int8 MobileNetV2, hymenoptera)', () => {
   }
 
   const cacheFolder = () => path.join(cacheDir, 'features', backbone.key);
-  const entry = (hash: string, ext: 'f32' | 'skip') => path.join(cacheFolder(), hash.slice(0, 2), `${hash}.${ext}`);
+  /** The records of the cache's packs for `hash`, in the order they were written. */
+  const recordsOf = (hash: string) => listRecords(cacheFolder()).filter((r) => r.hash === hash);
+  const payload = async (r: PackRecord & { pack: string }) => (await readFile(r.pack)).subarray(r.offset, r.offset + r.length);
+  const floats = (b: Uint8Array) => new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+  /** Reads `hash` through a cache object of its own (a fresh scan of the packs). */
+  async function readBack(hash: string): Promise<{ kind: string; row?: Float32Array; reason?: string }> {
+    const cache = new FeatureCache(cacheDir, backbone.key, backbone.config.featureDim);
+    try {
+      const target = new Float32Array(backbone.config.featureDim);
+      const e = await cache.read(hash, target, 0);
+      return e.kind === 'features' ? { kind: e.kind, row: target } : e.kind === 'skip' ? { kind: e.kind, reason: e.reason } : { kind: e.kind };
+    } finally {
+      cache.close();
+    }
+  }
 
   before(async () => {
     tmp = await mkdtemp(path.join(os.tmpdir(), 'graft-extractor-'));
@@ -163,34 +177,48 @@ describe('FeatureExtractor (int8 MobileNetV2, hymenoptera)', () => {
     await checkRows(first);
   });
 
-  it('writes one feature file per good image and one skip record per broken one under features/<key>/', async () => {
+  it('writes one features record per good image and one skip record per broken one to one pack under features/<key>/', async () => {
     const meta = JSON.parse(await readFile(path.join(cacheFolder(), 'meta.json'), 'utf8')) as { dim: number; backbone: { sha256: string } };
     assert.equal(meta.dim, 1280);
     assert.equal(meta.backbone.sha256, backbone.source.sha256);
     for (const [i, file] of files.entries()) {
       const hash = contentHash(await readFile(file));
+      const records = recordsOf(hash);
+      assert.equal(records.length, 1, `one record for ${path.basename(file)}`);
+      const bytes = await payload(records[0]!);
       if (bad.has(file)) {
         const reason = first.skipped.find((s) => s.file === file)!.reason;
-        assert.equal(await readFile(entry(hash, 'skip'), 'utf8'), reason);
-        assert.ok(!existsSync(entry(hash, 'f32')));
+        assert.equal(records[0]!.kind, SKIP_RECORD);
+        assert.equal(Buffer.from(bytes).toString('utf8'), reason);
+        assert.deepEqual(await readBack(hash), { kind: 'skip', reason });
       } else {
-        const bytes = await readFile(entry(hash, 'f32'));
+        assert.equal(records[0]!.kind, FEATURES_RECORD);
         assert.equal(bytes.byteLength, 1280 * 4);
-        assert.deepEqual(new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)), row(first, i));
+        assert.deepEqual(floats(bytes), row(first, i));
+        assert.deepEqual(await readBack(hash), { kind: 'features', row: row(first, i) });
       }
     }
+    const all = listRecords(cacheFolder());
+    assert.equal(all.filter((r) => r.kind === FEATURES_RECORD).length, 2 * PER_CLASS);
+    assert.equal(all.filter((r) => r.kind === SKIP_RECORD).length, 2);
+    // meta.json and the one pack this extractor's cache object wrote: no temp files, no old per-entry files.
     const tree = await listTree(cacheFolder());
-    assert.equal(tree.filter((f) => f.endsWith('.f32')).length, 2 * PER_CLASS);
-    assert.equal(tree.filter((f) => f.endsWith('.skip')).length, 2);
-    assert.ok(!tree.some((f) => f.endsWith('.tmp')), 'no temp files are left behind');
+    assert.deepEqual(tree.filter((f) => f !== 'meta.json' && f !== 'packs' && !/^packs\/[^/]+\.pack$/.test(f)), [], 'only meta.json and packs/*.pack');
+    assert.equal(tree.filter((f) => f.endsWith('.pack')).length, 1);
+    const pack = path.join(cacheFolder(), 'packs', tree.find((f) => f.endsWith('.pack'))!.slice('packs/'.length));
+    assert.equal((await stat(pack)).size, all.reduce((s, r) => s + HEADER + r.length, 0), 'the pack holds these records and nothing else');
   });
 
   it('serves a second extraction from the cache, broken files included, without decoding anything', async () => {
     // Mark the skip records: a reason that comes back marked was read from the cache, not from decoding again.
+    // The marked records are written later, by another cache object (so to another pack), and later records win.
+    const marker = new FeatureCache(cacheDir, backbone.key, backbone.config.featureDim);
     for (const file of bad) {
-      const p = entry(contentHash(await readFile(file)), 'skip');
-      await writeFile(p, `${await readFile(p, 'utf8')} [cached]`);
+      const hash = contentHash(await readFile(file));
+      await marker.writeSkip(hash, `${first.skipped.find((s) => s.file === file)!.reason} [cached]`);
+      assert.equal(recordsOf(hash).length, 2);
     }
+    marker.close();
     const second = await open({ cacheDir }).extract(files);
     assert.equal(second.cached, 2 * PER_CLASS);
     assert.equal(second.extracted, 0);
@@ -214,8 +242,12 @@ describe('FeatureExtractor (int8 MobileNetV2, hymenoptera)', () => {
     assert.ok(maxAbsDiff(row(third, index), await reference(replacement)) < 1e-4);
     assert.ok(maxAbsDiff(row(third, index), row(first, index)) > 1e-3, 'the new image has other features');
     for (let i = 0; i < files.length; i++) if (i !== index) assert.deepEqual(row(third, i), row(first, i), `row ${i}`);
-    assert.ok(existsSync(entry(contentHash(replacement), 'f32')));
-    assert.ok(existsSync(entry(oldHash, 'f32')), 'entries are keyed by content, the old one stays');
+    const added = recordsOf(contentHash(replacement));
+    assert.equal(added.length, 1);
+    assert.equal(added[0]!.kind, FEATURES_RECORD);
+    assert.deepEqual(floats(await payload(added[0]!)), row(third, index));
+    assert.deepEqual(await readBack(contentHash(replacement)), { kind: 'features', row: row(third, index) });
+    assert.deepEqual(await readBack(oldHash), { kind: 'features', row: row(first, index) }, 'entries are keyed by content, the old one stays');
   });
 
   it('rejects extract() with a MODEL error when inference fails, without an unhandled rejection', async () => {

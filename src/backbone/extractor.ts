@@ -371,6 +371,7 @@ export class FeatureExtractor {
   }
 
   async close(): Promise<void> {
+    this.cache?.close();
     await Promise.all([this.pool.close(), this.infer.close()]);
   }
 }
