@@ -343,7 +343,7 @@ async function speed(): Promise<Record<string, unknown>> {
       meanRealPerText: round(tokens.real / inputs.length, 2),
       rawSameBatches: rawReal === tokens.real && rawComputed === tokens.computed,
     },
-    note: 'raw = session.run only, on pre-tokenised batches; graft = FeatureExtractor.extract (tokenising in the worker pool, inference in its worker, hashing; the cache variant also appends each text's features to the cache's pack file)',
+    note: 'raw = session.run only, on pre-tokenised batches; graft = FeatureExtractor.extract (tokenising in the worker pool, inference in its worker, hashing; the cache variant also appends each text\'s features to its pack file)',
   };
 }
 
