@@ -7,7 +7,8 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -221,5 +222,58 @@ describe('graft CLI end to end (hymenoptera subset)', () => {
     const run = await graft(['train', data, '--model', MODEL, '--out', join(tmp, 'x'), '--epochs', '0']);
     assert.equal(run.code, 2);
     assert.match(run.stderr, /--epochs must be an integer ≥ 1, got "0"/);
+    // The error and a one-line hint, not the whole help.
+    assert.deepEqual(run.stderr.trimEnd().split('\n'), [`error: option '--epochs <n>' argument '0' is invalid. --epochs must be an integer ≥ 1, got "0"`, '(graft train --help lists its options)']);
+    const unknown = await graft(['frobnicate']);
+    assert.equal(unknown.code, 2);
+    assert.deepEqual(unknown.stderr.trimEnd().split('\n'), ["error: unknown command 'frobnicate'", '(graft --help lists the commands)']);
+    const help = await graft(['train', '--help']);
+    assert.equal(help.code, 0);
+    for (const flag of ['--lr', '--batch-size', '--weight-decay', '--patience', '--epochs', '--val-split', '--lr-mult', '--encoder-dropout', '--freeze-epochs']) {
+      const line = help.stdout.replace(/\n {20,}/g, ' ').split('\n').find((l) => l.trimStart().startsWith(flag));
+      assert.match(line ?? '', /default/, `train --help states ${flag}'s default`);
+    }
+  });
+
+  it('graft cache ls / prune, and a training run keeps the cache within GRAFT_CACHE_MAX_SIZE, least recently used first', async () => {
+    // Two stale folders of another backbone (2 and 3 MB, unused for 40 and 10 days), next to this run's.
+    const stale = [['aaaa', 2, 40], ['bbbb', 3, 10]] as const;
+    for (const [key, mb, days] of stale) {
+      const dir = join(cache, 'features', key.repeat(16));
+      await mkdir(join(dir, 'packs'), { recursive: true });
+      await writeFile(join(dir, 'packs', 'old.pack'), new Uint8Array(mb << 20));
+      await writeFile(join(dir, 'meta.json'), JSON.stringify({ backbone: { name: `old-${key}` }, dim: 8 }));
+      const when = new Date(Date.now() - days * 86_400_000);
+      await utimes(join(dir, 'meta.json'), when, when);
+      await utimes(join(dir, 'packs', 'old.pack'), when, when);
+    }
+    const ls = await graft(['cache', 'ls', '--cache-dir', cache, '--json']);
+    assert.equal(ls.code, 0, ls.stderr);
+    const listed = JSON.parse(ls.stdout) as { bytes: number; folders: Array<{ key: string; bytes: number; backbone: string | null; lastUsed: string }> };
+    assert.deepEqual(listed.folders.slice(-2).map((f) => [f.backbone, f.bytes > (2 << 20)]), [['old-bbbb', true], ['old-aaaa', true]], 'most recently used first');
+    assert.equal(listed.bytes, listed.folders.reduce((a, f) => a + f.bytes, 0));
+    const dry = await graft(['cache', 'prune', '--cache-dir', cache, '--older-than', '20', '--dry-run', '--json']);
+    assert.deepEqual((JSON.parse(dry.stdout) as { removed: Array<{ backbone: string }> }).removed.map((f) => f.backbone), ['old-aaaa']);
+    assert.ok(existsSync(join(cache, 'features', 'aaaa'.repeat(16))), 'a dry run removes nothing');
+    const usage = await graft(['cache', 'prune', '--cache-dir', cache]);
+    assert.equal(usage.code, 2);
+
+    // A run with a 1-byte budget evicts both stale folders, never the ones it used.
+    const run = await graft(['train', data, '--model', MODEL, '--out', join(tmp, 'budget'), '--cache-dir', cache, '--epochs', '1'], { GRAFT_CACHE_MAX_SIZE: '1' });
+    assert.equal(run.code, 0, run.stderr);
+    // The stale two, and any other folder this run did not open (the fine-tuning test's token states).
+    const evicted = /feature cache over 1 B \(GRAFT_CACHE_MAX_SIZE\): removed (\d+) least recently used folders \((\d+\.\d) MB\)/.exec(run.stderr);
+    assert.ok(evicted && Number(evicted[1]) >= 2 && Number(evicted[2]) >= 5.2, run.stderr);
+    const after = JSON.parse((await graft(['cache', 'ls', '--cache-dir', cache, '--json'])).stdout) as typeof listed;
+    assert.ok(!after.folders.some((f) => f.backbone?.startsWith('old-')));
+    assert.ok(after.folders.length >= 1, 'the folder this run used is kept');
+    const again = await graft(['train', data, '--model', MODEL, '--out', join(tmp, 'budget2'), '--cache-dir', cache, '--epochs', '1', '--json']);
+    assert.equal((JSON.parse(again.stdout) as { features: { extracted: number } }).features.extracted, 0, 'and still serves the next run');
+  });
+
+  it('says that --val-split is ignored when the data has its own split', async () => {
+    const run = await graft(['train', data, '--model', MODEL, '--out', join(tmp, 'vs'), '--cache-dir', cache, '--epochs', '1', '--val-split', '0.3']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stderr, /--val-split 0\.3 ignored: the folders \S*train and \S*val already split it/);
   });
 });

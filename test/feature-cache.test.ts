@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { contentHash, FeatureCache, FEATURES_RECORD, HEADER, listRecords, SKIP_RECORD, type CacheEntry } from '../src/backbone/cache.js';
+import { contentHash, FeatureCache, FEATURES_RECORD, HEADER, listCacheFolders, listRecords, parseSize, pruneCache, SKIP_RECORD, type CacheEntry } from '../src/backbone/cache.js';
 
 const KEY = 'test-key';
 const h = (i: number | string) => contentHash(`sample ${i}`);
@@ -374,6 +374,48 @@ c.close();
     } finally {
       for (const undo of restore) undo();
       syncBuiltinESMExports();
+    }
+  });
+});
+
+describe('cache housekeeping (graft cache ls | prune)', () => {
+  it('parses sizes in binary units', () => {
+    assert.equal(parseSize('500M'), 500 * 2 ** 20);
+    assert.equal(parseSize('1.5G'), 1.5 * 2 ** 30);
+    assert.equal(parseSize('2GB'), 2 * 2 ** 30);
+    assert.equal(parseSize('64 KiB'), 64 * 1024);
+    assert.equal(parseSize('1024'), 1024);
+    assert.throws(() => parseSize('lots'), /expected a size such as 500M or 2G, got "lots"/);
+    assert.throws(() => parseSize('-1G'));
+  });
+
+  it('lists folders least recently used first and evicts in that order, keeping the ones in use', () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'graft-cache-prune-'));
+    try {
+      const now = Date.now();
+      const make = (key: string, bytes: number, daysAgo: number) => {
+        const dir = path.join(root, 'features', key);
+        fs.mkdirSync(path.join(dir, 'packs'), { recursive: true });
+        fs.writeFileSync(path.join(dir, 'packs', 'a.pack'), new Uint8Array(bytes));
+        fs.writeFileSync(path.join(dir, 'meta.json'), JSON.stringify({ backbone: { name: key } }));
+        const when = new Date(now - daysAgo * 86_400_000);
+        fs.utimesSync(path.join(dir, 'meta.json'), when, when);
+      };
+      make('old', 3000, 30);
+      make('mid', 2000, 5);
+      make('new', 1000, 0);
+      const listed = listCacheFolders(root);
+      assert.deepEqual(listed.map((f) => f.key), ['old', 'mid', 'new']);
+      assert.ok(listed.every((f) => f.bytes > [3000, 2000, 1000][listed.indexOf(f)]!), 'sizes count every file');
+      // Dry: nothing removed; the budget fits once 'old' goes.
+      assert.deepEqual(pruneCache(root, { maxBytes: 4000, dryRun: true, now }).map((f) => f.key), ['old']);
+      assert.equal(listCacheFolders(root).length, 3);
+      assert.deepEqual(pruneCache(root, { olderThanMs: 7 * 86_400_000, now }).map((f) => f.key), ['old']);
+      assert.deepEqual(pruneCache(root, { maxBytes: 0, keep: new Set(['mid']), now }).map((f) => f.key), ['new']);
+      assert.deepEqual(listCacheFolders(root).map((f) => f.key), ['mid']);
+      assert.deepEqual(listCacheFolders(path.join(root, 'nowhere')), []);
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
     }
   });
 });

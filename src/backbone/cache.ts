@@ -22,7 +22,7 @@
  * hashes that no pack holds; nothing is written in that layout any more.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, ftruncateSync, fstatSync, mkdirSync, openSync, readdirSync, readSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -387,4 +387,98 @@ function closeQuietly(fd: number): void {
   } catch {
     // already closed
   }
+}
+
+// ------------------------------------------------------------------------------------------------- housekeeping
+
+/** One extractor identity's folder under `<root>/features`, as `graft cache ls` shows it. */
+export interface CacheFolder {
+  key: string;
+  dir: string;
+  bytes: number;
+  /** When an extractor last opened it (meta.json is rewritten on each use), else its newest file. */
+  lastUsed: Date;
+  /** What meta.json says it holds (backbone, pipeline config), if readable. */
+  meta?: { backbone?: { name?: string; file?: string }; dim?: number; ragged?: boolean };
+}
+
+function folderStats(dir: string): { bytes: number; newest: number } {
+  let bytes = 0;
+  let newest = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) {
+      const s = folderStats(p);
+      bytes += s.bytes;
+      newest = Math.max(newest, s.newest);
+    } else if (e.isFile()) {
+      const s = statSync(p);
+      bytes += s.size;
+      newest = Math.max(newest, s.mtimeMs);
+    }
+  }
+  return { bytes, newest };
+}
+
+/** The feature folders under `root`, least recently used first. */
+export function listCacheFolders(root: string): CacheFolder[] {
+  const features = join(root, 'features');
+  let names: string[];
+  try {
+    names = readdirSync(features, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name);
+  } catch {
+    return [];
+  }
+  const out: CacheFolder[] = [];
+  for (const key of names) {
+    const dir = join(features, key);
+    const { bytes, newest } = folderStats(dir);
+    let meta: CacheFolder['meta'];
+    let used = newest;
+    try {
+      meta = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as CacheFolder['meta'];
+      used = Math.max(statSync(join(dir, 'meta.json')).mtimeMs, 0);
+    } catch {
+      // no or damaged meta.json: the folder's newest file dates it
+    }
+    out.push({ key, dir, bytes, lastUsed: new Date(used), ...(meta ? { meta } : {}) });
+  }
+  return out.sort((a, b) => a.lastUsed.getTime() - b.lastUsed.getTime() || a.key.localeCompare(b.key));
+}
+
+export interface PrunePolicy {
+  /** Remove least recently used folders until the rest total at most this many bytes. */
+  maxBytes?: number;
+  /** Remove folders not used for this many milliseconds. */
+  olderThanMs?: number;
+  /** Folders never removed (the ones in use). */
+  keep?: ReadonlySet<string>;
+  dryRun?: boolean;
+  now?: number;
+}
+
+/** Evicts feature folders by the policy, least recently used first; returns those removed (or, dry, that would be). */
+export function pruneCache(root: string, policy: PrunePolicy): CacheFolder[] {
+  const folders = listCacheFolders(root);
+  let total = folders.reduce((a, f) => a + f.bytes, 0);
+  const now = policy.now ?? Date.now();
+  const removed: CacheFolder[] = [];
+  for (const f of folders) {
+    if (policy.keep?.has(f.key)) continue;
+    const stale = policy.olderThanMs !== undefined && now - f.lastUsed.getTime() > policy.olderThanMs;
+    const over = policy.maxBytes !== undefined && total > policy.maxBytes;
+    if (!stale && !over) continue;
+    if (!policy.dryRun) rmSync(f.dir, { recursive: true, force: true });
+    total -= f.bytes;
+    removed.push(f);
+  }
+  return removed;
+}
+
+/** Parses a size such as `500M`, `2G`, `1.5GB` or a byte count. */
+export function parseSize(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$/i.exec(text);
+  if (!m) throw new Error(`expected a size such as 500M or 2G, got "${text}"`);
+  const scale = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  return Math.round(Number(m[1]) * scale);
 }

@@ -16,7 +16,7 @@ export const hubOptions = (flags: { offline?: boolean }): HubOptions => (flags.o
 const emit = (doc: unknown): void => void process.stdout.write(JSON.stringify(doc, null, 2) + "\n");
 
 export function formatBytes(n: number): string {
-  return n >= 1e9 ? `${(n / 1e9).toFixed(1)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(n >= 1e8 ? 0 : 1)} MB` : `${Math.round(n / 1e3)} kB`;
+  return n >= 1e9 ? `${(n / 1e9).toFixed(1)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(n >= 1e8 ? 0 : 1)} MB` : n >= 1e3 ? `${Math.round(n / 1e3)} kB` : `${n} B`;
 }
 
 export async function models(flags: HubFlags): Promise<void> {

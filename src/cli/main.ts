@@ -21,6 +21,7 @@ import type { OptimizerKind, ScheduleKind, TrainResult, TrainState } from '../tr
 import { VERSION } from '../version.js';
 import { formatBytes, hubOptions, importCommand, models, pull, type HubFlags } from './backbones.js';
 import { createProgress } from './progress.js';
+import { defaultCacheDir, listCacheFolders, parseSize, pruneCache, type CacheFolder } from '../backbone/cache.js';
 
 const int = (name: string, min = 0) => (v: string) => {
   const n = Number(v);
@@ -150,12 +151,31 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
       };
     })(),
   });
+  const split = learn.data.dataset.split;
+  if (flags.valSplit !== undefined && split.kind !== 'random') {
+    progress.log(`--val-split ${flags.valSplit} ignored: ${split.kind === 'column' ? `the data's "${split.column}" column` : `the ${split.kind} ${relative(process.cwd(), split.train) || '.'} and ${relative(process.cwd(), split.val) || '.'}`} already split it`);
+  }
+  const wallStart = Date.now() - 1000;
   try {
     await trainLearner(learn, flags, out, progress, started);
   } finally {
     await learn.close();
   }
+  if (flags.cache) evictOverBudget(flags.cacheDir ?? defaultCacheDir(), wallStart, (m) => progress.log(m));
 }
+
+/**
+ * Keeps the feature cache within `$GRAFT_CACHE_MAX_SIZE` (default 20G) after a training run: least recently
+ * used folders go first, never one this run used (opening a folder rewrites its meta.json).
+ */
+function evictOverBudget(root: string, since: number, log: (m: string) => void): void {
+  const budget = parseSize(process.env.GRAFT_CACHE_MAX_SIZE ?? DEFAULT_CACHE_BUDGET);
+  const inUse = new Set(listCacheFolders(root).filter((f) => f.lastUsed.getTime() >= since).map((f) => f.key));
+  const removed = pruneCache(root, { maxBytes: budget, keep: inUse });
+  if (removed.length) log(`feature cache over ${formatBytes(budget)} (GRAFT_CACHE_MAX_SIZE): removed ${removed.length} least recently used folder${removed.length === 1 ? '' : 's'} (${formatBytes(removed.reduce((a, f) => a + f.bytes, 0))})`);
+}
+
+const DEFAULT_CACHE_BUDGET = '20G';
 
 async function trainLearner(learn: Learner, flags: TrainFlags, out: string, progress: ReturnType<typeof createProgress>, started: number): Promise<void> {
   progress.stop();
@@ -408,8 +428,7 @@ const collect = (value: string, previous: string[] = []) => [...previous, value]
 export function program(): Command {
   const cmd = new Command('graft')
     .description('Transfer learning for TypeScript: train a classifier on your images or texts from a pretrained ONNX model')
-    .version(VERSION)
-    .showHelpAfterError();
+    .version(VERSION);
   cmd
     .command('train')
     .description('extract features with a pretrained backbone and train a new head on them')
@@ -425,17 +444,17 @@ export function program(): Command {
     .option('--out <dir>', 'output directory for model.onnx and graft.json', 'graft-model')
     .addOption(new Option('--head <kind>', 'new classifier head').choices(['mlp', 'linear']).default('mlp'))
     .option('--epochs <n>', 'maximum training epochs (default 60; fine-tuning a text encoder: 3)', int('--epochs', 1))
-    .option('--lr <x>', 'learning rate', positive('--lr'))
-    .option('--batch-size <n>', 'training batch size', int('--batch-size', 1))
-    .option('--weight-decay <x>', 'decoupled weight decay', Number)
-    .option('--patience <n>', 'early-stopping patience in epochs (0: off)', int('--patience'))
+    .option('--lr <x>', 'learning rate (default: MLP head 3e-4, on texts 1e-3; linear head 1e-3; fine-tuning 1e-4)', positive('--lr'))
+    .option('--batch-size <n>', 'training batch size (default 32)', int('--batch-size', 1))
+    .option('--weight-decay <x>', 'decoupled weight decay (default 0.3)', Number)
+    .option('--patience <n>', 'early-stopping patience in epochs, 0: off (default 8)', int('--patience'))
     .addOption(new Option('--batch-norm <policy>', 'BatchNorm in the fine-tuned blocks: keep pretrained statistics, or train them').choices(['frozen-stats', 'train']))
     .addOption(new Option('--optimizer <name>', 'optimizer (default adamw)').choices(['adamw', 'adam', 'sgd']))
     .addOption(new Option('--schedule <name>', 'learning-rate schedule over the epochs (default cosine)').choices(['constant', 'cosine', 'one-cycle', 'step']))
-    .option('--warmup <f>', 'fraction of the steps spent warming the learning rate up', fractionOf('--warmup'))
-    .option('--clip-norm <x>', "clip the gradients' global L2 norm", positive('--clip-norm'))
+    .option('--warmup <f>', 'fraction of the steps spent warming the learning rate up (default 0)', fractionOf('--warmup'))
+    .option('--clip-norm <x>', "clip the gradients' global L2 norm (default: no clipping)", positive('--clip-norm'))
     .option('--momentum <x>', 'SGD momentum (default 0.9)', fractionOf('--momentum'))
-    .option('--val-split <f>', 'validation fraction when DATA has no val folder', fraction, undefined)
+    .option('--val-split <f>', 'validation fraction when DATA has no split of its own (default 0.2)', fraction, undefined)
     .option('--seed <s>', 'random seed (split, initialisation, shuffling, dropout)', int('--seed'), 0)
     .option('--cache-dir <dir>', 'feature cache directory (default $GRAFT_CACHE or ~/.cache/graft)')
     .option('--no-cache', 'do not read or write the feature cache')
@@ -486,7 +505,72 @@ export function program(): Command {
     .requiredOption('--out <dir>', 'output folder for model.onnx, pretrained_cfg.json (and labels.json)')
     .option('--json', 'print one JSON document on stdout', false)
     .action((source: string, flags: { out: string; json: boolean }) => importCommand(source, flags));
+  const cache = cmd.command('cache').description('what the feature cache holds, and evicting it');
+  cache
+    .command('ls')
+    .description('list the feature cache: one folder per backbone + preprocessing, its size and when it was last used')
+    .option('--cache-dir <dir>', 'feature cache directory (default $GRAFT_CACHE or ~/.cache/graft)')
+    .option('--json', 'print one JSON document on stdout', false)
+    .action((flags: CacheFlags) => cacheList(flags));
+  cache
+    .command('prune')
+    .description('remove least recently used feature folders')
+    .option('--cache-dir <dir>', 'feature cache directory (default $GRAFT_CACHE or ~/.cache/graft)')
+    .option('--max-size <size>', 'keep at most this much (e.g. 500M, 2G), least recently used removed first', sizeOption)
+    .option('--older-than <days>', 'remove folders unused for more than this many days', positive('--older-than'))
+    .option('--all', 'remove every feature folder')
+    .option('--dry-run', 'say what would be removed, remove nothing')
+    .option('--json', 'print one JSON document on stdout', false)
+    .action((flags: CacheFlags) => cachePrune(flags));
   return cmd;
+}
+
+interface CacheFlags {
+  cacheDir?: string;
+  maxSize?: number;
+  olderThan?: number;
+  all?: boolean;
+  dryRun?: boolean;
+  json: boolean;
+}
+
+const sizeOption = (v: string) => {
+  try {
+    return parseSize(v);
+  } catch (e) {
+    throw new InvalidArgumentError(`--max-size: ${(e as Error).message}`);
+  }
+};
+
+const folderDoc = (f: CacheFolder) => ({ key: f.key, dir: f.dir, bytes: f.bytes, lastUsed: f.lastUsed.toISOString(), backbone: f.meta?.backbone?.name ?? f.meta?.backbone?.file ?? null, dim: f.meta?.dim ?? null, sequences: !!f.meta?.ragged });
+
+function cacheList(flags: CacheFlags): void {
+  const root = flags.cacheDir ?? defaultCacheDir();
+  const folders = listCacheFolders(root).reverse(); // most recently used first
+  const total = folders.reduce((a, f) => a + f.bytes, 0);
+  if (flags.json) return emitJson({ root, bytes: total, folders: folders.map(folderDoc) });
+  if (folders.length === 0) return void process.stdout.write(`${root}: no cached features\n`);
+  for (const f of folders) {
+    const what = `${f.meta?.backbone?.name ?? f.meta?.backbone?.file ?? 'unknown backbone'}${f.meta?.ragged ? ' (token states for fine-tuning)' : ''}`;
+    process.stdout.write(`${f.key.slice(0, 16)}  ${formatBytes(f.bytes).padStart(9)}  last used ${f.lastUsed.toISOString().slice(0, 16).replace('T', ' ')}  ${oneLine(what)}\n`);
+  }
+  process.stdout.write(`${folders.length} folder${folders.length === 1 ? '' : 's'}, ${formatBytes(total)} in ${root}/features\n`);
+}
+
+function cachePrune(flags: CacheFlags): void {
+  if (flags.maxSize === undefined && flags.olderThan === undefined && !flags.all) throw new GraftError('USAGE', 'say what to remove: --max-size SIZE, --older-than DAYS or --all');
+  const root = flags.cacheDir ?? defaultCacheDir();
+  const total = listCacheFolders(root).reduce((a, f) => a + f.bytes, 0);
+  const removed = pruneCache(root, {
+    ...(flags.all ? { maxBytes: 0 } : flags.maxSize !== undefined ? { maxBytes: flags.maxSize } : {}),
+    ...(flags.olderThan !== undefined ? { olderThanMs: flags.olderThan * 86_400_000 } : {}),
+    dryRun: !!flags.dryRun,
+  });
+  const freed = removed.reduce((a, f) => a + f.bytes, 0);
+  const left = total - freed;
+  if (flags.json) return emitJson({ root, dryRun: !!flags.dryRun, removed: removed.map(folderDoc), freedBytes: freed, remainingBytes: left });
+  for (const f of removed) process.stdout.write(`${flags.dryRun ? 'would remove' : 'removed'} ${f.key.slice(0, 16)} (${formatBytes(f.bytes)}, last used ${f.lastUsed.toISOString().slice(0, 10)})\n`);
+  process.stdout.write(`${flags.dryRun ? 'would free' : 'freed'} ${formatBytes(freed)}; ${formatBytes(left)} left in ${root}/features\n`);
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -494,6 +578,8 @@ export async function main(argv: string[]): Promise<void> {
   const cmd = program();
   // Commander's own parse errors become USAGE errors (exit 2, and a JSON document with --json).
   const quietUsage = (c: Command) => {
+    // The error and a one-line hint, not the whole help.
+    c.showHelpAfterError(c.parent ? `(graft ${c.name()} --help lists its options)` : '(graft --help lists the commands)');
     c.exitOverride().configureOutput({ writeErr: (s) => (json ? undefined : process.stderr.write(s)) });
     c.commands.forEach(quietUsage);
   };
