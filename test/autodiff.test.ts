@@ -127,6 +127,7 @@ const CASES: GradCase[] = [
   { name: 'Gemm without C', inputs: [{ name: 'a', dims: [3, 4], wrt: true }, { name: 'w', dims: [4, 2], wrt: true }], build: (b, x) => b.op('Gemm', [x.a!, x.w!]) },
   { name: 'MatMul 2-D', inputs: [{ name: 'a', dims: [3, 4], wrt: true }, { name: 'b', dims: [4, 5], wrt: true }], build: (b, x) => b.op('MatMul', [x.a!, x.b!]) },
   { name: 'MatMul batched [2,3,4] @ [4,5]', inputs: [{ name: 'a', dims: [2, 3, 4], wrt: true }, { name: 'b', dims: [4, 5], wrt: true }], build: (b, x) => b.op('MatMul', [x.a!, x.b!]) },
+  { name: 'MatMul batched [2,2,3,4] @ [4,5] (weight gradient as one product)', inputs: [{ name: 'a', dims: [2, 2, 3, 4], wrt: true }, { name: 'b', dims: [4, 5], wrt: true }], build: (b, x) => b.op('MatMul', [x.a!, x.b!]) },
   {
     name: 'MatMul broadcast [2,1,3,4] @ [3,4,2]',
     inputs: [{ name: 'a', dims: [2, 1, 3, 4], wrt: true }, { name: 'b', dims: [3, 4, 2], wrt: true }],

@@ -777,7 +777,11 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const n = sb[rb - 1]!;
     const da = c.needs(0) ? c.unbroadcast(c.emit('MatMul', [dy, c.emit('Transpose', [b2], { perm: lastTwoSwapped(rb2) })]), a, batch ? [...batch, m, k] : null) : null;
     let db: string | null = null;
-    if (c.needs(1)) {
+    if (c.needs(1) && rb === 2 && ra >= 3 && isSize(k) && isSize(n)) {
+      // A weight matrix applied to every row of a batch ([..., M, K] · [K, N]): dB = Aᵀ·dY over all rows at
+      // once, as one [K, rows] · [rows, N] product, instead of one product per batch entry summed afterwards.
+      db = c.emit('MatMul', [c.emit('Transpose', [c.emit('Reshape', [a, c.ints([-1, k as number])])], { perm: [1, 0] }), c.emit('Reshape', [c.dy, c.ints([-1, n as number])])]);
+    } else if (c.needs(1)) {
       const full = c.emit('MatMul', [c.emit('Transpose', [a2], { perm: lastTwoSwapped(ra2) }), dy]);
       // [..., K, 1] for a 1-D B: drop the promoted axis so that K lines up with B's only axis.
       db = rb === 1 ? c.unbroadcast(c.emit('Squeeze', [full, c.ints([-1])]), b, batch ? [...batch, k] : null) : c.unbroadcast(full, b, batch ? [...batch, k, n] : null);
