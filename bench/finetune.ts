@@ -13,7 +13,7 @@
  * ONNX ops only (no NCHWc kernels).
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,6 +26,7 @@ import { planSuffix, probeShape, suffixTrainable } from '../src/train/finetune.j
 import { AdamW } from '../src/train/optimizer.js';
 import { nchwcBlockSize } from '../src/train/runtime.js';
 import { Random } from '../src/util/random.js';
+import { kernelTimes } from './profile.js';
 
 const args = process.argv.slice(2);
 const option = (name: string, fallback: string) => {
@@ -98,24 +99,12 @@ async function measureGraft(k: number, withProfile: boolean): Promise<GraftTimin
 
 /** Percent of kernel time by op type (forward and backward ops together). */
 function summarizeProfile(file: string): Record<string, number> {
-  const events = JSON.parse(readFileSync(file, 'utf8')) as Array<{ cat: string; name: string; dur: number; args?: { op_name?: string } }>;
+  const { medians, sum, byOp } = kernelTimes(file);
   if (!process.env.KEEP_PROFILE) rmSync(file, { force: true }); else console.error(file);
-  // Each node's median over the steps: the first steps touch fresh memory and would dominate a sum.
-  const byNode = new Map<string, { op: string; times: number[] }>();
-  for (const e of events) {
-    if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time')) continue;
-    const node = e.name.replace(/_kernel_time$/, '');
-    const entry = byNode.get(node) ?? byNode.set(node, { op: e.args?.op_name ?? '?', times: [] }).get(node)!;
-    entry.times.push(e.dur);
-  }
-  const medians = [...byNode].map(([node, { op, times }]) => ({ node: `${op} ${node}`, op, t: median(times) }));
-  const sum = medians.reduce((a, m) => a + m.t, 0);
-  const byOp = new Map<string, number>();
-  for (const m of medians) byOp.set(m.op, (byOp.get(m.op) ?? 0) + m.t);
   // The costliest nodes, to stderr: where a faster gradient formulation would pay.
   console.error(`kernel time ${(sum / 1000).toFixed(1)} ms a step (sum of per-node medians)`);
   for (const m of [...medians].sort((a, b) => b.t - a.t).slice(0, 15)) console.error(`${((100 * m.t) / sum).toFixed(1).padStart(5)}%  ${m.node}`);
-  return Object.fromEntries([...byOp].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([op, t]) => [op, +((100 * t) / sum).toFixed(1)]));
+  return Object.fromEntries(byOp.slice(0, 12).map(([op, t]) => [op, +((100 * t) / sum).toFixed(1)]));
 }
 
 interface TorchResult { torch: string; ms: Record<string, { median: number; min: number; input: number[] }> }

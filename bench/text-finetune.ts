@@ -47,6 +47,7 @@ import { AdamW } from '../src/train/optimizer.js';
 import { DEFAULT_FIT } from '../src/train/trainer.js';
 import { Random } from '../src/util/random.js';
 import { bertInitializerNames, buildBert, type BertOptions } from '../test/support/bert.js';
+import { kernelTimes } from './profile.js';
 
 const args = process.argv.slice(2);
 const option = (name: string, fallback: string) => {
@@ -174,29 +175,17 @@ async function measureGraft(variant: Variant, opts: { steps: number; profileTag?
 
 /** Percent of kernel time by op type (forward and backward ops together); the costliest nodes to stderr. */
 function summarizeProfile(file: string, variant: Variant): Record<string, number> {
-  const events = JSON.parse(readFileSync(file, 'utf8')) as Array<{ cat: string; name: string; dur: number; args?: { op_name?: string } }>;
   if (process.env.KEEP_PROFILE) {
     const kept = join(tmpdir(), `graft-text-finetune-profile-${variant}.json`);
     writeFileSync(kept, readFileSync(file));
     log(`profile kept in ${kept}`);
   }
-  // Each node's median over the steps: the first steps touch fresh memory and would dominate a sum.
-  const byNode = new Map<string, { op: string; times: number[] }>();
-  for (const e of events) {
-    if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time')) continue;
-    const node = e.name.replace(/_kernel_time$/, '');
-    const entry = byNode.get(node) ?? byNode.set(node, { op: e.args?.op_name ?? '?', times: [] }).get(node)!;
-    entry.times.push(e.dur);
-  }
-  const medians = [...byNode].map(([node, { op, times }]) => ({ node: `${op} ${node}`, op, t: median(times) }));
-  const sum = medians.reduce((a, m) => a + m.t, 0);
-  const byOp = new Map<string, number>();
-  for (const m of medians) byOp.set(m.op, (byOp.get(m.op) ?? 0) + m.t);
+  const { medians, sum, byOp } = kernelTimes(file);
   log(`[${variant}] kernel time ${(sum / 1000).toFixed(1)} ms a step (sum of per-node medians), ${medians.length} nodes; costliest:`);
   for (const m of [...medians].sort((a, b) => b.t - a.t).slice(0, 20)) log(`${((100 * m.t) / sum).toFixed(1).padStart(5)}%  ${(m.t / 1000).toFixed(1).padStart(7)} ms  ${m.node}`);
   log(`[${variant}] by op type:`);
-  for (const [op, t] of [...byOp].sort((a, b) => b[1] - a[1]).slice(0, 16)) log(`${((100 * t) / sum).toFixed(1).padStart(5)}%  ${(t / 1000).toFixed(1).padStart(7)} ms  ${op}`);
-  return Object.fromEntries([...byOp].sort((a, b) => b[1] - a[1]).slice(0, 14).map(([op, t]) => [op, +((100 * t) / sum).toFixed(1)]));
+  for (const [op, t] of byOp.slice(0, 16)) log(`${((100 * t) / sum).toFixed(1).padStart(5)}%  ${(t / 1000).toFixed(1).padStart(7)} ms  ${op}`);
+  return Object.fromEntries(byOp.slice(0, 14).map(([op, t]) => [op, +((100 * t) / sum).toFixed(1)]));
 }
 
 /** Writes the weights, rows and graft's first-step loss and gradients for the torch script. */
