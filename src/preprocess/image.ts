@@ -31,14 +31,12 @@ export async function fingerprint(input: Uint8Array | string): Promise<Uint8Arra
 }
 
 /** Why a low-entropy image is rejected (flat, or a known placeholder), or undefined for line art and the like. */
-async function blankOrPlaceholder(pixels: Uint8Array, input: Uint8Array | string): Promise<string | undefined> {
-  const luma = new Uint8Array(Math.floor(pixels.length / 3));
-  const histogram = new Uint32Array(256);
-  for (let i = 0, j = 0; j + 2 < pixels.length; i++, j += 3) histogram[(luma[i] = (77 * pixels[j]! + 150 * pixels[j + 1]! + 29 * pixels[j + 2]! + 128) >> 8)]!++;
+async function blankOrPlaceholder(histogram: Uint32Array, input: Uint8Array | string): Promise<string | undefined> {
+  const n = histogram.reduce((a, c) => a + c, 0);
   const mode = histogram.indexOf(Math.max(...histogram));
-  let off = 0;
-  for (const v of luma) if (Math.abs(v - mode) > FLAT_TOLERANCE) off++;
-  if (off < FLAT_FRACTION * luma.length) return `flat: ${(100 * (1 - off / luma.length)).toFixed(2)}% of pixels within ${FLAT_TOLERANCE} grey levels of one`;
+  const near = histogram.subarray(Math.max(0, mode - FLAT_TOLERANCE), mode + FLAT_TOLERANCE + 1).reduce((a, c) => a + c, 0);
+  const off = n - near;
+  if (off < FLAT_FRACTION * n) return `flat: ${(100 * (1 - off / n)).toFixed(2)}% of pixels within ${FLAT_TOLERANCE} grey levels of one`;
   const thumb = await fingerprint(input);
   for (const p of PLACEHOLDERS) {
     const known = Buffer.from(p.fingerprint, 'base64');
@@ -104,8 +102,9 @@ export async function decodeImage(input: Uint8Array | string, config: Pretrained
       // Nearest-neighbour sampling keeps the image's own grey levels; the size cap bounds the cost of huge images.
       const original = load(input).resize(1024, 1024, { fit: 'inside', withoutEnlargement: true, kernel: 'nearest' });
       const native = (await rgb8(original)).data;
-      entropy = blankness(native);
-      rejected = await blankOrPlaceholder(native, input);
+      const histogram = lumaHistogram(native);
+      entropy = entropyBits(histogram);
+      rejected = await blankOrPlaceholder(histogram, input);
     }
   } catch (e) {
     // Decoders report over several lines (libheif: four); a skip reason is one line.
@@ -127,18 +126,27 @@ function rgb8(image: Sharp): Promise<{ data: Buffer; info: OutputInfo }> {
   return image.removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
 }
 
-/** Shannon entropy in bits of the grey-level (BT.601 luma) histogram of RGB pixels: 0 for a flat image, at most 8. */
-export function blankness(pixels: Uint8Array): number {
+/** Grey-level (BT.601 luma) histogram of RGB pixels. */
+function lumaHistogram(pixels: Uint8Array): Uint32Array {
   const histogram = new Uint32Array(256);
   for (let i = 0; i + 2 < pixels.length; i += 3) {
     histogram[(77 * pixels[i]! + 150 * pixels[i + 1]! + 29 * pixels[i + 2]! + 128) >> 8]!++;
   }
-  const n = Math.floor(pixels.length / 3);
+  return histogram;
+}
+
+function entropyBits(histogram: Uint32Array): number {
+  const n = histogram.reduce((a, c) => a + c, 0);
   let bits = 0;
   for (const count of histogram) {
     if (count > 0) bits -= (count / n) * Math.log2(count / n);
   }
   return bits;
+}
+
+/** Shannon entropy in bits of the grey-level (BT.601 luma) histogram of RGB pixels: 0 for a flat image, at most 8. */
+export function blankness(pixels: Uint8Array): number {
+  return entropyBits(lumaHistogram(pixels));
 }
 
 /**
