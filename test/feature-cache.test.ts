@@ -408,10 +408,11 @@ describe('cache housekeeping (graft cache ls | prune)', () => {
       assert.deepEqual(listed.map((f) => f.key), ['old', 'mid', 'new']);
       assert.ok(listed.every((f) => f.bytes > [3000, 2000, 1000][listed.indexOf(f)]!), 'sizes count every file');
       // Dry: nothing removed; the budget fits once 'old' goes.
-      assert.deepEqual(pruneCache(root, { maxBytes: 4000, dryRun: true, now }).map((f) => f.key), ['old']);
+      assert.deepEqual(pruneCache(root, { maxBytes: 4000, dryRun: true, now }).removed.map((f) => f.key), ['old']);
       assert.equal(listCacheFolders(root).length, 3);
-      assert.deepEqual(pruneCache(root, { olderThanMs: 7 * 86_400_000, now }).map((f) => f.key), ['old']);
-      assert.deepEqual(pruneCache(root, { maxBytes: 0, keep: new Set(['mid']), now }).map((f) => f.key), ['new']);
+      assert.deepEqual(pruneCache(root, { olderThanMs: 7 * 86_400_000, now }).removed.map((f) => f.key), ['old']);
+      assert.deepEqual(pruneCache(root, { maxBytes: 0, keep: new Set(['mid']), usedSince: now - 86_400_000, now }).removed.map((f) => f.key), []);
+      assert.deepEqual(pruneCache(root, { maxBytes: 0, keep: new Set(['mid']), now }).removed.map((f) => f.key), ['new']);
       assert.deepEqual(listCacheFolders(root).map((f) => f.key), ['mid']);
       assert.deepEqual(listCacheFolders(path.join(root, 'nowhere')), []);
     } finally {

@@ -453,18 +453,23 @@ export interface PrunePolicy {
   olderThanMs?: number;
   /** Folders never removed (the ones in use). */
   keep?: ReadonlySet<string>;
+  /** Never remove a folder used at or after this time (ms since the epoch): the ones a run just opened. */
+  usedSince?: number;
   dryRun?: boolean;
   now?: number;
 }
 
-/** Evicts feature folders by the policy, least recently used first; returns those removed (or, dry, that would be). */
-export function pruneCache(root: string, policy: PrunePolicy): CacheFolder[] {
+/**
+ * Evicts feature folders by the policy, least recently used first; returns those removed (or, dry, that would
+ * be) and the bytes left.
+ */
+export function pruneCache(root: string, policy: PrunePolicy): { removed: CacheFolder[]; remainingBytes: number } {
   const folders = listCacheFolders(root);
   let total = folders.reduce((a, f) => a + f.bytes, 0);
   const now = policy.now ?? Date.now();
   const removed: CacheFolder[] = [];
   for (const f of folders) {
-    if (policy.keep?.has(f.key)) continue;
+    if (policy.keep?.has(f.key) || (policy.usedSince !== undefined && f.lastUsed.getTime() >= policy.usedSince)) continue;
     const stale = policy.olderThanMs !== undefined && now - f.lastUsed.getTime() > policy.olderThanMs;
     const over = policy.maxBytes !== undefined && total > policy.maxBytes;
     if (!stale && !over) continue;
@@ -472,7 +477,7 @@ export function pruneCache(root: string, policy: PrunePolicy): CacheFolder[] {
     total -= f.bytes;
     removed.push(f);
   }
-  return removed;
+  return { removed, remainingBytes: total };
 }
 
 /** Parses a size such as `500M`, `2G`, `1.5GB` or a byte count. */

@@ -170,8 +170,7 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
  */
 function evictOverBudget(root: string, since: number, log: (m: string) => void): void {
   const budget = parseSize(process.env.GRAFT_CACHE_MAX_SIZE ?? DEFAULT_CACHE_BUDGET);
-  const inUse = new Set(listCacheFolders(root).filter((f) => f.lastUsed.getTime() >= since).map((f) => f.key));
-  const removed = pruneCache(root, { maxBytes: budget, keep: inUse });
+  const { removed } = pruneCache(root, { maxBytes: budget, usedSince: since });
   if (removed.length) log(`feature cache over ${formatBytes(budget)} (GRAFT_CACHE_MAX_SIZE): removed ${removed.length} least recently used folder${removed.length === 1 ? '' : 's'} (${formatBytes(removed.reduce((a, f) => a + f.bytes, 0))})`);
 }
 
@@ -560,14 +559,12 @@ function cacheList(flags: CacheFlags): void {
 function cachePrune(flags: CacheFlags): void {
   if (flags.maxSize === undefined && flags.olderThan === undefined && !flags.all) throw new GraftError('USAGE', 'say what to remove: --max-size SIZE, --older-than DAYS or --all');
   const root = flags.cacheDir ?? defaultCacheDir();
-  const total = listCacheFolders(root).reduce((a, f) => a + f.bytes, 0);
-  const removed = pruneCache(root, {
+  const { removed, remainingBytes: left } = pruneCache(root, {
     ...(flags.all ? { maxBytes: 0 } : flags.maxSize !== undefined ? { maxBytes: flags.maxSize } : {}),
     ...(flags.olderThan !== undefined ? { olderThanMs: flags.olderThan * 86_400_000 } : {}),
     dryRun: !!flags.dryRun,
   });
   const freed = removed.reduce((a, f) => a + f.bytes, 0);
-  const left = total - freed;
   if (flags.json) return emitJson({ root, dryRun: !!flags.dryRun, removed: removed.map(folderDoc), freedBytes: freed, remainingBytes: left });
   for (const f of removed) process.stdout.write(`${flags.dryRun ? 'would remove' : 'removed'} ${f.key.slice(0, 16)} (${formatBytes(f.bytes)}, last used ${f.lastUsed.toISOString().slice(0, 10)})\n`);
   process.stdout.write(`${flags.dryRun ? 'would free' : 'freed'} ${formatBytes(freed)}; ${formatBytes(left)} left in ${root}/features\n`);
