@@ -551,7 +551,7 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const training = c.inputs[2];
     if (!training || isConstantFalse(c.initializer(training))) return [c.dy, null, null].slice(0, c.inputs.length);
     const kept = c.emit('Cast', [c.outputs[1]!], { to: c.elemType });
-    return [c.emit('Mul', [c.emit('Mul', [c.dy, kept]), c.scalar(1 / (1 - (c.inputs[1] ? dropoutRatio(c.initializer(c.inputs[1]))! : 0.5)))]), null, null].slice(0, c.inputs.length);
+    return [c.emit('Mul', [c.emit('Mul', [c.dy, kept]), c.scalar(1 / (1 - dropoutRatio(c.inputs[1], (t) => c.initializer(t))!))]), null, null].slice(0, c.inputs.length);
   },
   Cast: (c) => [c.emit('Cast', [c.dy], { to: c.typeOf(c.inputs[0]!) ?? c.elemType })],
   Neg: (c) => [c.emit('Neg', [c.dy])],
@@ -1033,8 +1033,10 @@ export const GRAD_RULES: Record<string, GradRule> = {
   },
 };
 
-/** A Dropout node's ratio from its constant scalar input; undefined when it is not one. */
-function dropoutRatio(t: TensorProto | undefined): number | undefined {
+/** A Dropout node's ratio: its constant scalar input, 0.5 when the input is omitted, undefined when not a constant. */
+function dropoutRatio(input: string | undefined, initializer: (name: string) => TensorProto | undefined): number | undefined {
+  if (!input) return 0.5;
+  const t = initializer(input);
   if (!t || (t.dims ?? []).length > 0) return undefined;
   const v = tensorToFloat32(t)[0];
   return v !== undefined && v >= 0 && v < 1 ? v : undefined;
@@ -1332,7 +1334,7 @@ export function appendGradients(builder: GraphBuilder, options: GradientOptions)
     }
     const training = n.opType === 'Dropout' ? n.input?.[2] : undefined;
     if (training && !isConstantFalse(initializers.get(training))) {
-      const ratio = n.input?.[1] ? dropoutRatio(initializers.get(n.input[1])) : 0.5;
+      const ratio = dropoutRatio(n.input?.[1], (t) => initializers.get(t));
       if (!n.output?.[1] || ratio === undefined) {
         throw new GraftError('MODEL', `Dropout node ${n.name} in training mode needs its mask output and a constant scalar ratio in [0, 1) for its gradient`, { node: n.name, op: n.opType });
       }
