@@ -7,7 +7,8 @@ export type GraftErrorCode =
   | 'CONFIG' // a PretrainedConfig that does not fit its model
   | 'ARTIFACT' // an exported model directory that is missing or inconsistent
   | 'TRAIN' // training could not proceed
-  | 'HUB'; // a hub file could not be found, fetched or verified (or offline mode forbids fetching it)
+  | 'HUB' // a hub file could not be found, fetched or verified (or offline mode forbids fetching it)
+  | 'IO'; // a working file could not be written or read back (disk full, permissions)
 
 export class GraftError extends Error {
   readonly code: GraftErrorCode;

@@ -10,6 +10,9 @@
  *   const spam = await learner({ data: './sms.csv' });   // texts: the offline sentence encoder by default
  */
 import { createHash } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { type Dataset, type Modality, type Sample, type Skipped } from './data/dataset.js';
 import { openDataset } from './data/open.js';
 import { GraftError } from './errors.js';
@@ -17,6 +20,8 @@ import { computeMetrics, argmaxRows, crossEntropy, type Metrics } from './evalua
 import { loadBackbone, loadTextBackbone, FEATURES, type Backbone, type TextBackbone } from './backbone/backbone.js';
 import { FeatureExtractor, type ExtractInput, type ExtractProgress, type TokenStats } from './backbone/extractor.js';
 import { resolveModel } from './backbone/resolve.js';
+import { defaultCacheDir, parseSize } from './backbone/cache.js';
+import { DEFAULT_ROW_MEMORY, RowStore } from './util/row-store.js';
 import type { HubOptions } from './hub/hub.js';
 import { DEFAULT_HEAD, buildExportGraph, fitStandardizer, HEAD_OUTPUT, initParams, validateSpec, type Param, type HeadKind, type HeadSpec, type Standardizer } from './head/head.js';
 import { boundaries, mergeModels } from './onnx/surgery.js';
@@ -67,6 +72,11 @@ export interface LearnerOptions {
   seed?: number;
   /** Feature cache root, or false for none. */
   cacheDir?: string | false;
+  /**
+   * Bytes of fine-tuning boundary activations held in memory (default `$GRAFT_MEMORY_BUDGET`, else 1 GiB); the
+   * rest go to a spill file under the cache root (or the system's temporary folder) and are read back per batch.
+   */
+  memoryBudget?: number;
   onProgress?: (p: ExtractProgress & { split: 'train' | 'val' }) => void;
 }
 
@@ -250,16 +260,27 @@ export class Learner {
    * converted to float first. The frozen prefix runs once over the samples (cached); only the suffix runs each epoch.
    */
   async fineTune(options: FineTuneOptions, callbacks: Callback[] = []): Promise<FineTuneResult> {
-    const text = this.modality === 'text';
-    const fit: FitOptions = { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, ...(text ? { epochs: TEXT_FINE_TUNE.epochs } : {}), seed: this.seed, ...options.fit };
-    const freezeEpochs = options.freezeEpochs ?? (text ? TEXT_FINE_TUNE.freezeEpochs : DEFAULT_FINE_TUNE.freezeEpochs);
-    const lrMult = options.lrMult ?? DEFAULT_FINE_TUNE.lrMult;
     const clock = stopwatch();
     const model = this.floatModel();
     const plan = planSuffix(model, FEATURES, options);
 
     // Phase 1: the head on the frozen (float) backbone's pooled features, computed from the boundary activations.
     const { rowShape, activations } = await this.activationsAt(model, plan);
+    try {
+      return await this.fineTuneOn(options, callbacks, plan, rowShape, activations, clock);
+    } catch (e) {
+      // Kept by the evaluation once phase 2 has trained; otherwise nothing reads them any more.
+      if (this.trained?.evaluation?.data !== activations) releaseRows(activations);
+      throw e;
+    }
+  }
+
+  private async fineTuneOn(options: FineTuneOptions, callbacks: Callback[], plan: SuffixPlan, rowShape: number[], activations: Rows, clock: ReturnType<typeof stopwatch>): Promise<FineTuneResult> {
+    const text = this.modality === 'text';
+    const fit: FitOptions = { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, ...(text ? { epochs: TEXT_FINE_TUNE.epochs } : {}), seed: this.seed, ...options.fit };
+    const freezeEpochs = options.freezeEpochs ?? (text ? TEXT_FINE_TUNE.freezeEpochs : DEFAULT_FINE_TUNE.freezeEpochs);
+    const lrMult = options.lrMult ?? DEFAULT_FINE_TUNE.lrMult;
+    const model = this.floatModel();
     const pooled = await poolWithSuffix(plan, rowShape, activations, [...this.data.trainRows, ...this.data.valRows], this.backbone.config.featureDim);
     const std = fitStandardizer(pooled.features, pooled.dim, this.data.trainRows);
     const prefixSeconds = clock.lap();
@@ -292,7 +313,8 @@ export class Learner {
       total: clock.total(),
     };
     if (this.weights.kind === 'tuned') this.weights.timing = timing;
-    return { phase1, phase2: phase2!, boundary: last.boundary, trainableTensors: last.trainable.length, trainableNodes: last.nodes.length, unit: last.unit, timing };
+    const activationBytes = activations.stored?.() ?? { memory: 0, disk: 0 };
+    return { phase1, phase2: phase2!, boundary: last.boundary, trainableTensors: last.trainable.length, trainableNodes: last.nodes.length, unit: last.unit, timing, activations: activationBytes };
   }
 
   /** Metrics of the trained head (and tuned backbone) on the validation rows. */
@@ -309,16 +331,18 @@ export class Learner {
 
   /** Records a training's outcome, releasing the previous evaluation session. */
   private setTrained(trained: Trained): void {
-    const previous = this.trained?.evaluation?.graph;
+    const previous = this.trained?.evaluation;
     this.trained = trained;
-    void previous?.then((e) => e.release(), () => undefined);
+    void previous?.graph.then((e) => e.release(), () => undefined);
+    if (previous && previous.data !== trained.evaluation?.data) releaseRows(previous.data);
   }
 
-  /** Releases the sessions the learner holds (the evaluation graph). */
+  /** Releases what the learner holds: the evaluation graph and the activations it reads (memory, spill file). */
   async close(): Promise<void> {
-    const graph = this.trained?.evaluation?.graph;
+    const evaluation = this.trained?.evaluation;
     if (this.trained) this.trained.evaluation = undefined;
-    await graph?.then((e) => e.release(), () => undefined);
+    if (evaluation) releaseRows(evaluation.data);
+    await evaluation?.graph.then((e) => e.release(), () => undefined);
   }
 
   /** The backbone in float (quantized ones converted once), with any fine-tuned weights. */
@@ -343,14 +367,17 @@ export class Learner {
     const key = createHash('sha256').update(bytes).update(`\n${pipelineKey(this.backbone.pipeline)}`).digest('hex').slice(0, 32);
     const rowSize = text ? rowShape[rowShape.length - 1]! : rowShape.reduce((a, b) => a * b, 1);
     const boundaryBackbone = { ...this.backbone, featureModel: prefix, featureModelBytes: bytes, config: { ...this.backbone.config, featureDim: rowSize }, key } as Backbone;
-    const extractor = new FeatureExtractor(boundaryBackbone, { ...(this.options.cacheDir !== undefined ? { cacheDir: this.options.cacheDir } : {}), ...(text ? { sequences: true } : {}) });
+    const store = this.rowStore();
+    const extractor = new FeatureExtractor(boundaryBackbone, { ...(this.options.cacheDir !== undefined ? { cacheDir: this.options.cacheDir } : {}), ...(text ? { sequences: true } : {}), rows: store });
+    let kept = false;
     try {
       const r = await extractor.extract(samples.map(extractInput), (p) => this.options.onProgress?.({ ...p, split: p.done < this.data.dataset.train.length ? 'train' : 'val' }));
       for (const row of [...this.data.trainRows, ...this.data.valRows]) {
         if (!r.valid[row]) throw new GraftError('TRAIN', `${samples[row]!.file}: encoded for features but not for fine-tuning`, { file: samples[row]!.file });
       }
       const labels = this.data.features.labels;
-      if (!text) return { rowShape, activations: denseRows({ features: r.features, dim: r.dim, labels }, plan.boundary, rowShape) };
+      kept = true;
+      if (!text) return { rowShape, activations: denseRows({ features: store, dim: r.dim, labels }, plan.boundary, rowShape) };
       const config = (this.backbone as TextBackbone).config;
       const side: Record<string, SideInput> = {};
       for (const { name } of plan.sideInputs) {
@@ -358,10 +385,31 @@ export class Learner {
         if (!kind) throw new GraftError('MODEL', `the layers after ${plan.boundary} read the input ${name}, which graft does not know how to feed`, { input: name });
         side[name] = kind;
       }
-      return { rowShape, activations: sequenceRows({ states: r.sequences!, tokens: r.tokens!, width: rowSize, labels }, plan.boundary, side, config.padId) };
+      return { rowShape, activations: sequenceRows({ states: store, tokens: r.tokens!, width: rowSize, labels }, plan.boundary, side, config.padId) };
+    } catch (e) {
+      kept = false;
+      throw e;
     } finally {
+      if (!kept) store.close();
       await extractor.close();
     }
+  }
+
+  /** Where boundary activations go: memory up to the budget, then a spill file beside the cache (or in the temporary folder). */
+  private rowStore(): RowStore {
+    const env = process.env.GRAFT_MEMORY_BUDGET;
+    const memoryBytes = this.options.memoryBudget ?? (env ? parseSize(env) : DEFAULT_ROW_MEMORY);
+    const root = this.options.cacheDir === undefined ? defaultCacheDir() : this.options.cacheDir;
+    let spillDir = tmpdir();
+    if (root !== false) {
+      try {
+        mkdirSync(join(root, 'tmp'), { recursive: true });
+        spillDir = join(root, 'tmp');
+      } catch {
+        // an unwritable cache: the temporary folder
+      }
+    }
+    return new RowStore({ memoryBytes, spillDir });
   }
 
   /** Trains the suffix after `spec`'s boundary with the head (or, with `frozenBackbone`, the head alone through it). */
@@ -377,7 +425,27 @@ export class Learner {
     const model = this.floatModel();
     // A frozen backbone is a fixed feature map: no dropout inside it.
     const plan = planSuffix(model, FEATURES, frozenBackbone ? { ...spec, encoderDropout: 0 } : spec);
-    const { rowShape, activations } = extracted?.plan.boundary === plan.boundary ? extracted : await this.activationsAt(model, plan);
+    const reused = extracted?.plan.boundary === plan.boundary;
+    const { rowShape, activations } = reused ? extracted : await this.activationsAt(model, plan);
+    try {
+      return await this.fitSuffixOn(plan, frozenBackbone, fit, lrMult, callbacks, record, model, rowShape, activations);
+    } catch (e) {
+      if (!reused && this.trained?.evaluation?.data !== activations) releaseRows(activations);
+      throw e;
+    }
+  }
+
+  private async fitSuffixOn(
+    plan: SuffixPlan,
+    frozenBackbone: boolean,
+    fit: FitOptions,
+    lrMult: number,
+    callbacks: Callback[],
+    record: FitOptions,
+    model: ModelProto,
+    rowShape: number[],
+    activations: Rows,
+  ): Promise<{ result: TrainResult; plan: SuffixPlan }> {
     // No head yet: standardise on the float backbone's own pooled features.
     const standardizer = this.trained?.standardizer ?? fitStandardizer((await poolWithSuffix(plan, rowShape, activations, this.data.trainRows, this.backbone.config.featureDim)).features, this.backbone.config.featureDim, this.data.trainRows);
     const head = (this.trained?.result.params ?? initParams(this.spec, this.seed)).map((p) => ({ ...p, data: p.data.slice() }));
@@ -460,7 +528,13 @@ export class Learner {
   }
 }
 
+/** Frees activations that live in a store (memory beyond a FeatureSet's array, a spill file). */
+function releaseRows(data: Rows | FeatureSet): void {
+  if ('close' in data && typeof data.close === 'function') data.close();
+}
+
 /** What the extractor reads of a sample: its file, or its text (named by file and line in messages). */
+
 function extractInput(s: Sample): ExtractInput {
   return s.text !== undefined ? { file: s.file, text: s.text, ...(s.line !== undefined ? { line: s.line } : {}) } : s.file;
 }
@@ -504,6 +578,8 @@ export interface FineTuneResult {
   unit: 'block' | 'layer';
   /** Where the time went, phase by phase. */
   timing: FineTuneTiming;
+  /** Bytes of boundary activations held in memory and, past the memory budget, in the spill file. */
+  activations: { memory: number; disk: number };
 }
 
 /**

@@ -184,6 +184,33 @@ describe('Learner.fineTune on a hymenoptera subset', () => {
     await learn.close();
   });
 
+  it('boundary activations past the memory budget are read from disk per batch, training the same model', async () => {
+    const run = async (memoryBudget?: number) => {
+      const learn = await learner({ data: join(tmp, 'data'), model: MODEL, cacheDir: join(tmp, 'cache'), ...(memoryBudget !== undefined ? { memoryBudget } : {}) });
+      try {
+        const result = await learn.fineTune({ unfreeze: 1, freezeEpochs: 1, fit: { epochs: 2, patience: 0 } });
+        const metrics = await learn.evaluate();
+        const dir = join(tmp, `spill-${memoryBudget ?? 'default'}`);
+        await learn.export(dir, metrics);
+        const m = decodeModel((await readArtifact(dir)).modelBytes);
+        return { result, metrics, weights: m.graph!.initializer!.map((t) => tensorToFloat32(t)) };
+      } finally {
+        await learn.close();
+      }
+    };
+    const inMemory = await run();
+    const onDisk = await run(0);
+    assert.equal(inMemory.result.activations.disk, 0);
+    assert.ok(inMemory.result.activations.memory > 0);
+    assert.equal(onDisk.result.activations.memory, 0);
+    assert.equal(onDisk.result.activations.disk, inMemory.result.activations.memory, 'every row went to the spill file');
+    assert.deepEqual(onDisk.result.phase2.history.map((h) => h.trainLoss), inMemory.result.phase2.history.map((h) => h.trainLoss));
+    assert.deepEqual(onDisk.metrics, inMemory.metrics);
+    assert.deepEqual(onDisk.weights, inMemory.weights);
+    // The spill file was unlinked when created and is closed with the learner: nothing is left in the cache.
+    assert.deepEqual(await readdir(join(tmp, 'cache', 'tmp')), []);
+  });
+
   it('gradual unfreezing trains one more block per stage', async () => {
     const learn = await learner({ data: join(tmp, 'data'), model: MODEL, cacheDir: join(tmp, 'cache') });
     const seen: string[] = [];

@@ -333,9 +333,12 @@ describe('Learner on texts: SMS spam with a random BERT, head and fine-tuning, e
   });
 
   it('fine-tunes the last encoder layer with the head; the export reproduces the tuned evaluation', async () => {
-    const learn = await Learner.create({ data: SMS, model, cacheDir: path.join(tmp, 'cache'), maxLength: 48 });
+    // memoryBudget 0: every text's token states are read back from the spill file, batch by batch.
+    const learn = await Learner.create({ data: SMS, model, cacheDir: path.join(tmp, 'cache'), maxLength: 48, memoryBudget: 0 });
     try {
       const r = await learn.fineTune({ unfreeze: 1, freezeEpochs: 2, fit: { epochs: 2, lr: 1e-3 } });
+      assert.equal(r.activations.memory, 0);
+      assert.ok(r.activations.disk > 0, 'token states went to disk');
       assert.equal(r.unit, 'layer');
       assert.equal(r.trainableTensors, 16);
       assert.ok(r.phase2.history.length === 2 && r.phase2.history.every((h) => Number.isFinite(h.trainLoss)));

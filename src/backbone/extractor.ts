@@ -16,6 +16,7 @@ import { feedSpecs, textFeeds, type Feed } from '../preprocess/pipeline.js';
 import { FEATURES, type Backbone } from './backbone.js';
 import { contentHash, defaultCacheDir, FeatureCache } from './cache.js';
 import type { InferReply, InferWorkerData } from './infer-worker.js';
+import type { RowStore } from '../util/row-store.js';
 
 export interface ExtractProgress {
   done: number;
@@ -39,6 +40,11 @@ export interface ExtractOptions {
    * sample keeps its own T rows (`ExtractResult.sequences`) instead of one pooled row.
    */
   sequences?: boolean;
+  /**
+   * Where the rows go instead of `ExtractResult.features` / `.sequences` (which are then empty): a store that
+   * keeps them in memory up to a budget and on disk past it (fine-tuning boundary activations).
+   */
+  rows?: RowStore;
 }
 
 /** A sample to extract: an image file (a path, or `{ file }`), or a text (`{ text }`, `file` naming it in messages). */
@@ -55,7 +61,7 @@ export interface TokenStats {
 }
 
 export interface ExtractResult {
-  /** Row i holds the features of inputs[i] (zeros where valid[i] is 0); empty with `sequences`. */
+  /** Row i holds the features of inputs[i] (zeros where valid[i] is 0); empty with `sequences` or `rows`. */
   features: Float32Array;
   dim: number;
   valid: Uint8Array;
@@ -65,7 +71,7 @@ export interface ExtractResult {
   /** Rows computed by the backbone in this call. */
   extracted: number;
   seconds: number;
-  /** With `sequences`: sample i's token states, T_i × dim (empty where valid[i] is 0). */
+  /** With `sequences` (and no `rows`): sample i's token states, T_i × dim (empty where valid[i] is 0). */
   sequences?: Float32Array[];
   /** With `sequences`: sample i's token ids (what the suffix's side inputs are made of). */
   tokens?: Int32Array[];
@@ -185,7 +191,7 @@ export class FeatureExtractor {
     }
     const samples = inputs.map((s) => (typeof s === 'string' ? { file: s } : s));
     const maxLength = this.backbone.modality === 'text' ? this.backbone.config.maxLength : Infinity;
-    const run = new Run(samples.length, this.backbone.config.featureDim, !!this.options.sequences, maxLength, onProgress);
+    const run = new Run(samples.length, this.backbone.config.featureDim, !!this.options.sequences, maxLength, onProgress, this.options.rows);
     if (this.backbone.modality === 'image') await this.extractImages(samples, run);
     else await this.extractTexts(samples, run);
     run.report();
@@ -275,7 +281,8 @@ export class FeatureExtractor {
   /** Serves a row from the cache when it is there (features or a skip record); false on a miss. */
   private async fromCache(hash: string, row: number, sample: { file: string; line?: number }, run: Run): Promise<boolean> {
     if (!this.cache) return false;
-    const hit = await this.cache.read(hash, run.sequences ? undefined : run.features, row * run.dim);
+    const [target, offset] = run.sequences ? [undefined, 0] : run.denseTarget(row);
+    const hit = await this.cache.read(hash, target, offset);
     if (hit.kind === 'features') {
       if (run.sequences) run.sequenceFromCache(row, hit.values!);
       else run.hit(row, hit.values);
@@ -386,6 +393,8 @@ class Run {
   tokenStats: TokenStats | undefined;
   private readonly seqs: Float32Array[] | undefined;
   private readonly ids: Int32Array[] | undefined;
+  /** With a store: where a cached dense row is read before it is stored. */
+  private readonly scratch: Float32Array;
 
   constructor(
     n: number,
@@ -394,12 +403,19 @@ class Run {
     /** A cached text whose token count exceeds this was truncated. */
     private readonly maxLength: number,
     private readonly onProgress?: (p: ExtractProgress) => void,
+    private readonly store?: RowStore,
   ) {
-    this.features = new Float32Array(sequences ? 0 : n * dim);
+    this.features = new Float32Array(sequences || store ? 0 : n * dim);
+    this.scratch = new Float32Array(store && !sequences ? dim : 0);
     this.valid = new Uint8Array(n);
     this.progress = { done: 0, total: n, cached: 0, skipped: 0 };
-    this.seqs = sequences ? Array.from({ length: n }, () => new Float32Array(0)) : undefined;
+    this.seqs = sequences && !store ? Array.from({ length: n }, () => new Float32Array(0)) : undefined;
     this.ids = sequences ? Array.from({ length: n }, () => new Int32Array(0)) : undefined;
+  }
+
+  /** Where a cached dense row is read to: its place in `features`, or the scratch row a hit then stores. */
+  denseTarget(row: number): [Float32Array, number] {
+    return this.store ? [this.scratch, 0] : [this.features, row * this.dim];
   }
 
   report(): void {
@@ -413,6 +429,7 @@ class Run {
   }
 
   hit(row: number, extra?: Float32Array): void {
+    this.store?.put(row, this.scratch);
     this.valid[row] = 1;
     this.progress.cached++;
     this.progress.done++;
@@ -421,14 +438,16 @@ class Run {
   }
 
   computed(row: number, features: Float32Array): void {
-    this.features.set(features, row * this.dim);
+    if (this.store) this.store.put(row, features);
+    else this.features.set(features, row * this.dim);
     this.valid[row] = 1;
     this.extracted++;
     this.progress.done++;
   }
 
   sequence(row: number, states: Float32Array, ids: Int32Array): void {
-    this.seqs![row] = states;
+    if (this.store) this.store.put(row, states);
+    else this.seqs![row] = states;
     this.ids![row] = ids;
     this.valid[row] = 1;
     this.extracted++;
@@ -438,7 +457,8 @@ class Run {
   /** A cached entry: T rows of `dim` states, then the T token ids. */
   sequenceFromCache(row: number, entry: Float32Array): void {
     const T = entry.length / (this.dim + 1);
-    this.seqs![row] = entry.slice(0, T * this.dim);
+    if (this.store) this.store.put(row, entry.subarray(0, T * this.dim));
+    else this.seqs![row] = entry.slice(0, T * this.dim);
     this.ids![row] = Int32Array.from(entry.subarray(T * this.dim));
     this.valid[row] = 1;
     this.progress.cached++;
@@ -453,7 +473,8 @@ class Run {
       skipped: this.skipped,
       cached: this.progress.cached,
       extracted: this.extracted,
-      ...(this.seqs ? { sequences: this.seqs, tokens: this.ids! } : {}),
+      ...(this.seqs ? { sequences: this.seqs } : {}),
+      ...(this.ids ? { tokens: this.ids } : {}),
       ...(this.tokenStats ? { tokenStats: this.tokenStats } : {}),
     };
   }

@@ -245,6 +245,7 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
     progress.log(`fine-tuned ${tuned.trainableNodes} backbone nodes (${tuned.trainableTensors} weight tensors) after "${tuned.boundary}" with the head`);
     const stages = phases.stages.length > 1 ? ` (stages ${phases.stages.map((x) => `${x.toFixed(1)} s`).join(', ')})` : '';
     progress.log(`phases: frozen prefix ${phases.prefix.toFixed(1)} s, head ${phases.head.toFixed(1)} s, fine-tune ${phases.fineTune.toFixed(1)} s${stages}`);
+    if (tuned.activations.disk > 0) progress.log(`boundary activations: ${formatBytes(tuned.activations.memory)} in memory, ${formatBytes(tuned.activations.disk)} read from disk per batch (GRAFT_MEMORY_BUDGET)`);
   } else {
     result = await learn.fit(fit, [show]);
   }

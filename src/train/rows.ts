@@ -6,6 +6,7 @@
  */
 import { GraftError } from '../errors.js';
 import type { Feed } from '../preprocess/pipeline.js';
+import type { RowStore } from '../util/row-store.js';
 
 export interface Rows {
   /** Class of each row. */
@@ -17,20 +18,29 @@ export interface Rows {
    * training labels IGNORE_LABEL). The arrays may be reused by the next call.
    */
   feeds(rows: readonly number[], size: number): Record<string, Feed>;
+  /** Frees what the rows hold (a spill file); feeds() fails afterwards. */
+  close?(): void;
+  /** Rows kept in a store: bytes held in memory and in its spill file. */
+  stored?(): { memory: number; disk: number };
 }
 
-/** Rows of `dim` floats (`features[i·dim … (i+1)·dim)`), fed as `input` with per-row shape `rowShape`. */
-export function denseRows(data: { features: Float32Array; dim: number; labels: Int32Array }, input: string, rowShape: readonly number[]): Rows {
+/** Where rows' values lie: one array of fixed-size rows, or a store (memory up to a budget, then disk). */
+export type RowValues = Float32Array | RowStore;
+
+/** Rows of `dim` floats (`features[i·dim … (i+1)·dim)`, or a store's row i), fed as `input` with per-row shape `rowShape`. */
+export function denseRows(data: { features: RowValues; dim: number; labels: Int32Array }, input: string, rowShape: readonly number[]): Rows {
   const { features, dim, labels } = data;
   let x = new Float32Array(0);
   return {
     labels,
     feeds(rows, size) {
       if (x.length < size * dim) x = new Float32Array(size * dim);
-      rows.forEach((r, i) => x.set(features.subarray(r * dim, (r + 1) * dim), i * dim));
+      if (features instanceof Float32Array) rows.forEach((r, i) => x.set(features.subarray(r * dim, (r + 1) * dim), i * dim));
+      else rows.forEach((r, i) => features.read(r, x, i * dim));
       x.fill(0, rows.length * dim, size * dim);
       return { [input]: { type: 'float32', data: x.subarray(0, size * dim), dims: [size, ...rowShape] } };
     },
+    ...(features instanceof Float32Array ? {} : storeMethods(features)),
   };
 }
 
@@ -38,8 +48,8 @@ export function denseRows(data: { features: Float32Array; dim: number; labels: I
 export type SideInput = 'mask' | 'ids' | 'typeIds';
 
 export interface SequenceData {
-  /** Row i's token states, T_i × width. */
-  states: readonly Float32Array[];
+  /** Row i's token states, T_i × width (an array per row, or a store's row i). */
+  states: readonly Float32Array[] | RowStore;
   /** Row i's token ids (T_i of them). */
   tokens: readonly Int32Array[];
   width: number;
@@ -52,8 +62,11 @@ export interface SequenceData {
  */
 export function sequenceRows(data: SequenceData, input: string, side: Readonly<Record<string, SideInput>>, padId: number): Rows {
   const { states, tokens, width, labels } = data;
-  for (let i = 0; i < states.length; i++) {
-    if (states[i]!.length !== tokens[i]!.length * width) throw new GraftError('TRAIN', `row ${i}: ${states[i]!.length} state values for ${tokens[i]!.length} tokens of width ${width}`);
+  const stored = Array.isArray(states) ? undefined : (states as RowStore);
+  const inArrays = stored ? undefined : (states as readonly Float32Array[]);
+  for (let i = 0; i < tokens.length; i++) {
+    const n = stored ? stored.length(i) : inArrays![i]!.length;
+    if (n !== tokens[i]!.length * width) throw new GraftError('TRAIN', `row ${i}: ${n} state values for ${tokens[i]!.length} tokens of width ${width}`);
   }
   return {
     labels,
@@ -61,7 +74,8 @@ export function sequenceRows(data: SequenceData, input: string, side: Readonly<R
     feeds(rows, size) {
       const T = Math.max(1, ...rows.map((r) => tokens[r]!.length));
       const x = new Float32Array(size * T * width);
-      rows.forEach((r, i) => x.set(states[r]!, i * T * width));
+      if (stored) rows.forEach((r, i) => stored.read(r, x, i * T * width));
+      else rows.forEach((r, i) => x.set(inArrays![r]!, i * T * width));
       const feeds: Record<string, Feed> = { [input]: { type: 'float32', data: x, dims: [size, T, width] } };
       for (const [name, kind] of Object.entries(side)) {
         const v = new BigInt64Array(size * T);
@@ -76,5 +90,10 @@ export function sequenceRows(data: SequenceData, input: string, side: Readonly<R
       }
       return feeds;
     },
+    ...(stored ? storeMethods(stored) : {}),
   };
+}
+
+function storeMethods(store: RowStore): Pick<Rows, 'close' | 'stored'> {
+  return { close: () => store.close(), stored: () => ({ memory: store.bytesInMemory, disk: store.bytesOnDisk }) };
 }
