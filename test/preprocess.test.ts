@@ -92,6 +92,22 @@ describe('decodeImage', () => {
     assert.ok(isRed(pixelAt(out, 32, 5, 10)), `got ${pixelAt(out, 32, 5, 10)}`);
   });
 
+  it('converts a CMYK JPEG without an ICC profile as ImageMagick and browsers do, not through a press profile', async () => {
+    // test/fixtures/images: cmyk-source.png (a plasma) written as CMYK by ImageMagick 6.9 (-colorspace CMYK -strip).
+    const fixtures = path.join(import.meta.dirname, '../../test/fixtures/images');
+    const jpeg = await readFile(path.join(fixtures, 'cmyk-no-icc.jpg'));
+    const meta = await sharp(jpeg).metadata();
+    assert.equal(meta.space, 'cmyk');
+    assert.equal(meta.hasProfile, false);
+    const source = await sharp(await readFile(path.join(fixtures, 'cmyk-source.png'))).removeAlpha().raw().toBuffer();
+    const meanError = (x: Uint8Array) => x.reduce((a, v, i) => a + Math.abs(v - source[i]!), 0) / x.length;
+    const out = await decodeImage(jpeg, identity(64, 64));
+    // libvips' own conversion (its SWOP fallback profile) is off by ~10/255; the plain formula is JPEG noise away.
+    const viaProfile = await sharp(jpeg).toColourspace('srgb').raw().toBuffer();
+    assert.ok(meanError(viaProfile) > 5, `libvips' profile conversion ${meanError(viaProfile)}`);
+    assert.ok(meanError(out) < 2.5, `mean error ${meanError(out).toFixed(2)}/255`);
+  });
+
   it('applies the EXIF orientation', async () => {
     // 48 wide, 24 high, red left half. Orientation 6 means "rotate 90° clockwise to display": red ends on top.
     const rgb = pixels(48, 24, 3, (x) => (x < 24 ? [255, 0, 0] : undefined));

@@ -27,7 +27,7 @@ const PLACEHOLDER_DISTANCE = 5;
 
 /** The 16×16 grey thumbnail placeholders are matched by. */
 export async function fingerprint(input: Uint8Array | string): Promise<Uint8Array> {
-  return load(input).greyscale().resize(16, 16, { fit: 'fill', kernel: 'cubic' }).raw({ depth: 'uchar' }).toBuffer();
+  return (await load(typeof input === 'string' ? await readRegularFile(input) : input)).greyscale().resize(16, 16, { fit: 'fill', kernel: 'cubic' }).raw({ depth: 'uchar' }).toBuffer();
 }
 
 /** Why a low-entropy image is rejected (flat, or a known placeholder), or undefined for line art and the like. */
@@ -76,7 +76,7 @@ export async function decodeImage(input: Uint8Array | string, config: Pretrained
   let entropy: number;
   let rejected: string | undefined;
   try {
-    const image = load(input);
+    const image = await load(input);
     const kernel = KERNELS[config.interpolation];
     if (config.resize === 'squash') {
       image.resize(width, height, { fit: 'fill', kernel });
@@ -100,7 +100,7 @@ export async function decodeImage(input: Uint8Array | string, config: Pretrained
     entropy = blankness(pixels);
     if (entropy < RECHECK_BITS) {
       // Nearest-neighbour sampling keeps the image's own grey levels; the size cap bounds the cost of huge images.
-      const original = load(input).resize(1024, 1024, { fit: 'inside', withoutEnlargement: true, kernel: 'nearest' });
+      const original = (await load(input)).resize(1024, 1024, { fit: 'inside', withoutEnlargement: true, kernel: 'nearest' });
       const native = (await rgb8(original)).data;
       const histogram = lumaHistogram(native);
       entropy = entropyBits(histogram);
@@ -116,10 +116,32 @@ export async function decodeImage(input: Uint8Array | string, config: Pretrained
 }
 
 /** Oriented, first frame, 8-bit sRGB with alpha flattened on white. */
-function load(input: Uint8Array | string): Sharp {
+async function load(input: Uint8Array | string): Promise<Sharp> {
   // failOn 'error' rejects truncated and undecodable data but tolerates libjpeg warnings such as
   // "extraneous bytes before marker", which are common in scraped photos and decode fine.
-  return sharp(input, { failOn: 'error', autoOrient: true }).flatten({ background: '#ffffff' }).toColourspace('srgb');
+  const image = sharp(input, { failOn: 'error', autoOrient: true });
+  const meta = await image.metadata();
+  if (meta.space === 'cmyk' && !meta.hasProfile) return sharp(await naiveCmykToRgb(input), { raw: { width: meta.autoOrient.width, height: meta.autoOrient.height, channels: 3 } });
+  return image.flatten({ background: '#ffffff' }).toColourspace('srgb');
+}
+
+/**
+ * A CMYK image without an ICC profile, converted as browsers and ImageMagick do (R = (1 − C)(1 − K), …):
+ * libvips would assume its press profile (US Web Coated SWOP) instead, which shifts the colours of files
+ * made by the plain formula (10/255 mean error against the source on such a file, vs 1.7 this way).
+ */
+async function naiveCmykToRgb(input: Uint8Array | string): Promise<Buffer> {
+  const { data, info } = await sharp(input, { failOn: 'error', autoOrient: true }).pipelineColourspace('cmyk').toColourspace('cmyk').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+  if (info.channels !== 4) throw new Error(`CMYK decoded to ${info.channels} channels`);
+  const n = info.width * info.height;
+  const rgb = Buffer.alloc(3 * n);
+  for (let i = 0, j = 0; i < 4 * n; i += 4, j += 3) {
+    const k = 255 - data[i + 3]!;
+    rgb[j] = Math.round(((255 - data[i]!) * k) / 255);
+    rgb[j + 1] = Math.round(((255 - data[i + 1]!) * k) / 255);
+    rgb[j + 2] = Math.round(((255 - data[i + 2]!) * k) / 255);
+  }
+  return rgb;
 }
 
 function rgb8(image: Sharp): Promise<{ data: Buffer; info: OutputInfo }> {

@@ -32,7 +32,7 @@ export interface FeedSpec {
  * Versions of what each pipeline computes, part of every cache key: bump one when its decoder, tokenizer
  * handling or preprocessing changes in a way the config does not show.
  */
-export const PIPELINE_VERSIONS: Readonly<Record<Modality, number>> = { image: 3, text: 2, audio: 1 };
+export const PIPELINE_VERSIONS: Readonly<Record<Modality, number>> = { image: 4, text: 2, audio: 1 };
 
 export type ImagePipeline = { kind: 'image'; config: PretrainedConfig };
 /** A text pipeline carries its tokenizer's files, which the encoding workers load. */
