@@ -3,6 +3,7 @@ export type GraftErrorCode =
   | 'USAGE' // bad arguments or options
   | 'DATASET' // dataset folder missing, malformed or too small
   | 'IMAGE' // one image could not be used (normally skipped and reported, not thrown)
+  | 'AUDIO' // one audio file could not be used (normally skipped and reported, not thrown)
   | 'MODEL' // an ONNX model could not be read, cut or run
   | 'CONFIG' // a PretrainedConfig that does not fit its model
   | 'ARTIFACT' // an exported model directory that is missing or inconsistent
