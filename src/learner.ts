@@ -17,7 +17,7 @@ import { type Dataset, type Modality, type Sample, type Skipped } from './data/d
 import { openDataset } from './data/open.js';
 import { GraftError } from './errors.js';
 import { computeMetrics, argmaxRows, crossEntropy, type Metrics } from './evaluate/metrics.js';
-import { loadBackbone, loadTextBackbone, FEATURES, type Backbone, type TextBackbone } from './backbone/backbone.js';
+import { loadAudioBackbone, loadBackbone, loadTextBackbone, FEATURES, type Backbone, type TextBackbone } from './backbone/backbone.js';
 import { FeatureExtractor, type ExtractInput, type ExtractProgress, type TokenStats } from './backbone/extractor.js';
 import { resolveModel } from './backbone/resolve.js';
 import { defaultCacheDir, parseSize } from './backbone/cache.js';
@@ -29,9 +29,10 @@ import { defaultOpset, encodeModel, type ModelProto } from './onnx/proto.js';
 import type { PretrainedConfig } from './preprocess/config.js';
 import { feedSpecs, pipelineKey } from './preprocess/pipeline.js';
 import type { TextPooling } from './preprocess/text.js';
+import type { AudioPooling } from './preprocess/audio.js';
 import { isQuantized, dequantizeModel } from './onnx/dequantize.js';
 import { nchwcBlockSize } from './train/runtime.js';
-import { planSuffix, prefixModel, probeShape, poolWithSuffix, suffixTrainable, unfreezePoints, withWeights, type FreezeSpec, type SuffixPlan } from './train/finetune.js';
+import { planSuffix, planWindowSuffix, WINDOW_MASK, prefixModel, probeShape, poolWithSuffix, suffixTrainable, unfreezePoints, withWeights, type FreezeSpec, type SuffixPlan } from './train/finetune.js';
 import { denseRows, sequenceRows, type Rows, type SideInput } from './train/rows.js';
 import { DEFAULT_FIT, DEFAULT_LR, Evaluator, train, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
 import { writeArtifact, type Manifest, type ManifestDraft } from './artifact/artifact.js';
@@ -45,10 +46,13 @@ export interface LearnerOptions {
    */
   data: string;
   /** Overrides the detected modality. */
-  task?: 'image' | 'text';
+  task?: 'image' | 'text' | 'audio';
   /** Text tables: the column(s) holding the text (several are joined, e.g. title + body) and the label column. */
   textColumns?: string[];
   labelColumn?: string;
+  /** A folder of files labelled by name: the pattern (`{label}_{speaker}_{index}.wav`) and the validation rule (`index<5`). */
+  namePattern?: string;
+  valWhere?: string;
   /**
    * The backbone: a path of an ONNX model, a zoo name (`graft models`), or a hub repository. Default for images:
    * the hub MobileNetV2 when cached or reachable, else the bundled offline backbone; for texts: the hub MiniLM
@@ -63,9 +67,9 @@ export interface LearnerOptions {
   cut?: string;
   /** Image preprocessing overrides on top of the model's own config. */
   config?: Partial<PretrainedConfig>;
-  /** Text encoders: tokens per text (special tokens included) and how token states are pooled. */
+  /** Text encoders: tokens per text (special tokens included) and how token states are pooled; audio: how windows are pooled. */
   maxLength?: number;
-  pooling?: Exclude<TextPooling, 'model'>;
+  pooling?: Exclude<TextPooling, 'model'> | AudioPooling;
   head?: HeadKind | Partial<Pick<HeadSpec, 'kind' | 'hidden' | 'dropout'>>;
   /** Validation fraction when the dataset has no split of its own (default 0.2). */
   valSplit?: number;
@@ -130,6 +134,8 @@ export class Learner {
       seed,
       ...(options.textColumns ? { textColumns: options.textColumns } : {}),
       ...(options.labelColumn ? { labelColumn: options.labelColumn } : {}),
+      ...(options.namePattern ? { namePattern: options.namePattern } : {}),
+      ...(options.valWhere ? { valWhere: options.valWhere } : {}),
     });
     const backbone = await Learner.backboneFor(dataset.modality, options);
     const extractor = new FeatureExtractor(backbone, { ...(options.cacheDir !== undefined ? { cacheDir: options.cacheDir } : {}) });
@@ -159,9 +165,13 @@ export class Learner {
   }
 
   private static async backboneFor(modality: Modality, options: LearnerOptions): Promise<Backbone> {
-    if (modality === 'audio') throw new GraftError('USAGE', `${options.data}: audio datasets are not supported yet (images and texts are)`, { data: options.data });
+    // 'mean' means the masked mean of token states for text, the mean over windows for audio.
+    const audioPooling: AudioPooling | undefined = modality !== 'audio' ? undefined : options.pooling === 'mean+max' ? 'mean+max' : options.pooling === 'mean' || options.pooling === 'masked-mean' ? 'mean' : undefined;
+    if (modality === 'audio' && options.pooling !== undefined && !audioPooling) throw new GraftError('USAGE', `pooling ${options.pooling} is for text; audio windows pool by mean or mean+max`);
+    if (modality !== 'audio' && options.pooling === 'mean+max') throw new GraftError('USAGE', 'pooling mean+max is for audio backbones (text: mean or cls)');
     const resolved = await resolveModel(options.model, {
       task: modality,
+      ...(audioPooling ? { audioPooling } : {}),
       ...(options.hub ? { hub: options.hub } : {}),
       ...(typeof options.cacheDir === 'string' ? { cacheDir: options.cacheDir } : {}),
     });
@@ -175,12 +185,21 @@ export class Learner {
         ...(resolved.name ? { name: resolved.name } : {}),
       });
     }
-    if (options.config) throw new GraftError('USAGE', 'config (image preprocessing) does not apply to a text dataset');
+    if (options.config) throw new GraftError('USAGE', `config (image preprocessing) does not apply to a ${modality} dataset`);
+    if (modality === 'audio') {
+      if (options.maxLength !== undefined) throw new GraftError('USAGE', 'maxLength is an option of text backbones; this dataset holds audio');
+      return loadAudioBackbone(resolved.file, {
+        ...(options.cut ? { cut: options.cut } : {}),
+        ...(resolved.audio ? { modelConfig: resolved.audio } : {}),
+        ...(audioPooling ? { config: { pooling: audioPooling } } : {}),
+        ...(resolved.name ? { name: resolved.name } : {}),
+      });
+    }
     return loadTextBackbone(resolved.file, {
       tokenizer: resolved.tokenizer!,
       ...(options.cut ? { cut: options.cut } : {}),
       ...(options.maxLength !== undefined ? { maxLength: options.maxLength } : {}),
-      ...((options.pooling ?? resolved.text?.pooling) ? { pooling: (options.pooling ?? resolved.text?.pooling)! } : {}),
+      ...((options.pooling ?? resolved.text?.pooling) ? { pooling: (options.pooling === 'mean' ? 'masked-mean' : (options.pooling ?? resolved.text?.pooling)) as Exclude<TextPooling, 'model'> } : {}),
       ...(resolved.text?.normalize ? { normalize: true } : {}),
       ...(resolved.name ? { name: resolved.name } : {}),
     });
@@ -262,7 +281,7 @@ export class Learner {
   async fineTune(options: FineTuneOptions, callbacks: Callback[] = []): Promise<FineTuneResult> {
     const clock = stopwatch();
     const model = this.floatModel();
-    const plan = planSuffix(model, FEATURES, options);
+    const plan = this.plan(model, options);
 
     // Phase 1: the head on the frozen (float) backbone's pooled features, computed from the boundary activations.
     const { rowShape, activations } = await this.activationsAt(model, plan);
@@ -277,8 +296,9 @@ export class Learner {
 
   private async fineTuneOn(options: FineTuneOptions, callbacks: Callback[], plan: SuffixPlan, rowShape: number[], activations: Rows, clock: ReturnType<typeof stopwatch>): Promise<FineTuneResult> {
     const text = this.modality === 'text';
-    const fit: FitOptions = { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, ...(text ? { epochs: TEXT_FINE_TUNE.epochs } : {}), seed: this.seed, ...options.fit };
-    const freezeEpochs = options.freezeEpochs ?? (text ? TEXT_FINE_TUNE.freezeEpochs : DEFAULT_FINE_TUNE.freezeEpochs);
+    const audio = this.modality === 'audio';
+    const fit: FitOptions = { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, ...(text ? { epochs: TEXT_FINE_TUNE.epochs } : audio ? { epochs: AUDIO_FINE_TUNE.epochs } : {}), seed: this.seed, ...options.fit };
+    const freezeEpochs = options.freezeEpochs ?? (text ? TEXT_FINE_TUNE.freezeEpochs : audio ? AUDIO_FINE_TUNE.freezeEpochs : DEFAULT_FINE_TUNE.freezeEpochs);
     const lrMult = options.lrMult ?? DEFAULT_FINE_TUNE.lrMult;
     const model = this.floatModel();
     const pooled = await poolWithSuffix(plan, rowShape, activations, [...this.data.trainRows, ...this.data.valRows], this.backbone.config.featureDim);
@@ -362,13 +382,15 @@ export class Learner {
     const samples = [...this.data.dataset.train, ...this.data.dataset.val];
     const rowShape = await probeShape(model, plan.boundary, this.backbone.pipeline);
     const text = this.backbone.modality === 'text';
-    const prefix = prefixModel(model, plan.boundary, FEATURES, text);
+    // Token states of a text, or the windows of a clip: a sequence per sample.
+    const sequence = this.backbone.modality !== 'image';
+    const prefix = prefixModel(model, plan.boundary, FEATURES, sequence);
     const bytes = encodeModel(prefix);
     const key = createHash('sha256').update(bytes).update(`\n${pipelineKey(this.backbone.pipeline)}`).digest('hex').slice(0, 32);
-    const rowSize = text ? rowShape[rowShape.length - 1]! : rowShape.reduce((a, b) => a * b, 1);
+    const rowSize = sequence ? rowShape.slice(1).reduce((a, b) => a * b, 1) : rowShape.reduce((a, b) => a * b, 1);
     const boundaryBackbone = { ...this.backbone, featureModel: prefix, featureModelBytes: bytes, config: { ...this.backbone.config, featureDim: rowSize }, key } as Backbone;
     const store = this.rowStore();
-    const extractor = new FeatureExtractor(boundaryBackbone, { ...(this.options.cacheDir !== undefined ? { cacheDir: this.options.cacheDir } : {}), ...(text ? { sequences: true } : {}), rows: store });
+    const extractor = new FeatureExtractor(boundaryBackbone, { ...(this.options.cacheDir !== undefined ? { cacheDir: this.options.cacheDir } : {}), ...(sequence ? { sequences: true } : {}), rows: store });
     let kept = false;
     try {
       const r = await extractor.extract(samples.map(extractInput), (p) => this.options.onProgress?.({ ...p, split: p.done < this.data.dataset.train.length ? 'train' : 'val' }));
@@ -377,7 +399,8 @@ export class Learner {
       }
       const labels = this.data.features.labels;
       kept = true;
-      if (!text) return { rowShape, activations: denseRows({ features: store, dim: r.dim, labels }, plan.boundary, rowShape) };
+      if (!sequence) return { rowShape, activations: denseRows({ features: store, dim: r.dim, labels }, plan.boundary, rowShape) };
+      if (!text) return { rowShape, activations: sequenceRows({ states: store, tokens: r.tokens!, width: rowSize, tokenShape: rowShape.slice(1), labels }, plan.boundary, { [WINDOW_MASK]: 'mask' }, 0) };
       const config = (this.backbone as TextBackbone).config;
       const side: Record<string, SideInput> = {};
       for (const { name } of plan.sideInputs) {
@@ -393,6 +416,11 @@ export class Learner {
       if (!kept) store.close();
       await extractor.close();
     }
+  }
+
+  /** Where the backbone splits for a freeze spec: a block or layer boundary, or for audio a block of the windowed embedding. */
+  private plan(model: ModelProto, spec: FreezeSpec): SuffixPlan {
+    return this.modality === 'audio' ? planWindowSuffix(model, FEATURES, spec) : planSuffix(model, FEATURES, spec);
   }
 
   /** Where boundary activations go: memory up to the budget, then a spill file beside the cache (or in the temporary folder). */
@@ -424,7 +452,7 @@ export class Learner {
   ): Promise<{ result: TrainResult; plan: SuffixPlan }> {
     const model = this.floatModel();
     // A frozen backbone is a fixed feature map: no dropout inside it.
-    const plan = planSuffix(model, FEATURES, frozenBackbone ? { ...spec, encoderDropout: 0 } : spec);
+    const plan = this.plan(model, frozenBackbone ? { ...spec, encoderDropout: 0 } : spec);
     const reused = extracted?.plan.boundary === plan.boundary;
     const { rowShape, activations } = reused ? extracted : await this.activationsAt(model, plan);
     try {
@@ -514,6 +542,7 @@ export class Learner {
     const digests = await digestSamples(samples);
     const split = { [SPLIT_FILE]: splitRecord(this.data.trainRows.map((r) => digests[r]), this.data.valRows.map((r) => digests[r])) };
     if (this.backbone.modality === 'image') return writeArtifact(dir, merged, { task: 'image-classification', config: this.backbone.config, ...common } as ManifestDraft, split);
+    if (this.backbone.modality === 'audio') return writeArtifact(dir, merged, { task: 'audio-classification', config: this.backbone.config, ...common } as ManifestDraft, split);
     const { tokenizer } = this.backbone.pipeline;
     return writeArtifact(dir, merged, { task: 'text-classification', config: this.backbone.config, ...common } as ManifestDraft, {
       ...split,
@@ -534,7 +563,6 @@ function releaseRows(data: Rows | FeatureSet): void {
 }
 
 /** What the extractor reads of a sample: its file, or its text (named by file and line in messages). */
-
 function extractInput(s: Sample): ExtractInput {
   return s.text !== undefined ? { file: s.file, text: s.text, ...(s.line !== undefined ? { line: s.line } : {}) } : s.file;
 }
@@ -627,6 +655,12 @@ export const DEFAULT_FINE_TUNE = { lr: 1e-4, lrMult: 10, freezeEpochs: 3 } as co
  * gave spam F1 0.9655, the converged head 0.9689 (bench/text).
  */
 export const TEXT_FINE_TUNE = { freezeEpochs: 60, epochs: 3 } as const;
+
+/**
+ * Fine-tuning the speech embedding: as for texts, the head first trains to convergence (≤ 60 epochs, early
+ * stopping), then the unfrozen blocks train with it (bench/audio).
+ */
+export const AUDIO_FINE_TUNE = { freezeEpochs: 60, epochs: 10 } as const;
 
 /** Default learning rate of the MLP head on text features (see Learner.headLr). */
 export const TEXT_MLP_LR = 1e-3;

@@ -1,12 +1,13 @@
 /**
  * The exported model directory: `model.onnx` (cut backbone + trained head as ONE graph: the pipeline's inputs
- * in — an image tensor, or token ids and their mask — class probabilities out), `graft.json` (task, labels,
+ * in — an image tensor, token ids and their mask, or a waveform — class probabilities out), `graft.json` (task, labels,
  * the pipeline config, metrics, provenance) and the pipeline's side files (a text model's `tokenizer.json`).
  * Every file is written atomically; graft.json records each file's sha256, so a half-updated directory is
  * detected, and loading never reads outside the directory.
  *
  * Format versions: 1 (graft 0.1: image models only, one `model.input`), 2 (`task` for every modality,
- * `model.inputs` named and typed, `files`). Version 1 directories still load.
+ * `model.inputs` named and typed, `files`; `audio-classification` since graft 0.2, with no change of format).
+ * Version 1 directories still load.
  */
 import { createHash } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
@@ -19,6 +20,7 @@ import { decodeModel, encodeModel, toNumber, type ModelProto } from '../onnx/pro
 import { validateConfig, type PretrainedConfig } from '../preprocess/config.js';
 import type { FeedSpec } from '../preprocess/pipeline.js';
 import { validateTextConfig, type TextConfig } from '../preprocess/text.js';
+import { validateAudioConfig, type AudioConfig } from '../preprocess/audio.js';
 import { VERSION } from '../version.js';
 
 export const MODEL_FILE = 'model.onnx';
@@ -26,7 +28,8 @@ export const MANIFEST_FILE = 'graft.json';
 export const FORMAT = 'graft-model';
 export const FORMAT_VERSION = 2;
 
-export type Task = 'image-classification' | 'text-classification';
+export type Task = 'image-classification' | 'text-classification' | 'audio-classification';
+const TASKS: readonly Task[] = ['image-classification', 'text-classification', 'audio-classification'];
 
 type Cut = { cut: string; featureDim: number };
 
@@ -59,7 +62,9 @@ interface ManifestBase {
 /** graft.json. `config` is the pipeline's: image preprocessing, or the text config; apply it exactly (predict and load() do). */
 export type Manifest =
   | (ManifestBase & { task: 'image-classification'; config: PretrainedConfig & Cut })
-  | (ManifestBase & { task: 'text-classification'; config: TextConfig & Cut });
+  | (ManifestBase & { task: 'text-classification'; config: TextConfig & Cut })
+  /** A waveform at `config.sampleRate` (scaled by `config.sampleScale`) in; the front end is inside the graph. */
+  | (ManifestBase & { task: 'audio-classification'; config: AudioConfig & Cut });
 
 export type ManifestDraft = Omit<Manifest, 'format' | 'formatVersion' | 'graftVersion' | 'createdAt' | 'model' | 'files'> & {
   model: Omit<Manifest['model'], 'sha256' | 'file'>;
@@ -167,8 +172,8 @@ export async function readArtifact(dir: string): Promise<Artifact> {
 function upgrade(raw: Record<string, unknown>, source: string): Manifest {
   const m = raw as unknown as Manifest & { model: Partial<Manifest['model']> };
   const task = (m.task ?? 'image-classification') as Task;
-  if (task !== 'image-classification' && task !== 'text-classification') {
-    throw new GraftError('ARTIFACT', `${source}: task "${String(task)}" is not one this graft can run (image-classification, text-classification)`, { file: source });
+  if (!TASKS.includes(task)) {
+    throw new GraftError('ARTIFACT', `${source}: task "${String(task)}" is not one this graft can run (${TASKS.join(', ')})`, { file: source });
   }
   if (!m.model || typeof m.model !== 'object') throw new GraftError('ARTIFACT', `${source}: no "model" section`, { file: source });
   if (task === 'image-classification') {
@@ -178,7 +183,8 @@ function upgrade(raw: Record<string, unknown>, source: string): Manifest {
     const inputs = m.model.inputs ?? [{ name: input, type: 'float32' as const, shape: inputShape }];
     return { ...m, task, config, model: { ...m.model, input, inputShape, inputs } } as Manifest;
   }
+  if (!Array.isArray(m.model.inputs) || m.model.inputs.length === 0) throw new GraftError('ARTIFACT', `${source}: a ${task.split('-')[0]} model must list its inputs`, { file: source });
+  if (task === 'audio-classification') return { ...m, task, config: validateAudioConfig(m.config, `${source} config`) as AudioConfig & Cut } as Manifest;
   const config = validateTextConfig(m.config, `${source} config`) as TextConfig & Cut;
-  if (!Array.isArray(m.model.inputs) || m.model.inputs.length === 0) throw new GraftError('ARTIFACT', `${source}: a text model must list its inputs`, { file: source });
   return { ...m, task, config } as Manifest;
 }

@@ -11,12 +11,12 @@ import { GraftError } from '../errors.js';
 import { topK } from '../evaluate/metrics.js';
 import { inputShape } from '../preprocess/config.js';
 import { textFeeds, type Feed } from '../preprocess/pipeline.js';
-import { ImagePool, sharedFloat32 } from '../preprocess/pool.js';
+import { EncodePool, ImagePool, sharedFloat32 } from '../preprocess/pool.js';
 import { parseTokenizerFiles, TextTokenizer } from '../preprocess/text.js';
 import { readArtifact, type Manifest } from './artifact.js';
 
 export interface Prediction {
-  /** The image file, or the text, as given. */
+  /** The image or audio file, or the text, as given. */
   input: string;
   /** Ranked classes, most probable first. */
   predictions: Array<{ label: string; probability: number }>;
@@ -31,6 +31,7 @@ export interface ProbabilityResult {
 
 export class GraftModel {
   private pool: ImagePool | undefined;
+  private audioPool: EncodePool | undefined;
 
   private constructor(
     readonly manifest: Manifest,
@@ -72,16 +73,50 @@ export class GraftModel {
 
   /** Probabilities for a batch of preprocessed images (layout and size as in the manifest's config). */
   async run(input: Float32Array, n: number): Promise<Float32Array> {
-    if (this.manifest.task !== 'image-classification') throw new GraftError('USAGE', 'run() takes preprocessed images; this is a text model: use predict() or runFeeds()');
+    if (this.manifest.task !== 'image-classification') throw new GraftError('USAGE', `run() takes preprocessed images; this is a ${this.manifest.task} model: use predict() or runFeeds()`);
     return this.runFeeds({ [this.manifest.model.input]: { type: 'float32', data: input, dims: inputShape(this.manifest.config, n) } });
   }
 
   /**
    * Classifies inputs: image files for an image model (undecodable files are skipped and reported), texts for a
-   * text model (tokenised and truncated as in training).
+   * text model (tokenised and truncated as in training), audio files for an audio model (decoded, mixed to mono
+   * and resampled as in training).
    */
   async probabilities(inputs: readonly string[], batchSize = 16): Promise<ProbabilityResult> {
-    return this.manifest.task === 'text-classification' ? this.textProbabilities(inputs, batchSize * 2) : this.imageProbabilities(inputs, batchSize);
+    if (this.manifest.task === 'text-classification') return this.textProbabilities(inputs, batchSize * 2);
+    if (this.manifest.task === 'audio-classification') return this.audioProbabilities(inputs);
+    return this.imageProbabilities(inputs, batchSize);
+  }
+
+  /** Probabilities of one clip given as samples at the model's rate, in [-1, 1] (e.g. from WebAudio or a decoder of your own). */
+  async classifyWaveform(samples: Float32Array): Promise<Float32Array> {
+    if (this.manifest.task !== 'audio-classification') throw new GraftError('USAGE', `classifyWaveform() takes audio; this is a ${this.manifest.task} model`);
+    const { config } = this.manifest;
+    const data = config.sampleScale === 1 ? samples : samples.map((v) => v * config.sampleScale);
+    return (await this.runFeeds({ [this.manifest.model.input]: { type: 'float32', data, dims: [1, samples.length] } })).slice();
+  }
+
+  private async audioProbabilities(files: readonly string[]): Promise<ProbabilityResult> {
+    if (this.manifest.task !== 'audio-classification') throw new Error('not an audio model');
+    this.audioPool ??= new EncodePool({ kind: 'audio', config: this.manifest.config }, { threads: Math.min(this.threads, 4) });
+    const c = this.labels.length;
+    const probabilities = new Float32Array(files.length * c);
+    const valid = new Uint8Array(files.length);
+    const skipped: Skipped[] = [];
+    // Decoding runs ahead on the pool while clips are classified one at a time (each its own length).
+    const decoded = files.map((file) => this.audioPool!.encodeAudio({ file }));
+    for (const d of decoded) d.catch(() => {});
+    for (let i = 0; i < files.length; i++) {
+      const clip = await decoded[i]!;
+      if (!clip.ok) {
+        skipped.push({ file: files[i]!, reason: clip.reason });
+        continue;
+      }
+      const probs = await this.runFeeds({ [this.manifest.model.input]: { type: 'float32', data: clip.samples, dims: [1, clip.samples.length] } });
+      probabilities.set(probs.subarray(0, c), i * c);
+      valid[i] = 1;
+    }
+    return { probabilities, valid, skipped };
   }
 
   private async textProbabilities(texts: readonly string[], batchSize: number): Promise<ProbabilityResult> {
@@ -144,6 +179,7 @@ export class GraftModel {
 
   async close(): Promise<void> {
     await this.pool?.close();
+    await this.audioPool?.close();
     await this.session.release();
   }
 }

@@ -9,7 +9,8 @@ import { dirname, join, resolve } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { GraftError } from '../errors.js';
 import { resolveConfig, validateConfig, type PretrainedConfig } from '../preprocess/config.js';
-import { feedSpecs, pipelineKey, textFeeds, type Feed, type ImagePipeline, type Pipeline, type TextPipeline } from '../preprocess/pipeline.js';
+import { AUDIO_DEFAULTS, validateAudioConfig, type AudioConfig } from '../preprocess/audio.js';
+import { feedSpecs, pipelineKey, textFeeds, type AudioPipeline, type Feed, type ImagePipeline, type Pipeline, type TextPipeline } from '../preprocess/pipeline.js';
 import { parseTokenizerFiles, TextTokenizer, validateTextConfig, type TextConfig, type TextPooling, type TokenizerFiles } from '../preprocess/text.js';
 import { DataType, decodeModel, encodeModel, onnx, valueInfoShape, type GraphProto, type ModelProto } from '../onnx/proto.js';
 import { cutModel, findCut, pruneTo, tensorNames } from '../onnx/surgery.js';
@@ -50,7 +51,13 @@ export interface TextBackbone extends BackboneBase {
   pipeline: TextPipeline & { config: TextConfig & Cut };
 }
 
-export type Backbone = ImageBackbone | TextBackbone;
+export interface AudioBackbone extends BackboneBase {
+  modality: 'audio';
+  config: AudioConfig & Cut;
+  pipeline: AudioPipeline & { config: AudioConfig & Cut };
+}
+
+export type Backbone = ImageBackbone | TextBackbone | AudioBackbone;
 
 export interface LoadBackboneOptions {
   /** Tensor to cut at; by default the input of the last global pooling. */
@@ -225,6 +232,53 @@ export async function loadTextBackbone(path: string, options: LoadTextBackboneOp
   };
 }
 
+export interface LoadAudioBackboneOptions {
+  /** Tensor to cut at (default: the model's first output), of shape [N, D]. */
+  cut?: string;
+  /** The model's own config (a zoo entry's), then overrides; unstated fields take AUDIO_DEFAULTS. */
+  modelConfig?: Partial<AudioConfig>;
+  config?: Partial<AudioConfig>;
+  name?: string;
+}
+
+/**
+ * Loads an ONNX audio model that takes a waveform (float32 [N, samples], its front end inside the graph) and
+ * gives one vector per clip ([N, D]), as the bundled speech embedding does.
+ */
+export async function loadAudioBackbone(path: string, options: LoadAudioBackboneOptions = {}): Promise<AudioBackbone> {
+  const { file, sha256, model } = await readModel(path);
+  const graph = model.graph!;
+  const initNames = new Set((graph.initializer ?? []).map((t) => t.name));
+  const inputs = (graph.input ?? []).filter((i) => !initNames.has(i.name));
+  const dims = inputs.length === 1 ? valueInfoShape(inputs[0]!) : undefined;
+  if (inputs.length !== 1 || dims?.length !== 2 || inputs[0]!.type?.tensorType?.elemType !== DataType.FLOAT) {
+    const found = inputs.map((i) => `${i.name} [${valueInfoShape(i)?.join(', ') ?? '?'}]`).join(', ');
+    throw new GraftError('MODEL', `${file}: an audio backbone takes one float32 waveform [N, samples]; this model takes ${found || 'nothing'}`, { file });
+  }
+  const base = validateAudioConfig({ ...AUDIO_DEFAULTS, inputName: inputs[0]!.name, ...options.modelConfig, ...options.config }, `${file} audio config`);
+  if (base.inputName !== inputs[0]!.name) throw new GraftError('CONFIG', `${file}: config names input "${base.inputName}" but the model's input is "${inputs[0]!.name}"`, { file });
+  const outputs = (graph.output ?? []).map((o) => o.name!);
+  const cut = options.cut ?? base.cut ?? outputs[0]!;
+  if (!tensorNames(graph).has(cut)) throw new GraftError('MODEL', `${file}: cut tensor "${cut}" is not in the model`, { file, tensor: cut });
+  const pipeline0: AudioPipeline = { kind: 'audio', config: base };
+  const probed = await probeTensor(model, pipeline0, cut, file);
+  if (probed.length !== 2) throw new GraftError('MODEL', `${file}: "${cut}" is [${probed.join(', ')}] for one clip; an audio backbone gives one vector per clip, [N, D]`, { file, tensor: cut });
+  const featureDim = probed[1]!;
+  const featureModel = cut === FEATURES ? onnx.ModelProto.create({ ...model, graph: { ...pruneTo(graph, [cut]), output: graph.output!.filter((o) => o.name === cut) } }) : cutModel(model, cut, { layout: 'NCHW', rank: 2, output: FEATURES });
+  const config = validateAudioConfig({ ...base, cut, featureDim }, `${file} audio config`) as AudioBackbone['config'];
+  const pipeline = { kind: 'audio' as const, config };
+  return {
+    modality: 'audio',
+    source: { file, sha256, ...(options.name ? { name: options.name } : {}) },
+    config,
+    pipeline,
+    cutReason: options.cut ? 'given with --cut' : base.cut ? 'from the model config' : `the model output ${cut}`,
+    featureModel,
+    featureModelBytes: encodeModel(featureModel),
+    key: backboneKey(sha256, cut, pipeline),
+  };
+}
+
 async function readSidecar(path: string): Promise<Partial<PretrainedConfig> | undefined> {
   let text: string;
   try {
@@ -298,9 +352,13 @@ function checkInput(file: string, config: PretrainedConfig, name: string, dims: 
   }
 }
 
-/** Feeds of one blank sample of the pipeline (a black image; a short text of padding tokens). */
+/** Feeds of one blank sample of the pipeline (a black image; a short text of padding tokens; a second of silence). */
 export function probeFeeds(pipeline: Pipeline): Record<string, Feed> {
   if (pipeline.kind === 'text') return textFeeds(pipeline.config, [{ ids: new Int32Array(4).fill(pipeline.config.padId) }]);
+  if (pipeline.kind === 'audio') {
+    const n = Math.max(pipeline.config.minSamples, pipeline.config.sampleRate);
+    return { [pipeline.config.inputName]: { type: 'float32', data: new Float32Array(n), dims: [1, n] } };
+  }
   const spec = feedSpecs(pipeline)[0]!;
   const dims = [1, ...(spec.shape as number[])];
   return { [spec.name]: { type: 'float32', data: new Float32Array(dims.reduce((a, b) => a * b, 1)), dims } };

@@ -73,7 +73,7 @@ export interface ExtractResult {
   seconds: number;
   /** With `sequences` (and no `rows`): sample i's token states, T_i × dim (empty where valid[i] is 0). */
   sequences?: Float32Array[];
-  /** With `sequences`: sample i's token ids (what the suffix's side inputs are made of). */
+  /** With `sequences`: sample i's token ids (what the suffix's side inputs are made of); for audio, W zeros (its windows). */
   tokens?: Int32Array[];
   /** Text extractions only. */
   tokenStats?: TokenStats;
@@ -174,7 +174,7 @@ export class FeatureExtractor {
   ) {
     const cores = availableParallelism();
     this.batchSize = options.batchSize ?? 32;
-    if (options.sequences && backbone.modality !== 'text') throw new GraftError('USAGE', 'sequences: true is for text backbones');
+    if (options.sequences && backbone.modality === 'image') throw new GraftError('USAGE', 'sequences: true is for text and audio backbones');
     this.pool = new EncodePool(backbone.pipeline, { threads: options.decodeThreads ?? cores });
     this.infer = new InferenceWorker({ model: backbone.featureModelBytes, outputName: FEATURES, threads: options.inferThreads ?? cores, spin: options.spin ?? false });
     const root = options.cacheDir === undefined ? defaultCacheDir() : options.cacheDir;
@@ -193,6 +193,7 @@ export class FeatureExtractor {
     const maxLength = this.backbone.modality === 'text' ? this.backbone.config.maxLength : Infinity;
     const run = new Run(samples.length, this.backbone.config.featureDim, !!this.options.sequences, maxLength, onProgress, this.options.rows);
     if (this.backbone.modality === 'image') await this.extractImages(samples, run);
+    else if (this.backbone.modality === 'audio') await this.extractAudio(samples, run);
     else await this.extractTexts(samples, run);
     run.report();
     run.skipped.sort((a, b) => a.file.localeCompare(b.file) || (a.line ?? 0) - (b.line ?? 0));
@@ -276,6 +277,62 @@ export class FeatureExtractor {
     }
     if (slot.rows.length > 0) slot.busy = flush(slot);
     await Promise.all(slots.map((s) => s.busy));
+  }
+
+  /**
+   * Audio: each file is decoded and resampled on a pool worker, then run as its own batch (clips differ in
+   * length, and padding would add windows of silence to the pooled features). Several clips are decoding while
+   * one is inferred, so decoding stays off the critical path.
+   */
+  private async extractAudio(samples: ReadonlyArray<{ file: string }>, run: Run): Promise<void> {
+    const { name } = feedSpecs(this.backbone.pipeline)[0]!;
+    const dim = run.dim;
+    const depth = 2 * this.pool.size + 2;
+    const readAhead = depth + 4;
+    const reads = new Map<number, Promise<Uint8Array | Error>>();
+    const readAt = (i: number) => {
+      if (i < samples.length) reads.set(i, readRegularFile(samples[i]!.file).catch((e: Error) => e));
+    };
+    for (let i = 0; i < readAhead; i++) readAt(i);
+    const inflight: Promise<void>[] = [];
+    for (let row = 0; row < samples.length; row++) {
+      readAt(row + readAhead);
+      const bytes = await reads.get(row)!;
+      reads.delete(row);
+      if (bytes instanceof Error) {
+        run.skip(samples[row]!, bytes instanceof FileProblem ? bytes.problem : `cannot read file (${bytes.message})`);
+        continue;
+      }
+      const hash = contentHash(bytes);
+      if (await this.fromCache(hash, row, samples[row]!, run)) continue;
+      const job = (async () => {
+        const clip = await this.pool.encodeAudio({ file: samples[row]!.file, bytes });
+        if (!clip.ok) {
+          run.skip(samples[row]!, clip.reason);
+          await this.cache?.writeSkip(hash, clip.reason);
+          return;
+        }
+        const { output, dims } = await this.infer.run({ [name]: { type: 'float32', data: clip.samples, dims: [1, clip.samples.length] } });
+        if (run.sequences) {
+          // A windowed prefix (fine-tuning): one row per window, [W, …]; the entry keeps W zeros as its "token ids".
+          const windows = dims[0]!;
+          if (output.length !== windows * dim) throw new GraftError('MODEL', `the prefix gave [${dims}] for one clip; expected W rows of ${dim} values`);
+          run.sequence(row, output, new Int32Array(windows));
+          const entry = new Float32Array(output.length + windows);
+          entry.set(output);
+          this.cache?.writeBatch([{ hash, features: entry }]);
+        } else {
+          const features = output.subarray(0, dim);
+          run.computed(row, features);
+          this.cache?.writeBatch([{ hash, features }]);
+        }
+        run.report();
+      })();
+      job.catch(() => {}); // awaited below
+      inflight.push(job);
+      if (inflight.length >= depth) await inflight.shift();
+    }
+    await Promise.all(inflight);
   }
 
   /** Serves a row from the cache when it is there (features or a skip record); false on a miss. */

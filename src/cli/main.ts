@@ -77,11 +77,13 @@ async function prepareOut(dir: string): Promise<string> {
 }
 
 interface TrainFlags {
-  task?: 'image' | 'text';
+  task?: 'image' | 'text' | 'audio';
   textColumn?: string[];
   labelColumn?: string;
+  namePattern?: string;
+  valWhere?: string;
   maxLength?: number;
-  pooling?: 'mean' | 'cls';
+  pooling?: 'mean' | 'cls' | 'mean+max';
   model?: string;
   offline?: boolean;
   cut?: string;
@@ -120,7 +122,9 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
     ...(flags.textColumn?.length ? { textColumns: flags.textColumn } : {}),
     ...(flags.labelColumn ? { labelColumn: flags.labelColumn } : {}),
     ...(flags.maxLength !== undefined ? { maxLength: flags.maxLength } : {}),
-    ...(flags.pooling ? { pooling: flags.pooling === 'cls' ? ('class-token' as const) : ('masked-mean' as const) } : {}),
+    ...(flags.namePattern ? { namePattern: flags.namePattern } : {}),
+    ...(flags.valWhere ? { valWhere: flags.valWhere } : {}),
+    ...(flags.pooling ? { pooling: flags.pooling === 'cls' ? ('class-token' as const) : flags.pooling === 'mean+max' ? ('mean+max' as const) : ('masked-mean' as const) } : {}),
     ...(flags.model !== undefined ? { model: flags.model } : {}),
     hub: {
       ...hubOptions(flags),
@@ -153,7 +157,11 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
   });
   const split = learn.data.dataset.split;
   if (flags.valSplit !== undefined && split.kind !== 'random') {
-    progress.log(`--val-split ${flags.valSplit} ignored: ${split.kind === 'column' ? `the data's "${split.column}" column` : `the ${split.kind} ${relative(process.cwd(), split.train) || '.'} and ${relative(process.cwd(), split.val) || '.'}`} already split it`);
+    const by =
+      split.kind === 'column' ? `the data's "${split.column}" column`
+      : split.kind === 'names' ? `--val-where ${split.valWhere}`
+      : `the ${split.kind} ${relative(process.cwd(), split.train) || '.'} and ${relative(process.cwd(), split.val) || '.'}`;
+    progress.log(`--val-split ${flags.valSplit} ignored: ${by} already split it`);
   }
   const wallStart = Date.now() - 1000;
   try {
@@ -179,7 +187,7 @@ const DEFAULT_CACHE_BUDGET = '20G';
 async function trainLearner(learn: Learner, flags: TrainFlags, out: string, progress: ReturnType<typeof createProgress>, started: number): Promise<void> {
   progress.stop();
   const { backbone, data: d } = learn;
-  const what = learn.modality === 'text' ? 'texts' : 'images';
+  const what = NOUNS[learn.modality];
   progress.log(
     `backbone ${backbone.source.name ?? basename(backbone.source.file)} cut at "${backbone.config.cut}" (${backbone.cutReason}), ${backbone.config.featureDim} features; ` +
       `${d.trainRows.length} train / ${d.valRows.length} val ${what}, ${learn.classes.length} classes; ` +
@@ -277,16 +285,29 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
   }
 }
 
-async function evaluate(modelDir: string, data: string, flags: { json: boolean; textColumn?: string[]; labelColumn?: string }): Promise<void> {
+/** How each modality's samples are called in messages. */
+const NOUNS = { image: 'images', text: 'texts', audio: 'clips' } as const;
+
+interface EvalFlags {
+  json: boolean;
+  textColumn?: string[];
+  labelColumn?: string;
+  namePattern?: string;
+  valWhere?: string;
+}
+
+async function evaluate(modelDir: string, data: string, flags: EvalFlags): Promise<void> {
   const model = await GraftModel.load(modelDir);
   try {
-    const modality = model.task === 'text-classification' ? 'text' : 'image';
+    const modality = model.task === 'text-classification' ? 'text' : model.task === 'audio-classification' ? 'audio' : 'image';
     const { samples: scanned, skipped: scanSkipped, source } = await openLabelled(data, model.labels, modality, {
       ...(flags.textColumn?.length ? { textColumns: flags.textColumn } : {}),
       ...(flags.labelColumn ? { labelColumn: flags.labelColumn } : {}),
+      ...(flags.namePattern ? { namePattern: flags.namePattern } : {}),
+      ...(flags.valWhere ? { valWhere: flags.valWhere } : {}),
     });
     const progress = createProgress();
-    const what = modality === 'text' ? 'texts' : 'images';
+    const what = NOUNS[modality];
     // Samples the model was trained on are left out: scoring them would overstate accuracy (split.json).
     let samples = scanned;
     let excluded = 0;
@@ -398,8 +419,9 @@ async function predict(modelDir: string, inputs: string[], flags: PredictFlags):
       else for (const e of entries) process.stdout.write(`${e.file ? `${relative(process.cwd(), e.file)}:${e.line}: ` : ''}${oneLine(e.text.length > 80 ? `${e.text.slice(0, 77)}…` : e.text)}\n${formatPredictions(e.predictions)}\n`);
       return;
     }
-    if (flags.text?.length) throw new GraftError('USAGE', `${model.dir} is an image model: give image files, not --text`);
-    if (inputs.length === 0 && flags.filesFrom === undefined) throw new GraftError('USAGE', 'nothing to classify: give image files or folders, or --files-from LIST');
+    const kind = model.task === 'audio-classification' ? 'audio' : 'image';
+    if (flags.text?.length) throw new GraftError('USAGE', `${model.dir} is an ${kind} model: give ${kind} files, not --text`);
+    if (inputs.length === 0 && flags.filesFrom === undefined) throw new GraftError('USAGE', `nothing to classify: give ${kind} files or folders, or --files-from LIST`);
     const { files: found, problems } = await imageInputs(inputs, flags);
     const predicted = found.length ? await model.predict(found, k) : { predictions: [], skipped: [] };
     const predictions = predicted.predictions;
@@ -427,17 +449,19 @@ const collect = (value: string, previous: string[] = []) => [...previous, value]
 
 export function program(): Command {
   const cmd = new Command('graft')
-    .description('Transfer learning for TypeScript: train a classifier on your images or texts from a pretrained ONNX model')
+    .description('Transfer learning for TypeScript: train a classifier on your images, texts or audio clips from a pretrained ONNX model')
     .version(VERSION);
   cmd
     .command('train')
     .description('extract features with a pretrained backbone and train a new head on them')
-    .argument('<data>', 'images: DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*; texts: a .csv/.tsv/.jsonl file, a folder with train.<ext> + val.<ext>, or DATA/<class>/*.txt; or a manifest (path, label, split columns)')
-    .addOption(new Option('--task <kind>', 'image or text (default: detected from DATA)').choices(['image', 'text']))
+    .argument('<data>', 'images or audio: DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*, or a folder of files labelled by name (--name-pattern); texts: a .csv/.tsv/.jsonl file, a folder with train.<ext> + val.<ext>, or DATA/<class>/*.txt; or a manifest (path, label, split columns)')
+    .addOption(new Option('--task <kind>', 'image, text or audio (default: detected from DATA)').choices(['image', 'text', 'audio']))
+    .option('--name-pattern <pattern>', "labels from file names: the name with {label} (and other {fields}, * for any text), e.g. '{label}_{speaker}_{index}.wav'")
+    .option('--val-where <rule>', "with --name-pattern: which files validate, field<op>value (= != < <= > >=; = takes a,b,c), e.g. 'index<5' or 'speaker=jackson'")
     .option('--text-column <name>', 'text tables: the column holding the text (repeat to join several, e.g. title and body)', collect)
     .option('--label-column <name>', 'tables: the column holding the label')
     .option('--max-length <n>', 'text: tokens per text, special tokens included (default: the tokenizer\'s limit)', int('--max-length', 2))
-    .addOption(new Option('--pooling <kind>', 'text encoders with token outputs: mean of the tokens, or the first ([CLS]) token').choices(['mean', 'cls']))
+    .addOption(new Option('--pooling <kind>', 'text encoders with token outputs: mean of the tokens, or the first ([CLS]) token; audio: mean (or mean+max, the default) over windows').choices(['mean', 'cls', 'mean+max']))
     .option('--model <path|name>', 'backbone: an ONNX model, a zoo name (graft models), or a hub repo (owner/name, hf:owner/name/file.onnx); default: mobilenetv2 (images) or minilm-l6 (texts) from the hub when cached or reachable, else the bundled offline one')
     .option('--offline', 'never touch the network (also HF_HUB_OFFLINE=1)')
     .option('--cut <tensor>', 'tensor to cut the model at (default: the input of its last global pooling)')
@@ -469,17 +493,19 @@ export function program(): Command {
     .command('eval')
     .description('evaluate an exported model on labelled data')
     .argument('<model-dir>', 'directory written by graft train')
-    .argument('<data>', 'images: DATA/test, DATA/val or DATA itself, with one folder per class; texts: a labelled table, a folder of them, or DATA/<class>/*.txt')
+    .argument('<data>', 'images or audio: DATA/test, DATA/val or DATA itself, with one folder per class, or files labelled by name (--name-pattern); texts: a labelled table, a folder of them, or DATA/<class>/*.txt')
     .option('--text-column <name>', 'text tables: the column holding the text (repeatable)', collect)
     .option('--label-column <name>', 'tables: the column holding the label')
+    .option('--name-pattern <pattern>', "labels from file names, as for train (e.g. '{label}_{speaker}_{index}.wav')")
+    .option('--val-where <rule>', 'with --name-pattern: evaluate only the files this rule picks (e.g. index<5)')
     .option('--json', 'print one JSON document on stdout', false)
-    .action((modelDir: string, data: string, flags: { json: boolean; textColumn?: string[]; labelColumn?: string }) => evaluate(modelDir, data, flags));
+    .action((modelDir: string, data: string, flags: EvalFlags) => evaluate(modelDir, data, flags));
   cmd
     .command('predict')
-    .description('classify images or texts with an exported model')
+    .description('classify images, texts or audio clips with an exported model')
     .argument('<model-dir>', 'directory written by graft train')
-    .argument('[inputs...]', 'image files or folders of them; for a text model: .txt files (one text a line) or .csv/.tsv/.jsonl tables')
-    .option('--files-from <list>', 'image models: also classify the files listed in LIST, one path a line (- reads stdin)')
+    .argument('[inputs...]', 'image or audio files or folders of them; for a text model: .txt files (one text a line) or .csv/.tsv/.jsonl tables')
+    .option('--files-from <list>', 'image and audio models: also classify the files listed in LIST, one path a line (- reads stdin)')
     .option('--text <text>', 'a text to classify (text models; repeatable)', collect)
     .option('--text-column <name>', 'tables: the column holding the text (repeatable)', collect)
     .option('--top-k <k>', 'number of ranked classes per input', int('--top-k', 1), 5)

@@ -4,6 +4,9 @@ import { GraftError, invalidParameter } from '../errors.js';
 import { mapLimit } from '../util/async.js';
 import { FileProblem, fileProblem, readRegularFile } from '../util/fs.js';
 import { byCodeUnit, listFolder, walkFiles } from './walk.js';
+import { sniffAudioType, sniffImageType, whyNotAudio, whyNotImage } from './sniff.js';
+
+export { sniffAudioType, sniffImageType, whyNotAudio, whyNotImage, type AudioFormat } from './sniff.js';
 import { Random } from '../util/random.js';
 
 /** What a sample holds: an image (or audio) file, or a text. */
@@ -40,6 +43,8 @@ export type DatasetSplit =
   | { kind: 'folders'; train: string; val: string }
   | { kind: 'files'; train: string; val: string }
   | { kind: 'column'; column: string }
+  /** Labels and split from file names (`--name-pattern`, `--val-where`). */
+  | { kind: 'names'; pattern: string; valWhere: string }
   | { kind: 'random'; valFraction: number; seed: number };
 
 /** A labelled dataset of one modality, split into training and validation samples. */
@@ -92,38 +97,15 @@ export function stratifiedSplit<T>(
 /** Validation folder names, in order of preference. */
 const VAL_NAMES = ['val', 'valid', 'validation', 'test'];
 
-const ascii = (bytes: Uint8Array, start: number, end: number) => String.fromCharCode(...bytes.subarray(start, end));
-const HEIF_BRANDS = new Set(['heic', 'heix', 'heim', 'heis', 'hevc', 'hevx', 'mif1', 'msf1']);
+/** The media a folder scanner collects: image or audio files, told apart by their first bytes. */
+export type MediaModality = 'image' | 'audio';
 
-/** The image format announced by a file's first bytes (at least 12 are needed), or undefined. */
-export function sniffImageType(bytes: Uint8Array): string | undefined {
-  const b = bytes;
-  if (b.length < 2) return undefined;
-  if (b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
-  if (b[0] === 0x89 && ascii(b, 1, 4) === 'PNG') return 'png';
-  if (ascii(b, 0, 4) === 'GIF8') return 'gif';
-  if (ascii(b, 0, 4) === 'RIFF' && ascii(b, 8, 12) === 'WEBP') return 'webp';
-  if ((b[0] === 0x49 && b[1] === 0x49 && b[2] === 42 && b[3] === 0) || (b[0] === 0x4d && b[1] === 0x4d && b[2] === 0 && b[3] === 42)) return 'tiff';
-  if (ascii(b, 0, 2) === 'BM' && b.length >= 14) return 'bmp';
-  if (ascii(b, 4, 8) === 'ftyp') {
-    const brand = ascii(b, 8, 12);
-    if (brand === 'avif' || brand === 'avis') return 'avif';
-    if (HEIF_BRANDS.has(brand)) return 'heif';
-  }
-  return undefined;
-}
-
-/** Why bytes cannot be an image, judged from the first 16; undefined when they look like one. */
-export function whyNotImage(head: Uint8Array): string | undefined {
-  if (head.length === 0) return 'empty file (0 bytes)';
-  return sniffImageType(head) ? undefined : 'not an image (unrecognised file signature)';
-}
-
-/** Why a file cannot be an image, judged from its first bytes; undefined when it looks like one. */
-/** Why a file is not a usable image (from its first bytes), or undefined. Never blocks: only regular files are read. */
-async function checkFile(file: string): Promise<string | undefined> {
+/** Why a file is not a usable image (or audio file) from its first bytes, or undefined. Never blocks: only regular files are read. */
+async function checkFile(file: string, modality: MediaModality): Promise<string | undefined> {
   try {
-    return whyNotImage(await readRegularFile(file, 16));
+    // 64 bytes: an Ogg stream's codec is named after its first page header.
+    const head = await readRegularFile(file, 64);
+    return modality === 'image' ? whyNotImage(head) : whyNotAudio(head);
   } catch (e) {
     if (e instanceof FileProblem) return e.problem;
     throw e;
@@ -139,10 +121,10 @@ async function readFolder(dir: string, skipped: Skipped[]): Promise<{ dirs: stri
   }
 }
 
-/** Every usable image under a class folder, recursively, sorted; unusable files go to `skipped`. */
-async function collectImages(classDir: string, skipped: Skipped[], dataRoot: string): Promise<string[]> {
+/** Every usable image (or audio file) under a class folder, recursively, sorted; unusable files go to `skipped`. */
+async function collectMedia(classDir: string, skipped: Skipped[], dataRoot: string, modality: MediaModality): Promise<string[]> {
   const all = await walkFiles(classDir, skipped, dataRoot);
-  const reasons = await mapLimit(all, 32, checkFile);
+  const reasons = await mapLimit(all, 32, (file) => checkFile(file, modality));
   const images: string[] = [];
   all.forEach((file, i) => {
     const reason = reasons[i];
@@ -152,8 +134,8 @@ async function collectImages(classDir: string, skipped: Skipped[], dataRoot: str
   return images;
 }
 
-/** The class folders of `dir` with their images; throws when there are none. */
-async function scanClasses(dir: string, skipped: Skipped[]): Promise<Map<string, string[]>> {
+/** The class folders of `dir` with their images (or audio files); throws when there are none. */
+async function scanClasses(dir: string, skipped: Skipped[], modality: MediaModality = 'image'): Promise<Map<string, string[]>> {
   const { dirs, files } = await readFolder(dir, skipped);
   if (dirs.length === 0) {
     throw new GraftError(
@@ -163,7 +145,7 @@ async function scanClasses(dir: string, skipped: Skipped[]): Promise<Map<string,
     );
   }
   const classes = new Map<string, string[]>();
-  for (const name of dirs) classes.set(name, await collectImages(path.join(dir, name), skipped, dir));
+  for (const name of dirs) classes.set(name, await collectMedia(path.join(dir, name), skipped, dir, modality));
   return classes;
 }
 
@@ -185,7 +167,7 @@ async function findSubfolder(root: string, names: readonly string[]): Promise<st
   return undefined;
 }
 
-function checkClasses(dir: string, classes: Map<string, string[]>, skipped: readonly Skipped[]): void {
+function checkClasses(dir: string, classes: Map<string, string[]>, skipped: readonly Skipped[], modality: MediaModality): void {
   if (classes.size < 2) {
     const found = [...classes.keys()].join(', ');
     throw new GraftError('DATASET', `Dataset folder ${dir} has ${classes.size} class folder (${found}); at least 2 classes are needed`, {
@@ -203,7 +185,7 @@ function checkClasses(dir: string, classes: Map<string, string[]>, skipped: read
         return lost.length ? `${name} (${files.length} usable; ${lost.length} skipped, e.g. ${path.basename(lost[0]!.file)}: ${lost[0]!.reason})` : `${name} (${files.length})`;
       })
       .join(', ');
-    throw new GraftError('DATASET', `Classes with fewer than 2 usable images in ${dir}: ${list}`, {
+    throw new GraftError('DATASET', `Classes with fewer than 2 usable ${modality === 'image' ? 'images' : 'audio files'} in ${dir}: ${list}`, {
       dir,
       classes: small.map(([name]) => name),
     });
@@ -218,6 +200,15 @@ const toSamples = (files: readonly string[], label: number): Sample[] => files.m
  * Files that are not images are reported in `skipped`; only the first bytes of each file are read.
  */
 export async function scanImageFolder(dir: string, options: { valSplit?: number; seed?: number } = {}): Promise<ImageFolderDataset> {
+  return scanMediaFolder(dir, 'image', options);
+}
+
+/** Reads class folders of audio files, laid out as for images (`scanImageFolder`). */
+export async function scanAudioFolder(dir: string, options: { valSplit?: number; seed?: number } = {}): Promise<Dataset> {
+  return scanMediaFolder(dir, 'audio', options);
+}
+
+async function scanMediaFolder(dir: string, modality: MediaModality, options: { valSplit?: number; seed?: number }): Promise<Dataset> {
   const valFraction = options.valSplit ?? 0.2;
   const seed = options.seed ?? 0;
   if (!(valFraction > 0 && valFraction < 1)) throw invalidParameter('valSplit', 'a fraction in (0, 1)', valFraction);
@@ -228,10 +219,10 @@ export async function scanImageFolder(dir: string, options: { valSplit?: number;
   const trainDir = await findSubfolder(root, ['train']);
   const valDir = trainDir && (await findSubfolder(root, VAL_NAMES));
   if (trainDir && valDir) {
-    const train = await scanClasses(trainDir, skipped);
-    checkClasses(trainDir, train, skipped);
+    const train = await scanClasses(trainDir, skipped, modality);
+    checkClasses(trainDir, train, skipped, modality);
     const classes = [...train.keys()];
-    const val = await scanClasses(valDir, skipped);
+    const val = await scanClasses(valDir, skipped, modality);
     const extra = [...val.keys()].filter((name) => !train.has(name));
     if (extra.length > 0) {
       throw new GraftError(
@@ -245,7 +236,7 @@ export async function scanImageFolder(dir: string, options: { valSplit?: number;
       classes,
       train: classes.flatMap((name, label) => toSamples(train.get(name)!, label)),
       val: classes.flatMap((name, label) => toSamples(val.get(name) ?? [], label)),
-      modality: 'image',
+      modality,
       split: { kind: 'folders', train: trainDir, val: valDir },
       skipped,
     };
@@ -253,13 +244,13 @@ export async function scanImageFolder(dir: string, options: { valSplit?: number;
 
   // A lone train/ folder is split like a plain class folder.
   const classDir = trainDir ?? root;
-  const byClass = await scanClasses(classDir, skipped);
-  checkClasses(classDir, byClass, skipped);
+  const byClass = await scanClasses(classDir, skipped, modality);
+  checkClasses(classDir, byClass, skipped, modality);
   const classes = [...byClass.keys()];
   const split = stratifiedSplit(classes.map((name) => byClass.get(name)!), valFraction, seed, byCodeUnit);
   const train: Sample[] = split.train.map(({ item, label }) => ({ file: item, label }));
   const val: Sample[] = split.val.map(({ item, label }) => ({ file: item, label }));
-  return { root, modality: 'image', classes, train, val, split: { kind: 'random', valFraction, seed }, skipped };
+  return { root, modality, classes, train, val, split: { kind: 'random', valFraction, seed }, skipped };
 }
 
 /**
@@ -269,11 +260,12 @@ export async function scanImageFolder(dir: string, options: { valSplit?: number;
 export async function scanLabelledFolder(
   dir: string,
   classes: readonly string[],
+  modality: MediaModality = 'image',
 ): Promise<{ samples: Sample[]; skipped: Skipped[]; source: string }> {
   const root = await requireFolder(dir);
   const source = (await findSubfolder(root, ['test', ...VAL_NAMES.slice(0, -1)])) ?? root;
   const skipped: Skipped[] = [];
-  const found = await scanClasses(source, skipped);
+  const found = await scanClasses(source, skipped, modality);
   const unknown = [...found.keys()].filter((name) => !classes.includes(name));
   if (unknown.length > 0) {
     throw new GraftError(
@@ -283,6 +275,6 @@ export async function scanLabelledFolder(
     );
   }
   const samples = [...found].flatMap(([name, files]) => toSamples(files, classes.indexOf(name)));
-  if (samples.length === 0) throw new GraftError('DATASET', `No usable images in the class folders of ${source}`, { dir: source });
+  if (samples.length === 0) throw new GraftError('DATASET', `No usable ${modality === 'image' ? 'images' : 'audio files'} in the class folders of ${source}`, { dir: source });
   return { samples, skipped, source };
 }

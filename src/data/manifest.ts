@@ -6,7 +6,7 @@ import path from 'node:path';
 import { GraftError } from '../errors.js';
 import { mapLimit } from '../util/async.js';
 import { FileProblem, readRegularFile } from '../util/fs.js';
-import { sniffImageType, type Dataset, type DatasetSplit, type Modality, type Sample, type Skipped } from './dataset.js';
+import { sniffAudioType, sniffImageType, type Dataset, type DatasetSplit, type Modality, type Sample, type Skipped } from './dataset.js';
 import { readTable, type Table } from './table.js';
 import { checkSplitOptions, evaluationRows, labelItems, scanTextData, splitLabelled, type LabelledItem } from './text.js';
 
@@ -17,21 +17,6 @@ export interface ManifestOptions {
   pathColumn?: string;
   /** Used only when the manifest turns out to be a text table (a text column and no path column). */
   textColumns?: string[];
-}
-
-const ascii = (b: Uint8Array, start: number, end: number) => String.fromCharCode(...b.subarray(start, end));
-
-/** The audio format announced by a file's first bytes (12 are enough), or undefined. */
-export function sniffAudioType(b: Uint8Array): string | undefined {
-  if (b.length < 4) return undefined;
-  if (ascii(b, 0, 4) === 'RIFF' && ascii(b, 8, 12) === 'WAVE') return 'wav';
-  if (ascii(b, 0, 4) === 'fLaC') return 'flac';
-  if (ascii(b, 0, 4) === 'OggS') return 'ogg';
-  if (ascii(b, 0, 3) === 'ID3') return 'mp3';
-  if (ascii(b, 4, 8) === 'ftyp' && ['M4A ', 'M4B '].includes(ascii(b, 8, 12))) return 'm4a';
-  // An MPEG audio frame: 11 sync bits, then a version and a layer that are not "reserved".
-  if (b[0] === 0xff && (b[1]! & 0xe0) === 0xe0 && (b[1]! & 0x18) !== 0x08 && (b[1]! & 0x06) !== 0) return 'mp3';
-  return undefined;
 }
 
 /** What a file's first bytes say it is: an image or audio (with its format), or why it is neither. */

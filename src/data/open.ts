@@ -5,12 +5,13 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { GraftError } from '../errors.js';
-import { scanImageFolder, scanLabelledFolder, type Dataset, type Modality, type Sample, type Skipped } from './dataset.js';
+import { scanAudioFolder, scanImageFolder, scanLabelledFolder, type Dataset, type Modality, type Sample, type Skipped } from './dataset.js';
+import { scanNamedFiles } from './names.js';
 import { scanLabelledManifest, scanManifest } from './manifest.js';
 import { readTable, tableFormat } from './table.js';
 import { findTrainTables, requireExists, scanLabelledText, scanTextData } from './text.js';
 
-export type Task = 'image' | 'text';
+export type Task = 'image' | 'text' | 'audio';
 
 export interface OpenOptions {
   /** What to train on; overrides detection (a contradiction with the data is a USAGE error). */
@@ -19,6 +20,9 @@ export interface OpenOptions {
   seed?: number;
   textColumns?: string[];
   labelColumn?: string;
+  /** A folder of files labelled by their names (`names.ts`), and the rule choosing the validation files. */
+  namePattern?: string;
+  valWhere?: string;
 }
 
 /** What a dataset path holds, as `detectData` sees it. */
@@ -27,14 +31,17 @@ export type DataKind =
   | { kind: 'manifest'; file: string }
   | { kind: 'text-tables'; dir: string; train: string }
   | { kind: 'text-folders'; dir: string }
-  | { kind: 'image-folders'; dir: string };
+  | { kind: 'image-folders'; dir: string }
+  | { kind: 'audio-folders'; dir: string };
 
 const IMAGE_EXTENSION = /\.(jpe?g|jpe|png|gif|webp|tiff?|bmp|avif|heic|heif)$/i;
+const AUDIO_EXTENSION = /\.(wav|wave|mp3|flac|ogg|oga|opus)$/i;
 
-/** How many `.txt` documents and image files (by extension) lie under the sub-folders of `dir`. */
-async function countFiles(dir: string): Promise<{ texts: number; images: number }> {
+/** How many `.txt` documents, image and audio files (by extension) lie under the sub-folders of `dir`. */
+async function countFiles(dir: string): Promise<{ texts: number; images: number; audio: number }> {
   let texts = 0;
   let images = 0;
+  let audio = 0;
   const top = await readdir(dir, { withFileTypes: true });
   for (const entry of top) {
     if (entry.name.startsWith('.') || entry.isFile()) continue;
@@ -44,9 +51,10 @@ async function countFiles(dir: string): Promise<{ texts: number; images: number 
       if (name.split(path.sep).some((part) => part.startsWith('.'))) continue;
       if (name.toLowerCase().endsWith('.txt')) texts++;
       else if (IMAGE_EXTENSION.test(name)) images++;
+      else if (AUDIO_EXTENSION.test(name)) audio++;
     }
   }
-  return { texts, images };
+  return { texts, images, audio };
 }
 
 /**
@@ -72,8 +80,9 @@ export async function detectData(dataPath: string, options: Pick<OpenOptions, 't
   }
   const tables = await findTrainTables(abs);
   if (tables.train) return { kind: 'text-tables', dir: abs, train: tables.train };
-  const { texts, images } = await countFiles(abs);
-  return texts > 0 && images === 0 ? { kind: 'text-folders', dir: abs } : { kind: 'image-folders', dir: abs };
+  const { texts, images, audio } = await countFiles(abs);
+  if (texts > 0 && images === 0 && audio === 0) return { kind: 'text-folders', dir: abs };
+  return audio > images ? { kind: 'audio-folders', dir: abs } : { kind: 'image-folders', dir: abs };
 }
 
 const describe = (d: DataKind): string =>
@@ -85,7 +94,9 @@ const describe = (d: DataKind): string =>
         ? `${d.dir} holds text tables (${path.basename(d.train)})`
         : d.kind === 'text-folders'
           ? `${d.dir} holds class folders of .txt documents`
-          : `${d.dir} holds no text tables or .txt documents`;
+          : d.kind === 'audio-folders'
+            ? `${d.dir} holds class folders of audio files`
+            : `${d.dir} holds no text tables or .txt documents`;
 
 /**
  * Opens a dataset of whichever modality the data holds (see `detectData`): text through `scanTextData`,
@@ -94,7 +105,15 @@ const describe = (d: DataKind): string =>
  * serve it is a USAGE error.
  */
 export async function openDataset(dataPath: string, options: OpenOptions = {}): Promise<Dataset> {
-  const { task, valSplit, seed, textColumns, labelColumn } = options;
+  const { task, valSplit, seed, textColumns, labelColumn, namePattern, valWhere } = options;
+  if (valWhere !== undefined && namePattern === undefined) throw new GraftError('USAGE', 'a validation rule (valWhere) picks files by the fields of a name pattern: give the name pattern too');
+  if (namePattern !== undefined) {
+    const { abs, isDirectory } = await requireExists(dataPath);
+    if (!isDirectory) throw new GraftError('USAGE', `a name pattern labels the files of a folder; ${abs} is a file`, { path: abs });
+    const dataset = await scanNamedFiles(abs, { pattern: namePattern, ...(valWhere !== undefined ? { valWhere } : {}), ...(valSplit !== undefined ? { valSplit } : {}), ...(seed !== undefined ? { seed } : {}) });
+    if (task && task !== dataset.modality) throw new GraftError('USAGE', `The task is ${task} but the files of ${abs} named like ${namePattern} are ${dataset.modality}`, { path: abs, task });
+    return dataset;
+  }
   const found = await detectData(dataPath, { textColumns, labelColumn });
   const contradiction = (why: string) =>
     new GraftError('USAGE', `The task is ${task} but ${why}`, { path: path.resolve(dataPath), task, found: found.kind });
@@ -109,16 +128,20 @@ export async function openDataset(dataPath: string, options: OpenOptions = {}): 
         return scanTextData(found.file, { valSplit, seed, textColumns, labelColumn });
       }
       const dataset = await scanManifest(found.file, { valSplit, seed, labelColumn });
-      if (task === 'image' && dataset.modality !== 'image') throw contradiction(`${describe(found)} of ${dataset.modality}`);
+      if (task && dataset.modality !== task) throw contradiction(`${describe(found)} of ${dataset.modality}`);
       return dataset;
     }
     case 'text-tables':
     case 'text-folders':
-      if (task === 'image') throw contradiction(describe(found));
+      if (task === 'image' || task === 'audio') throw contradiction(describe(found));
       return scanTextData(found.dir, { valSplit, seed, textColumns, labelColumn });
     case 'image-folders':
+    case 'audio-folders': {
       if (task === 'text') throw contradiction(describe(found));
-      return scanImageFolder(found.dir, { valSplit, seed });
+      // An explicit task decides between images and audio; otherwise the files' extensions did.
+      const audio = task ? task === 'audio' : found.kind === 'audio-folders';
+      return audio ? scanAudioFolder(found.dir, { valSplit, seed }) : scanImageFolder(found.dir, { valSplit, seed });
+    }
   }
 }
 
@@ -131,9 +154,17 @@ export async function openLabelled(
   dataPath: string,
   classes: readonly string[],
   modality: Modality,
-  options: Pick<OpenOptions, 'textColumns' | 'labelColumn'> = {},
+  options: Pick<OpenOptions, 'textColumns' | 'labelColumn' | 'namePattern' | 'valWhere'> = {},
 ): Promise<{ samples: Sample[]; skipped: Skipped[]; source: string }> {
   const { abs, isDirectory } = await requireExists(dataPath);
+  if (options.namePattern !== undefined) {
+    // Files labelled by name: the rule's files when there is one, else all of them.
+    const d = await openDataset(abs, { namePattern: options.namePattern, ...(options.valWhere !== undefined ? { valWhere: options.valWhere } : {}), task: modality });
+    const unknown = d.classes.filter((c) => !classes.includes(c));
+    if (unknown.length) throw new GraftError('DATASET', `${abs} has label(s) the model does not know: ${unknown.join(', ')} (known classes: ${classes.join(', ')})`, { dir: abs, classes: unknown });
+    const picked = options.valWhere !== undefined ? d.val : [...d.train, ...d.val];
+    return { samples: picked.map((s) => ({ ...s, label: classes.indexOf(d.classes[s.label]!) })), skipped: d.skipped, source: abs };
+  }
   if (modality === 'text') return scanLabelledText(abs, classes, options);
   if (!isDirectory) {
     const got = await scanLabelledManifest(abs, classes, { labelColumn: options.labelColumn });
@@ -142,6 +173,5 @@ export async function openLabelled(
     }
     return { samples: got.samples, skipped: got.skipped, source: got.source };
   }
-  if (modality === 'audio') throw new GraftError('DATASET', `Audio data is read from a manifest (a table with path and label columns), not a folder: ${abs}`, { path: abs });
-  return scanLabelledFolder(abs, classes);
+  return scanLabelledFolder(abs, classes, modality);
 }

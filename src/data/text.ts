@@ -125,8 +125,14 @@ export function splitLabelled(
     const hasVal = kept.some((it) => it.part === 'val');
     const val = kept.filter((it) => it.part === (hasVal ? 'val' : 'test'));
     const test = hasVal ? kept.filter((it) => it.part === 'test') : [];
-    const trainWhere = split.kind === 'column' ? `The training rows (${split.column} = train) of ${root}` : split.train;
-    const valWhere = split.kind === 'column' ? `The validation rows (${split.column} = val/test) of ${root}` : split.val;
+    const trainWhere =
+      split.kind === 'column' ? `The training rows (${split.column} = train) of ${root}`
+      : split.kind === 'names' ? `The training files (not ${split.valWhere}) of ${root}`
+      : split.train;
+    const valWhere =
+      split.kind === 'column' ? `The validation rows (${split.column} = val/test) of ${root}`
+      : split.kind === 'names' ? `The validation files (${split.valWhere}) of ${root}`
+      : split.val;
     const classes = checkClasses(train.map((it) => it.label), trainWhere);
     const extra = sortClasses([...val, ...test].map((it) => it.label).filter((l) => !classes.includes(l)));
     if (extra.length > 0) {

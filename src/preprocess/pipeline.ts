@@ -5,11 +5,13 @@
  * and skip records), the feeds it produces, and an encoder that runs in the worker pool (pool.ts).
  *
  * - image: a file's bytes → decoded, resized, normalised float32 [3, H, W] or [H, W, 3] (image.ts);
- * - text: a string → token ids [T] (+ attention mask, token type ids), padded per batch (text.ts).
+ * - text: a string → token ids [T] (+ attention mask, token type ids), padded per batch (text.ts);
+ * - audio: a file's bytes → decoded, mono, resampled waveform [S] (audio.ts; the front end is in the graph).
  */
 import { GraftError } from '../errors.js';
 import type { Modality } from '../data/dataset.js';
 import { inputShape, preprocessKey, type PretrainedConfig } from './config.js';
+import { audioKey, type AudioConfig } from './audio.js';
 import { textKey, type Encoded, type TextConfig, type TokenizerFiles } from './text.js';
 
 export type FeedType = 'float32' | 'int64';
@@ -21,11 +23,11 @@ export interface Feed {
   dims: readonly number[];
 }
 
-/** One ONNX input a pipeline feeds: its name, type and per-sample shape ('T': the token axis, per batch). */
+/** One ONNX input a pipeline feeds: its name, type and per-sample shape ('T': the token axis, 'S': the samples of a clip). */
 export interface FeedSpec {
   name: string;
   type: FeedType;
-  shape: Array<number | 'T'>;
+  shape: Array<number | 'T' | 'S'>;
 }
 
 /**
@@ -37,17 +39,19 @@ export const PIPELINE_VERSIONS: Readonly<Record<Modality, number>> = { image: 4,
 export type ImagePipeline = { kind: 'image'; config: PretrainedConfig };
 /** A text pipeline carries its tokenizer's files, which the encoding workers load. */
 export type TextPipeline = { kind: 'text'; config: TextConfig; tokenizer: TokenizerFiles };
-export type Pipeline = ImagePipeline | TextPipeline;
+export type AudioPipeline = { kind: 'audio'; config: AudioConfig };
+export type Pipeline = ImagePipeline | TextPipeline | AudioPipeline;
 
 /** The pipeline's cache identity: its kind and version and everything in its config that changes the feeds. */
 export function pipelineKey(p: Pipeline): string {
   const version = `${p.kind}/v${PIPELINE_VERSIONS[p.kind]}`;
-  return p.kind === 'image' ? `${version}\n${preprocessKey(p.config)}` : `${version}\n${textKey(p.config)}`;
+  return `${version}\n${p.kind === 'image' ? preprocessKey(p.config) : p.kind === 'text' ? textKey(p.config) : audioKey(p.config)}`;
 }
 
 /** The ONNX inputs a pipeline feeds, in a fixed order. */
 export function feedSpecs(p: Pipeline): FeedSpec[] {
   if (p.kind === 'image') return [{ name: p.config.inputName, type: 'float32', shape: inputShape(p.config, 1).slice(1) }];
+  if (p.kind === 'audio') return [{ name: p.config.inputName, type: 'float32', shape: ['S'] }];
   const { ids, mask, typeIds } = p.config.inputs;
   return [
     { name: ids, type: 'int64', shape: ['T'] },

@@ -10,6 +10,8 @@ import type { WorkerReply, WorkerRequest } from './worker.js';
 
 export type LoadResult = { ok: true } | { ok: false; reason: string };
 export type EncodeResult = ({ ok: true } & Encoded) | { ok: false; reason: string };
+/** A decoded clip: mono samples at the pipeline's rate and scale, and the source's duration. */
+export type AudioResult = { ok: true; samples: Float32Array; seconds: number } | { ok: false; reason: string };
 
 /** A Float32Array on a SharedArrayBuffer, which ImagePool workers can write into directly. */
 export function sharedFloat32(length: number): Float32Array {
@@ -35,7 +37,8 @@ const PER_WORKER = 2;
 /**
  * Encodes raw samples on worker threads, as the pipeline says: images are decoded and normalised straight
  * into shared memory (each worker writes one image's tensor into the caller's SharedArrayBuffer-backed
- * array, so the main thread allocates nothing per image); texts are tokenised, a chunk per message.
+ * array, so the main thread allocates nothing per image); texts are tokenised, a chunk per message; audio
+ * files are decoded and resampled, one clip per message (its samples transferred, not copied).
  */
 export class EncodePool {
   private readonly slots: Slot[] = [];
@@ -50,6 +53,11 @@ export class EncodePool {
     const threads = options.threads ?? Math.min(4, Math.max(1, os.availableParallelism()));
     if (!Number.isInteger(threads) || threads < 1) throw invalidParameter('threads', 'a positive integer', threads);
     for (let i = 0; i < threads; i++) this.slots.push(this.spawn());
+  }
+
+  /** Number of worker threads. */
+  get size(): number {
+    return this.slots.length;
   }
 
   /** Decodes `input` into `target` at `offset` (3·H·W floats); a bad or blank image gives `{ ok: false, reason }`. */
@@ -80,6 +88,18 @@ export class EncodePool {
       at += n;
     }
     return out;
+  }
+
+  /** Decodes one audio file (its bytes when given) to the pipeline's rate and scale; a bad file gives `{ ok: false, reason }`. */
+  async encodeAudio(input: { file: string; bytes?: Uint8Array }): Promise<AudioResult> {
+    if (this.pipeline.kind !== 'audio') throw new GraftError('USAGE', `encodeAudio decodes audio; this pool encodes ${this.pipeline.kind}`);
+    const request: WorkerRequest = { kind: 'audio', id: this.nextId++, file: input.file };
+    const bytes = input.bytes;
+    if (bytes) request.bytes = bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+    const reply = await this.submit(request);
+    if (!reply.ok) return { ok: false, reason: reply.reason };
+    if (!('samples' in reply)) throw new GraftError('USAGE', 'the encoding worker answered an audio request with another kind of reply');
+    return { ok: true, samples: reply.samples, seconds: reply.seconds };
   }
 
   private submit(request: WorkerRequest): Promise<WorkerReply> {

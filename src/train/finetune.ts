@@ -11,7 +11,7 @@ import { probeTensor } from '../backbone/backbone.js';
 import type { Pipeline } from '../preprocess/pipeline.js';
 import { appendGradients } from '../onnx/autodiff.js';
 import { GraphBuilder } from '../onnx/builder.js';
-import { DataType, defaultOpset, encodeModel, onnx, tensorToFloat32, toNumber, type ModelProto, type NodeProto, type TensorProto } from '../onnx/proto.js';
+import { DataType, defaultOpset, encodeModel, onnx, tensor, tensorToFloat32, toNumber, type ModelProto, type NodeProto, type TensorProto } from '../onnx/proto.js';
 import { useNchwc } from '../onnx/nchwc.js';
 import { boundaries, layerOf, pruneTo, suffixNodes, type Boundary } from '../onnx/surgery.js';
 import {
@@ -166,6 +166,107 @@ export function planSuffix(featureModel: ModelProto, output: string, freeze: Fre
   const statistics = nodes.filter((n) => n.opType === 'BatchNormalization').flatMap((n) => [n.input![3]!, n.input![4]!]);
   const side = sideInputs.map((name) => ({ name, elemType: (graph.input ?? []).find((i) => i.name === name)?.type?.tensorType?.elemType ?? DataType.INT64 }));
   return { boundary: chosen.tensor, boundaryIndex: chosen.index, nodes, initializers, trainable: [...trainable], output, batchNorm, statistics, sideInputs: side, unit, encoderDropout: unit === 'layer' ? encoderDropout : 0 };
+}
+
+/** Per-window blocks of a windowed audio backbone (the bundled speech embedding): `embedding/block_<k>/output`, [N·W, …]. */
+const WINDOW_BLOCK = /^embedding\/block_(\d+)\/output$/;
+/** The side input of a windowed suffix: 1 for a clip's real windows, 0 for the padding of a batch. */
+export const WINDOW_MASK = 'window_mask';
+
+/**
+ * Fine-tuning a windowed audio backbone, whose blocks run on every window of every clip ([N·W, C, H, W′]) and
+ * whose embeddings are pooled over each clip's windows. Clips differ in window count, so the suffix takes a
+ * batch of clips as [N, T, C, H, W′] (T: the longest clip's windows) with a window mask [N, T], runs the
+ * blocks after the boundary on the N·T windows, and pools each clip's real windows (masked mean, and max where
+ * the graph pools mean+max): the same features the exported graph computes for a clip alone. `--unfreeze K`
+ * counts the last K blocks.
+ */
+export function planWindowSuffix(featureModel: ModelProto, output: string, freeze: FreezeSpec): SuffixPlan {
+  const graph = featureModel.graph!;
+  const blocks = boundaries(graph, output).filter((b) => WINDOW_BLOCK.test(b.tensor));
+  if (blocks.length < 2) throw new GraftError('MODEL', 'fine-tuning an audio backbone needs its per-window blocks (embedding/block_<k>/output), as the bundled speech embedding names them', {});
+  const last = blocks[blocks.length - 1]!;
+  let chosen: Boundary;
+  if (freeze.unfreeze !== undefined) {
+    const k = freeze.unfreeze;
+    if (!Number.isInteger(k) || k < 1) throw new GraftError('USAGE', `--unfreeze must be a positive number of blocks, got ${k}`);
+    if (k > blocks.length - 1) throw new GraftError('USAGE', `--unfreeze ${k}: the audio backbone has ${blocks.length - 1} blocks after its first`, { blocks: blocks.length - 1 });
+    chosen = blocks[blocks.length - 1 - k]!;
+  } else if (freeze.fineTuneAt !== undefined) {
+    const at = freeze.fineTuneAt;
+    const found = typeof at === 'string' ? blocks.find((b) => b.tensor === at) : [...blocks].reverse().find((b) => b.index <= at - 1);
+    if (!found || found === last) throw new GraftError('USAGE', `--fine-tune-at ${at}: an audio backbone splits after one of its blocks, ${blocks.slice(0, -1).map((b) => b.tensor).join(', ')}`, {});
+    chosen = found;
+  } else throw new GraftError('USAGE', 'say which part of the backbone to train: unfreeze (last K blocks) or fineTuneAt (a block output)');
+  if (freeze.batchNorm === 'train') throw new GraftError('USAGE', 'the audio backbone has no BatchNormalization to train (folded into its convolutions)');
+
+  const boundary = chosen.tensor;
+  const flat = `${boundary}/windows`;
+  const inner = suffixNodes(graph, boundary, last.tensor).map((n) => ({ ...n, input: (n.input ?? []).map((t) => (t === boundary ? flat : t)) }));
+  const initializers = new Map<string, TensorProto>();
+  const byName = new Map((graph.initializer ?? []).map((t) => [t.name!, t]));
+  const trainable = new Set<string>();
+  for (const n of inner) {
+    (n.input ?? []).forEach((name, i) => {
+      const t = byName.get(name);
+      if (!t) return;
+      initializers.set(name, t);
+      if (t.dataType === DataType.FLOAT && WEIGHT_INPUTS[n.opType!]?.includes(i) && (t.dims ?? []).reduce<number>((a, d) => a * toNumber(d as number), 1) > 1) trainable.add(name);
+    });
+  }
+  // Pooling as the graph does it: mean over the windows, then max when the features are mean+max.
+  const pooledMax = (graph.node ?? []).some((n) => n.output?.includes(output) && n.opType === 'Concat');
+  // The embedding width: the output channels of the last block's convolution.
+  const lastConv = [...inner].reverse().find((n) => n.opType === 'Conv');
+  const dim = toNumber(byName.get(lastConv?.input?.[1] ?? '')?.dims?.[0] as number);
+  if (!(dim > 0)) throw new GraftError('MODEL', `no convolution in the blocks after ${boundary}`, {});
+  const constant = (name: string, data: Float32Array | BigInt64Array, dims: number[]) => {
+    initializers.set(name, tensor(name, data, dims));
+    return name;
+  };
+  const P = 'window_pool/';
+  const node = (opType: string, input: string[], out: string, attribute: NodeProto['attribute'] = []): NodeProto => ({ opType, input, output: [out], name: P + out.replace(P, ''), attribute });
+  const nodes: NodeProto[] = [
+    node('Shape', [boundary], `${P}shape`),
+    node('Slice', [`${P}shape`, constant(`${P}zero`, BigInt64Array.of(0n), [1]), constant(`${P}two`, BigInt64Array.of(2n), [1])], `${P}n_t`),
+    node('Slice', [`${P}shape`, constant(`${P}two_`, BigInt64Array.of(2n), [1]), constant(`${P}end`, BigInt64Array.of(BigInt(Number.MAX_SAFE_INTEGER)), [1])], `${P}shape_rest`),
+    node('Concat', [constant(`${P}minus_one`, BigInt64Array.of(-1n), [1]), `${P}shape_rest`], `${P}flat_shape`, [{ name: 'axis', type: onnx.AttributeProto.AttributeType.INT, i: 0 }]),
+    { opType: 'Reshape', input: [boundary, `${P}flat_shape`], output: [flat], name: `${P}flatten` },
+    ...inner,
+    node('Concat', [`${P}n_t`, constant(`${P}width`, BigInt64Array.of(BigInt(dim)), [1])], `${P}embedding_shape`, [{ name: 'axis', type: onnx.AttributeProto.AttributeType.INT, i: 0 }]),
+    node('Reshape', [last.tensor, `${P}embedding_shape`], `${P}embeddings`),
+    node('Cast', [WINDOW_MASK], `${P}mask`, [{ name: 'to', type: onnx.AttributeProto.AttributeType.INT, i: DataType.FLOAT }]),
+    node('Unsqueeze', [`${P}mask`, constant(`${P}axis_2`, BigInt64Array.of(2n), [1])], `${P}mask3`),
+    // Each real window weighs 1 / (the clip's window count), padding 0: the mean is one weighted sum. (Dividing the
+    // sum by the count instead makes ONNX Runtime 1.2x's basic optimiser break the gradient graph.)
+    node('ReduceSum', [`${P}mask3`, constant(`${P}axis_1`, BigInt64Array.of(1n), [1])], `${P}count`, [{ name: 'keepdims', type: onnx.AttributeProto.AttributeType.INT, i: 1 }]),
+    node('Max', [`${P}count`, constant(`${P}one`, Float32Array.of(1), [])], `${P}count_1`),
+    node('Div', [`${P}mask3`, `${P}count_1`], `${P}weights`),
+    node('Mul', [`${P}embeddings`, `${P}weights`], `${P}weighted`),
+    node('ReduceSum', [`${P}weighted`, `${P}axis_1`], pooledMax ? `${P}mean` : output, [{ name: 'keepdims', type: onnx.AttributeProto.AttributeType.INT, i: 0 }]),
+  ];
+  if (pooledMax) {
+    nodes.push(
+      node('Sub', [`${P}mask3`, `${P}one`], `${P}off`),
+      node('Mul', [`${P}off`, constant(`${P}big`, Float32Array.of(1e9), [])], `${P}penalty`),
+      node('Add', [`${P}embeddings`, `${P}penalty`], `${P}for_max`),
+      node('ReduceMax', [`${P}for_max`], `${P}max`, [{ name: 'axes', type: onnx.AttributeProto.AttributeType.INTS, ints: [1] }, { name: 'keepdims', type: onnx.AttributeProto.AttributeType.INT, i: 0 }]),
+      node('Concat', [`${P}mean`, `${P}max`], output, [{ name: 'axis', type: onnx.AttributeProto.AttributeType.INT, i: 1 }]),
+    );
+  }
+  return {
+    boundary,
+    boundaryIndex: chosen.index,
+    nodes,
+    initializers,
+    trainable: [...trainable],
+    output,
+    batchNorm: 'frozen-stats',
+    statistics: [],
+    sideInputs: [{ name: WINDOW_MASK, elemType: DataType.INT64 }],
+    unit: 'block',
+    encoderDropout: 0,
+  };
 }
 
 /**
@@ -360,7 +461,10 @@ export function prefixModel(model: ModelProto, boundary: string, output: string,
 
 /** Shape of one sample's activation at `tensor` (without the batch axis; a text's token axis as -1). */
 export async function probeShape(model: ModelProto, tensor: string, pipeline: Pipeline): Promise<number[]> {
-  const shape = (await probeTensor(model, pipeline, tensor)).slice(1);
+  const probed = await probeTensor(model, pipeline, tensor);
+  // A windowed audio block is [N·W, …]: one row per window, W of them per clip.
+  if (pipeline.kind === 'audio') return [-1, ...probed.slice(1)];
+  const shape = probed.slice(1);
   return pipeline.kind === 'text' && shape.length >= 2 ? [-1, ...shape.slice(1)] : shape;
 }
 

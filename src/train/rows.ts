@@ -53,6 +53,8 @@ export interface SequenceData {
   /** Row i's token ids (T_i of them). */
   tokens: readonly Int32Array[];
   width: number;
+  /** Shape of one token's (window's) state, `width` values (default [width]). */
+  tokenShape?: readonly number[];
   labels: Int32Array;
 }
 
@@ -62,6 +64,7 @@ export interface SequenceData {
  */
 export function sequenceRows(data: SequenceData, input: string, side: Readonly<Record<string, SideInput>>, padId: number): Rows {
   const { states, tokens, width, labels } = data;
+  const tokenShape = data.tokenShape ?? [width];
   const stored = Array.isArray(states) ? undefined : (states as RowStore);
   const inArrays = stored ? undefined : (states as readonly Float32Array[]);
   for (let i = 0; i < tokens.length; i++) {
@@ -76,7 +79,7 @@ export function sequenceRows(data: SequenceData, input: string, side: Readonly<R
       const x = new Float32Array(size * T * width);
       if (stored) rows.forEach((r, i) => stored.read(r, x, i * T * width));
       else rows.forEach((r, i) => x.set(inArrays![r]!, i * T * width));
-      const feeds: Record<string, Feed> = { [input]: { type: 'float32', data: x, dims: [size, T, width] } };
+      const feeds: Record<string, Feed> = { [input]: { type: 'float32', data: x, dims: [size, T, ...tokenShape] } };
       for (const [name, kind] of Object.entries(side)) {
         const v = new BigInt64Array(size * T);
         if (kind === 'ids') v.fill(BigInt(padId));
