@@ -136,7 +136,7 @@ describe('audio datasets and the speech embedding, end to end on FSDD', () => {
     if (manifest.task !== 'audio-classification') throw new Error('unreachable');
     assert.equal(manifest.config.sampleRate, 16000);
     assert.equal(manifest.config.sampleScale, 1);
-    assert.equal(manifest.config.minSamples, 12512);
+    assert.equal(manifest.config.minSamples, 24000);
     assert.deepEqual(manifest.config.window, { frameLength: 512, frameHop: 160, frames: 76, hop: 8 });
     assert.deepEqual(manifest.model.inputs, [{ name: 'waveform', type: 'float32', shape: ['N', 'S'] }]);
 

