@@ -13,7 +13,6 @@
  *   limit = raw × t_infer / (t_infer + t_decode)
  * with t_infer and t_decode the CPU seconds per clip of each, measured separately (as bench/extract does).
  */
-import { execFileSync } from 'node:child_process';
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -25,33 +24,14 @@ import { Learner } from '../src/learner.js';
 import { decodeAudio } from '../src/preprocess/audio-decode.js';
 import type { AudioPooling } from '../src/preprocess/audio.js';
 import { EncodePool } from '../src/preprocess/pool.js';
+import { args, cpuModel, flag, measure, option, positional } from './cli.js';
 
-const args = process.argv.slice(2);
-const flag = (name: string, fallback: number) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? Number(args[i + 1]) : fallback;
-};
-const positional = args.filter((a, i) => !a.startsWith('--') && !(i > 0 && args[i - 1]!.startsWith('--')));
 const data = resolve(positional[0] ?? '../shared/data/fsdd/recordings');
 const limit = flag('--limit', Infinity);
 const cores = availableParallelism();
 const PATTERN = '{label}_{speaker}_{index}.wav';
 
-async function measure<T>(f: () => Promise<T>): Promise<{ value: T; cpu: number; wall: number }> {
-  const c0 = process.cpuUsage();
-  const t0 = performance.now();
-  const value = await f();
-  const c = process.cpuUsage(c0);
-  return { value, cpu: (c.user + c.system) / 1e6, wall: (performance.now() - t0) / 1000 };
-}
-
-const cpu = (() => {
-  try {
-    return /Model name:\s*(.+)/.exec(execFileSync('lscpu', { encoding: 'utf8' }))?.[1]?.trim() ?? 'unknown';
-  } catch {
-    return 'unknown';
-  }
-})();
+const cpu = cpuModel();
 const cacheRoot = await mkdtemp(join(tmpdir(), 'graft-bench-audio-'));
 const backboneOf = async (pooling: AudioPooling): Promise<AudioBackbone> => {
   const r = await resolveModel('speech-embedding-bundled', { task: 'audio', audioPooling: pooling, cacheDir: cacheRoot });
@@ -128,7 +108,7 @@ if (!args.includes('--skip-quality')) {
     console.error(`official split, ${pooling}: ${JSON.stringify(official[pooling])}`);
   }
   // Fine-tuning the last K blocks of the embedding (the defaults: converged head, then AUDIO_FINE_TUNE.epochs).
-  for (const k of String(args[args.indexOf('--unfreeze') + 1] && args.includes('--unfreeze') ? args[args.indexOf('--unfreeze') + 1] : '2,4').split(',').map(Number)) {
+  for (const k of option('--unfreeze', '2,4').split(',').map(Number)) {
     official[`mean+max, --unfreeze ${k}`] = await trainAndScore('mean+max', 'index<5', k);
     console.error(`official split, mean+max, unfreeze ${k}: ${JSON.stringify(official[`mean+max, --unfreeze ${k}`])}`);
   }

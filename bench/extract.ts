@@ -17,13 +17,8 @@ import { loadBackbone } from '../src/backbone/backbone.js';
 import { FeatureExtractor } from '../src/backbone/extractor.js';
 import { inputShape } from '../src/preprocess/config.js';
 import { ImagePool, sharedFloat32 } from '../src/preprocess/pool.js';
+import { args, flag, measure, positional } from './cli.js';
 
-const args = process.argv.slice(2);
-const flag = (name: string, fallback: number) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? Number(args[i + 1]) : fallback;
-};
-const positional = args.filter((a, i) => !a.startsWith('--') && !(i > 0 && args[i - 1]!.startsWith('--')));
 const data = resolve(positional[0] ?? '../shared/data/flowers5');
 const modelPath = resolve(positional[1] ?? '../shared/models/mobilenetv2-12-int8/model.onnx');
 const cores = availableParallelism();
@@ -41,15 +36,6 @@ async function listImages(dir: string): Promise<string[]> {
     else if (/\.(jpe?g|png|webp|gif|tiff?|bmp)$/i.test(entry.name)) out.push(p);
   }
   return out;
-}
-
-/** CPU seconds used by this process (all threads) while `f` runs, and the wall seconds. */
-async function measure<T>(f: () => Promise<T>): Promise<{ value: T; cpu: number; wall: number }> {
-  const c0 = process.cpuUsage();
-  const t0 = performance.now();
-  const value = await f();
-  const c = process.cpuUsage(c0);
-  return { value, cpu: (c.user + c.system) / 1e6, wall: (performance.now() - t0) / 1000 };
 }
 
 const files = (await listImages(data)).slice(0, limit);

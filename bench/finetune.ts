@@ -27,12 +27,8 @@ import { AdamW } from '../src/train/optimizer.js';
 import { nchwcBlockSize } from '../src/train/runtime.js';
 import { Random } from '../src/util/random.js';
 import { kernelTimes } from './profile.js';
+import { args, option } from './cli.js';
 
-const args = process.argv.slice(2);
-const option = (name: string, fallback: string) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1]! : fallback;
-};
 const threads = Number(option('--threads', String(availableParallelism())));
 const blocks = option('--blocks', '2,4,7').split(',').map(Number);
 const profile = args.includes('--profile');

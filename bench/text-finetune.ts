@@ -48,12 +48,8 @@ import { DEFAULT_FIT } from '../src/train/trainer.js';
 import { Random } from '../src/util/random.js';
 import { bertInitializerNames, buildBert, type BertOptions } from '../test/support/bert.js';
 import { kernelTimes } from './profile.js';
+import { args, option } from './cli.js';
 
-const args = process.argv.slice(2);
-const option = (name: string, fallback: string) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1]! : fallback;
-};
 const threads = Number(option('--threads', String(availableParallelism())));
 const rounds = Number(option('--rounds', '2'));
 const steps = Number(option('--steps', '25'));

@@ -245,22 +245,10 @@ export class FeatureExtractor {
       return done;
     };
 
-    // Reading ahead a few files keeps the disk and hashing off the critical path (a ring, not a list per file).
-    const readAhead = 8;
-    const reads = new Map<number, Promise<Uint8Array | Error>>();
-    const readAt = (i: number) => {
-      if (i < samples.length) reads.set(i, readRegularFile(samples[i]!.file).catch((e: Error) => e));
-    };
-    for (let i = 0; i < readAhead; i++) readAt(i);
-
+    const read = readingAhead(samples, 8, run);
     for (let row = 0; row < samples.length; row++) {
-      readAt(row + readAhead);
-      const bytes = await reads.get(row)!;
-      reads.delete(row);
-      if (bytes instanceof Error) {
-        run.skip(samples[row]!, bytes instanceof FileProblem ? bytes.problem : `cannot read file (${bytes.message})`);
-        continue;
-      }
+      const bytes = await read(row);
+      if (!bytes) continue;
       const hash = contentHash(bytes);
       if (await this.fromCache(hash, row, samples[row]!, run)) continue;
       if (slot.rows.length === 0) await slot.busy;
@@ -288,21 +276,11 @@ export class FeatureExtractor {
     const { name } = feedSpecs(this.backbone.pipeline)[0]!;
     const dim = run.dim;
     const depth = 2 * this.pool.size + 2;
-    const readAhead = depth + 4;
-    const reads = new Map<number, Promise<Uint8Array | Error>>();
-    const readAt = (i: number) => {
-      if (i < samples.length) reads.set(i, readRegularFile(samples[i]!.file).catch((e: Error) => e));
-    };
-    for (let i = 0; i < readAhead; i++) readAt(i);
+    const read = readingAhead(samples, depth + 4, run);
     const inflight: Promise<void>[] = [];
     for (let row = 0; row < samples.length; row++) {
-      readAt(row + readAhead);
-      const bytes = await reads.get(row)!;
-      reads.delete(row);
-      if (bytes instanceof Error) {
-        run.skip(samples[row]!, bytes instanceof FileProblem ? bytes.problem : `cannot read file (${bytes.message})`);
-        continue;
-      }
+      const bytes = await read(row);
+      if (!bytes) continue;
       const hash = contentHash(bytes);
       if (await this.fromCache(hash, row, samples[row]!, run)) continue;
       const job = (async () => {
@@ -438,6 +416,26 @@ export class FeatureExtractor {
     this.cache?.close();
     await Promise.all([this.pool.close(), this.infer.close()]);
   }
+}
+
+/**
+ * Reads sample files a few ahead of the row being handled, so the disk and hashing stay off the critical path (a
+ * ring, not a list per file). `read(row)` gives row's bytes, or undefined after recording why it was skipped.
+ */
+function readingAhead(samples: ReadonlyArray<{ file: string }>, ahead: number, run: Run): (row: number) => Promise<Uint8Array | undefined> {
+  const reads = new Map<number, Promise<Uint8Array | Error>>();
+  const start = (i: number) => {
+    if (i < samples.length) reads.set(i, readRegularFile(samples[i]!.file).catch((e: Error) => e));
+  };
+  for (let i = 0; i < ahead; i++) start(i);
+  return async (row) => {
+    start(row + ahead);
+    const bytes = await reads.get(row)!;
+    reads.delete(row);
+    if (!(bytes instanceof Error)) return bytes;
+    run.skip(samples[row]!, bytes instanceof FileProblem ? bytes.problem : `cannot read file (${bytes.message})`);
+    return undefined;
+  };
 }
 
 /** The result being filled, with the progress it reports. */
