@@ -39,7 +39,7 @@ import type { Sample } from '../src/data/dataset.js';
 import { openDataset } from '../src/data/open.js';
 import type { Metrics } from '../src/evaluate/metrics.js';
 import * as learnerModule from '../src/learner.js';
-import { DEFAULT_FINE_TUNE, Learner, type FineTuneOptions, type LearnerOptions } from '../src/learner.js';
+import { fineTuneDefaults, Learner, type FineTuneOptions, type LearnerOptions } from '../src/learner.js';
 import { textFeeds } from '../src/preprocess/pipeline.js';
 import { TextTokenizer, type Encoded } from '../src/preprocess/text.js';
 import { DEFAULT_FIT, type FitOptions } from '../src/train/trainer.js';
@@ -115,16 +115,16 @@ function fineTuneOptions(): FineTuneOptions {
   };
 }
 
-/** What fineTune() makes of the options on a text dataset (read from the library's defaults, as src/learner.ts combines them). */
+/** What fineTune() makes of the options on a text dataset (the library's own defaults, fineTuneDefaults). */
 function effectiveFineTune(ft: FineTuneOptions): Record<string, unknown> {
-  const text = (learnerModule as Record<string, unknown>).TEXT_FINE_TUNE as { freezeEpochs?: number; epochs?: number } | undefined;
-  const { schedule, optimizer, epochs, lr, batchSize, weightDecay, patience } = { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, ...(text?.epochs !== undefined ? { epochs: text.epochs } : {}), ...ft.fit };
+  const defaults = fineTuneDefaults('text');
+  const { schedule, optimizer, epochs, lr, batchSize, weightDecay, patience, warmup } = { ...DEFAULT_FIT, ...defaults.fit, ...ft.fit };
   return {
     unfreeze: ft.unfreeze,
     encoderDropout: ft.encoderDropout ?? DEFAULT_ENCODER_DROPOUT,
-    freezeEpochs: ft.freezeEpochs ?? text?.freezeEpochs ?? DEFAULT_FINE_TUNE.freezeEpochs,
-    lrMult: ft.lrMult ?? DEFAULT_FINE_TUNE.lrMult,
-    fit: { epochs, lr, batchSize, weightDecay, patience, schedule, optimizer },
+    freezeEpochs: ft.freezeEpochs ?? defaults.freezeEpochs,
+    lrMult: ft.lrMult ?? defaults.lrMult,
+    fit: { epochs, lr, batchSize, weightDecay, patience, schedule, optimizer, warmup },
   };
 }
 

@@ -10,7 +10,7 @@ import { GraftModel } from '../artifact/model.js';
 import { fileProblem, oneLine, writeFileAtomic } from '../util/fs.js';
 import { byCodeUnit, walkFiles } from '../data/walk.js';
 import { digestSamples } from '../artifact/split.js';
-import { sampleName, type Sample, type Skipped } from '../data/dataset.js';
+import { sampleName, type Skipped } from '../data/dataset.js';
 import { openLabelled } from '../data/open.js';
 import { readTable } from '../data/table.js';
 import { GraftError } from '../errors.js';
@@ -467,15 +467,15 @@ export function program(): Command {
     .option('--cut <tensor>', 'tensor to cut the model at (default: the input of its last global pooling)')
     .option('--out <dir>', 'output directory for model.onnx and graft.json', 'graft-model')
     .addOption(new Option('--head <kind>', 'new classifier head').choices(['mlp', 'linear']).default('mlp'))
-    .option('--epochs <n>', 'maximum training epochs (default 60; fine-tuning a text encoder: 3)', int('--epochs', 1))
-    .option('--lr <x>', 'learning rate (default: MLP head 3e-4, on texts 1e-3; linear head 1e-3; fine-tuning 1e-4)', positive('--lr'))
+    .option('--epochs <n>', 'maximum training epochs (default 60, early stopping; the unfrozen phase of a text encoder: 5, of audio: 10)', int('--epochs', 1))
+    .option('--lr <x>', 'learning rate (default: MLP head 3e-4, on texts 1e-3; linear head 1e-3; fine-tuning 1e-4, a text encoder 3e-5)', positive('--lr'))
     .option('--batch-size <n>', 'training batch size (default 32)', int('--batch-size', 1))
     .option('--weight-decay <x>', 'decoupled weight decay (default 0.3)', Number)
     .option('--patience <n>', 'early-stopping patience in epochs, 0: off (default 8)', int('--patience'))
     .addOption(new Option('--batch-norm <policy>', 'BatchNorm in the fine-tuned blocks: keep pretrained statistics, or train them').choices(['frozen-stats', 'train']))
     .addOption(new Option('--optimizer <name>', 'optimizer (default adamw)').choices(['adamw', 'adam', 'sgd']))
     .addOption(new Option('--schedule <name>', 'learning-rate schedule over the epochs (default cosine)').choices(['constant', 'cosine', 'one-cycle', 'step']))
-    .option('--warmup <f>', 'fraction of the steps spent warming the learning rate up (default 0)', fractionOf('--warmup'))
+    .option('--warmup <f>', 'fraction of the steps spent warming the learning rate up (default 0; fine-tuning a text encoder 0.1)', fractionOf('--warmup'))
     .option('--clip-norm <x>', "clip the gradients' global L2 norm (default: no clipping)", positive('--clip-norm'))
     .option('--momentum <x>', 'SGD momentum (default 0.9)', fractionOf('--momentum'))
     .option('--val-split <f>', 'validation fraction when DATA has no split of its own (default 0.2)', fraction, undefined)
@@ -484,8 +484,8 @@ export function program(): Command {
     .option('--no-cache', 'do not read or write the feature cache')
     .option('--fine-tune-at <n|tensor>', 'fine-tune the backbone from this node index or tensor on (after training the head)')
     .option('--unfreeze <k>', 'fine-tune the last K blocks of the backbone (after training the head)', int('--unfreeze', 1))
-    .option('--freeze-epochs <e>', 'head-only epochs before unfreezing (fine-tuning; default 3, texts: up to 60 with early stopping)', int('--freeze-epochs'))
-    .option('--lr-mult <m>', 'the backbone trains at lr / m (fine-tuning; default 10)', positive('--lr-mult'))
+    .option('--freeze-epochs <e>', 'head-only epochs before unfreezing (fine-tuning; default 3, texts and audio: up to 60 with early stopping)', int('--freeze-epochs'))
+    .option('--lr-mult <m>', 'the backbone trains at lr / m (fine-tuning; default 10, a text encoder 1)', positive('--lr-mult'))
     .option('--encoder-dropout <p>', "dropout in a transformer's unfrozen layers while fine-tuning (default 0.1)", fractionOf('--encoder-dropout'))
     .option('--json', 'print one JSON document on stdout', false)
     .action((data: string, flags: TrainFlags) => train(data, flags));

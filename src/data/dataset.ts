@@ -4,7 +4,7 @@ import { GraftError, invalidParameter } from '../errors.js';
 import { mapLimit } from '../util/async.js';
 import { FileProblem, fileProblem, readRegularFile } from '../util/fs.js';
 import { byCodeUnit, listFolder, walkFiles } from './walk.js';
-import { sniffAudioType, sniffImageType, whyNotAudio, whyNotImage } from './sniff.js';
+import { whyNotAudio, whyNotImage } from './sniff.js';
 
 export { sniffAudioType, sniffImageType, whyNotAudio, whyNotImage, type AudioFormat } from './sniff.js';
 import { Random } from '../util/random.js';
