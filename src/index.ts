@@ -1,5 +1,5 @@
 /** graft's public library API. */
-export { learner, Learner, DEFAULT_FINE_TUNE, type LearnerOptions, type LearnerData, type FineTuneOptions, type FineTuneResult, type FineTuneTiming } from './learner.js';
+export { learner, Learner, DEFAULT_FINE_TUNE, type Diagnostics, type SampleRef, type LearnerOptions, type LearnerData, type FineTuneOptions, type FineTuneResult, type FineTuneTiming } from './learner.js';
 export type { FreezeSpec, BatchNormPolicy } from './train/finetune.js';
 export { SGD, Adam, AdamW, clipGradNorm, type Optimizer, type ParamGroup, type AdamOptions, type SGDOptions } from './train/optimizer.js';
 export { GraftModel, type Prediction, type ProbabilityResult } from './artifact/model.js';

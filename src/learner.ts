@@ -17,6 +17,7 @@ import { type Dataset, type Modality, type Sample, type Skipped } from './data/d
 import { openDataset } from './data/open.js';
 import { GraftError } from './errors.js';
 import { computeMetrics, argmaxRows, crossEntropy, type Metrics } from './evaluate/metrics.js';
+import { calibration, confusedPairs, crossValidationFolds, mislabelCandidates, nearDuplicates, topLosses, type Calibration, type ConfusedPair } from './evaluate/diagnostics.js';
 import { loadAudioBackbone, loadBackbone, loadTextBackbone, FEATURES, type Backbone, type TextBackbone } from './backbone/backbone.js';
 import { FeatureExtractor, type ExtractInput, type ExtractProgress, type TokenStats } from './backbone/extractor.js';
 import { resolveModel } from './backbone/resolve.js';
@@ -348,6 +349,69 @@ export class Learner {
     return computeMetrics(this.classes, truth, argmaxRows(probs, this.spec.numClasses), { loss });
   }
 
+  /**
+   * What to look at after training (validation rows of the last training): the highest losses, the most-confused
+   * class pairs, calibration (ECE overall and per class, the reliability curve), likely-mislabelled training
+   * samples (out-of-fold: `folds` heads trained on the frozen features for as many epochs as the last training
+   * kept, each predicting the fold it did not see — never choosing its epoch on that fold, which would let it
+   * learn to agree with a wrong label) and near-duplicates between training
+   * and validation (cosine of the frozen backbone's features ≥ `duplicateCosine`: leakage).
+   */
+  async diagnose(options: { top?: number; folds?: number; duplicateCosine?: number } = {}): Promise<Diagnostics> {
+    const { top = 10, folds = 5, duplicateCosine = 0.98 } = options;
+    const trained = this.requireTrained();
+    const evaluation = trained.evaluation;
+    if (!evaluation) throw new GraftError('USAGE', 'the learner is closed: diagnose() needs the evaluation session close() released');
+    const c = this.spec.numClasses;
+    const samples = [...this.data.dataset.train, ...this.data.dataset.val];
+    const { labels } = this.data.features;
+    const name = (row: number) => sampleRef(samples[row]!);
+    const valRows = this.data.valRows;
+    const probs = await (await evaluation.graph).probabilities(evaluation.data, valRows, evaluation.params);
+    const truth = Int32Array.from(valRows, (r) => labels[r]!);
+    const metrics = computeMetrics(this.classes, truth, argmaxRows(probs, c));
+    const cal = calibration(probs, c, truth);
+
+    // Out-of-fold probabilities of every training row, from heads on the frozen features.
+    const trainRows = this.data.trainRows;
+    const k = Math.min(folds, ...this.classes.map((_, cls) => trainRows.filter((r) => labels[r] === cls).length));
+    const oof = new Float32Array(trainRows.length * c);
+    const epochs = Math.max(5, trained.result.bestEpoch + 1);
+    if (k >= 2) {
+      const fold = crossValidationFolds(Int32Array.from(trainRows, (r) => labels[r]!), k, this.seed);
+      for (let f = 0; f < k; f++) {
+        const held = trainRows.filter((_, i) => fold[i] === f);
+        const rest = trainRows.filter((_, i) => fold[i] !== f);
+        // The training rows stand in for validation: the epoch kept is the one of least training loss.
+        const fit = { ...DEFAULT_FIT, lr: this.headLr(), seed: this.seed + f, epochs, patience: 0 };
+        const result = await trainHead(this.data.features, rest, rest, this.spec, this.standardizer, fit);
+        const evaluator = await Evaluator.forHead(this.spec, this.standardizer);
+        try {
+          const p = await evaluator.probabilities(this.data.features, held, result.params);
+          let j = 0;
+          trainRows.forEach((_, i) => {
+            if (fold[i] !== f) return;
+            oof.set(p.subarray(j * c, (j + 1) * c), i * c);
+            j++;
+          });
+        } finally {
+          await evaluator.release();
+        }
+      }
+    }
+    const given = Int32Array.from(trainRows, (r) => labels[r]!);
+    const { features, dim } = this.data.features;
+    return {
+      topLosses: topLosses(probs, c, truth, top).map((l) => ({ ...name(valRows[l.index]!), label: this.classes[l.label]!, predicted: this.classes[l.predicted]!, probability: l.probability, loss: l.loss })),
+      confusedPairs: confusedPairs(metrics.confusion, this.classes, top),
+      calibration: { ece: cal.ece, perClass: Object.fromEntries(this.classes.map((label, i) => [label, cal.perClass[i]!])), bins: cal.bins },
+      mislabeled: k >= 2
+        ? mislabelCandidates(oof, c, given, { limit: top }).map((m) => ({ ...name(trainRows[m.index]!), given: this.classes[m.given]!, suggested: this.classes[m.suggested]!, givenProbability: m.givenProbability, suggestedProbability: m.suggestedProbability }))
+        : [],
+      nearDuplicates: nearDuplicates(features, dim, trainRows, valRows, duplicateCosine).slice(0, top).map((d) => ({ val: name(d.val), train: name(d.train), cosine: d.cosine })),
+    };
+  }
+
   /** Records a training's outcome, releasing the previous evaluation session. */
   private setTrained(trained: Trained): void {
     const previous = this.trained?.evaluation;
@@ -554,6 +618,30 @@ export class Learner {
     if (!this.trained) throw new GraftError('TRAIN', 'the learner has not been trained yet: call fit() first');
     return this.trained;
   }
+}
+
+/** A sample as diagnostics name it: its file (and table line), and a text's first 120 characters. */
+export interface SampleRef {
+  file: string;
+  line?: number;
+  text?: string;
+}
+
+function sampleRef(s: Sample): SampleRef {
+  return { file: s.file, ...(s.line !== undefined ? { line: s.line } : {}), ...(s.text !== undefined ? { text: s.text.length > 120 ? `${s.text.slice(0, 119)}…` : s.text } : {}) };
+}
+
+/** Learner.diagnose()'s findings. */
+export interface Diagnostics {
+  /** Validation samples the model is most wrong about. */
+  topLosses: Array<SampleRef & { label: string; predicted: string; probability: number; loss: number }>;
+  confusedPairs: ConfusedPair[];
+  /** Expected calibration error of the top label (Guo et al.), one-vs-rest per class, and the reliability curve. */
+  calibration: { ece: number; perClass: Record<string, number>; bins: Calibration['bins'] };
+  /** Training samples whose given label their out-of-fold prediction doubts (confident learning), most suspicious first. */
+  mislabeled: Array<SampleRef & { given: string; suggested: string; givenProbability: number; suggestedProbability: number }>;
+  /** Validation samples whose features nearly equal a training sample's (leakage). */
+  nearDuplicates: Array<{ val: SampleRef; train: SampleRef; cosine: number }>;
 }
 
 /** Frees activations that live in a store (memory beyond a FeatureSet's array, a spill file). */

@@ -16,7 +16,7 @@ import { readTable } from '../data/table.js';
 import { GraftError } from '../errors.js';
 import { argmaxRows, computeMetrics, crossEntropy, type Metrics } from '../evaluate/metrics.js';
 import { formatMetrics } from '../evaluate/report.js';
-import { Learner, roundTiming, type FineTuneTiming } from '../learner.js';
+import { Learner, roundTiming, type Diagnostics, type FineTuneTiming, type SampleRef } from '../learner.js';
 import type { OptimizerKind, ScheduleKind, TrainResult, TrainState } from '../train/trainer.js';
 import { VERSION } from '../version.js';
 import { formatBytes, hubOptions, importCommand, models, pull, type HubFlags } from './backbones.js';
@@ -263,7 +263,9 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
   const metrics = await learn.evaluate();
   await learn.export(out, metrics);
   const leakage = leaks.map((l) => ({ val: sampleName(l.val), train: sampleName(l.train) }));
-  await writeFileAtomic(join(out, 'metrics.json'), JSON.stringify({ split: 'val', metrics, skipped: d.skipped, ...(leaks.length ? { leaks: leakage } : {}) }, null, 2) + '\n');
+  const diagnostics = await learn.diagnose();
+  await writeFileAtomic(join(out, 'metrics.json'), JSON.stringify({ split: 'val', metrics, skipped: d.skipped, ...(leaks.length ? { leaks: leakage } : {}), diagnostics }, null, 2) + '\n');
+  for (const line of summariseDiagnostics(diagnostics)) progress.log(line);
   const seconds = (performance.now() - started) / 1000;
   if (flags.json) {
     emitJson({
@@ -278,11 +280,22 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
       bestEpoch: result.bestEpoch + 1,
       seconds,
       ...(phases ? { phases } : {}),
+      diagnostics,
     });
   } else {
     printSkipped(d.skipped);
     process.stdout.write(`Validation (${d.valRows.length} ${what})\n${formatMetrics(metrics)}\n\nModel written to ${out} (${seconds.toFixed(1)} s)\n`);
   }
+}
+
+/** A few lines on stderr: what most deserves a look (the whole lists are in --json and metrics.json). */
+function summariseDiagnostics(g: Diagnostics): string[] {
+  const ref = (r: SampleRef) => (r.text !== undefined ? `${sampleName(r)} ${JSON.stringify(r.text.length > 60 ? `${r.text.slice(0, 59)}…` : r.text)}` : sampleName(r));
+  const lines = [`calibration: expected calibration error ${g.calibration.ece.toFixed(3)}`];
+  if (g.confusedPairs.length) lines.push(`most confused: ${g.confusedPairs.slice(0, 3).map((p) => `${p.actual} → ${p.predicted} (${p.count})`).join(', ')}`);
+  if (g.mislabeled.length) lines.push(`possibly mislabelled (${g.mislabeled.length} shown in metrics.json), e.g. ${oneLine(ref(g.mislabeled[0]!))}: given ${g.mislabeled[0]!.given}, looks like ${g.mislabeled[0]!.suggested}`);
+  if (g.nearDuplicates.length) lines.push(`warning: ${g.nearDuplicates.length} validation sample${g.nearDuplicates.length === 1 ? '' : 's'} nearly identical to training ones (features' cosine ≥ 0.98), e.g. ${oneLine(ref(g.nearDuplicates[0]!.val))} ~ ${oneLine(ref(g.nearDuplicates[0]!.train))}`);
+  return lines;
 }
 
 /** How each modality's samples are called in messages. */
