@@ -83,6 +83,11 @@ export interface FitOptions {
   momentum: number;
   /** Clip the gradients' global L2 norm to this value (0: off). */
   clipNorm: number;
+  /**
+   * Balanced sampling (`--class-weights auto`): each epoch draws every class as often as the largest one (a
+   * smaller class's rows all once, the rest drawn again at random), so an imbalanced set trains as if balanced.
+   */
+  balance: boolean;
 }
 
 export type ScheduleKind = 'constant' | 'cosine' | 'one-cycle' | 'step';
@@ -100,7 +105,26 @@ export const DEFAULT_FIT: FitOptions = {
   optimizer: 'adamw',
   momentum: 0.9,
   clipNorm: 0,
+  balance: false,
 };
+
+/** One balanced epoch's rows in training order: every class drawn as often as the largest (its own rows all once). */
+export function balancedRows(rows: readonly number[], labels: ArrayLike<number>, rng: Random): number[] {
+  const byClass = new Map<number, number[]>();
+  for (const r of rows) {
+    const c = labels[r]!;
+    const list = byClass.get(c);
+    if (list) list.push(r);
+    else byClass.set(c, [r]);
+  }
+  const largest = Math.max(...[...byClass.values()].map((l) => l.length));
+  const out: number[] = [];
+  for (const list of [...byClass.entries()].sort((a, b) => a[0] - b[0]).map(([, l]) => l)) {
+    out.push(...list);
+    for (let i = list.length; i < largest; i++) out.push(list[rng.int(list.length)]!);
+  }
+  return rng.shuffle(out);
+}
 
 /** The optimizer named in the options, over the given groups (weight decay: decoupled for AdamW, L2 otherwise). */
 export function makeOptimizer(groups: GroupSpec[], options: Pick<FitOptions, 'optimizer' | 'lr' | 'weightDecay' | 'momentum'>): Optimizer {
@@ -358,7 +382,10 @@ export async function train(
   const mask = trainable.mask ? new Float32Array(B * trainable.mask.width) : undefined;
   const keep = 1 - (trainable.mask?.rate ?? 0);
   const valLabels = Int32Array.from(valRows, (r) => data.labels[r]!);
-  const stepsPerEpoch = Math.ceil(trainRows.length / B);
+  const perClass = new Map<number, number>();
+  for (const r of trainRows) perClass.set(data.labels[r]!, (perClass.get(data.labels[r]!) ?? 0) + 1);
+  const epochLength = options.balance ? perClass.size * Math.max(...perClass.values()) : trainRows.length;
+  const stepsPerEpoch = Math.ceil(epochLength / B);
   const scheduler = new Scheduler(opt, stepsPerEpoch * options.epochs, makeSchedules(options));
   const stopper = new EarlyStopping(options.patience);
   const all: Callback[] = [...callbacks, stopper];
@@ -374,9 +401,9 @@ export async function train(
       const started = performance.now();
       state.epoch = epoch;
       emit('beforeEpoch');
-      rng.shuffle(order);
+      const rows = options.balance ? balancedRows(trainRows, data.labels, rng) : rng.shuffle(order);
       let lossSum = 0;
-      for (const batch of batchesOf(order, B, data.lengths, rng)) {
+      for (const batch of batchesOf(rows, B, data.lengths, rng)) {
         const n = batch.length;
         for (let i = 0; i < n; i++) labels[i] = BigInt(data.labels[batch[i]!]!);
         // A fixed-size graph gets the short last batch padded with ignored rows (zeros: finite activations).
@@ -413,7 +440,7 @@ export async function train(
       state.history.push({
         epoch,
         lr: opt.lr,
-        trainLoss: lossSum / order.length,
+        trainLoss: lossSum / rows.length,
         valLoss: crossEntropy(probs, trainable.numClasses, valLabels),
         valAccuracy: correct / valRows.length,
         seconds: (performance.now() - started) / 1000,
