@@ -9,8 +9,8 @@ import { AdamW, SGD, Adam } from '../src/train/optimizer.js';
 import { Random } from '../src/util/random.js';
 import { GraftError } from '../src/errors.js';
 
-/** Two Gaussian blobs in 16 dimensions, 48 rows each. */
-function blobs(seed: number): { data: FeatureSet; train: number[]; val: number[] } {
+/** Two Gaussian blobs in 16 dimensions, 48 rows each, their centres ±shift apart in 4 of them. */
+function blobs(seed: number, shift = 1.5): { data: FeatureSet; train: number[]; val: number[] } {
   const rng = new Random(seed);
   const dim = 16;
   const n = 96;
@@ -18,7 +18,7 @@ function blobs(seed: number): { data: FeatureSet; train: number[]; val: number[]
   const labels = new Int32Array(n);
   for (let i = 0; i < n; i++) {
     labels[i] = i % 2;
-    for (let j = 0; j < dim; j++) features[i * dim + j] = rng.normal() + (labels[i] ? 1.5 : -1.5) * (j < 4 ? 1 : 0);
+    for (let j = 0; j < dim; j++) features[i * dim + j] = rng.normal() + (labels[i] ? shift : -shift) * (j < 4 ? 1 : 0);
   }
   const rows = [...Array(n).keys()];
   return { data: { features, dim, labels }, train: rows.slice(0, 64), val: rows.slice(64) };
@@ -26,8 +26,8 @@ function blobs(seed: number): { data: FeatureSet; train: number[]; val: number[]
 
 const spec: HeadSpec = { kind: 'linear', hidden: 0, dropout: 0, inputDim: 16, numClasses: 2 };
 
-async function fit(options: Partial<FitOptions>) {
-  const { data, train, val } = blobs(1);
+async function fit(options: Partial<FitOptions>, shift?: number) {
+  const { data, train, val } = blobs(1, shift);
   const std = fitStandardizer(data.features, data.dim, train);
   return trainHead(data, train, val, spec, std, { ...DEFAULT_FIT, epochs: 12, patience: 0, batchSize: 16, lr: 1e-2, ...options });
 }
@@ -110,5 +110,24 @@ describe('fit options', () => {
     const plain = await recall(false);
     const balanced = await recall(true);
     assert.ok(balanced > plain + 0.3, `small-class recall: balanced ${balanced}, plain ${plain}`);
+  });
+
+  it('early stopping keeps the epoch of the monitored measure: least loss, or best accuracy / macro-F1 (ties: lower loss)', async () => {
+    // Overlapping blobs: validation loss is least at one epoch, accuracy best at another.
+    const byLoss = await fit({ epochs: 15, lr: 0.05, schedule: 'constant' }, 0.25);
+    const h = byLoss.history;
+    assert.ok(h.every((r) => r.valMacroF1 >= 0 && r.valMacroF1 <= 1));
+    const least = h.reduce((b, r) => (r.valLoss < b.valLoss - 1e-4 ? r : b), h[0]!);
+    assert.equal(byLoss.bestEpoch, least.epoch);
+    for (const monitor of ['accuracy', 'macro-f1'] as const) {
+      const r = await fit({ epochs: 15, lr: 0.05, schedule: 'constant', monitor }, 0.25);
+      assert.deepEqual(r.history.map((x) => x.valLoss), h.map((x) => x.valLoss), 'same training, only the choice differs');
+      const measure = (x: (typeof h)[number]) => (monitor === 'accuracy' ? x.valAccuracy : x.valMacroF1);
+      const top = Math.max(...h.map(measure));
+      const candidates = h.filter((x) => measure(x) === top);
+      const expected = candidates.reduce((b, x) => (x.valLoss < b.valLoss - 1e-4 ? x : b), candidates[0]!);
+      assert.equal(r.bestEpoch, expected.epoch, `${monitor}: best ${top} at ${candidates.map((c) => c.epoch)}`);
+      assert.notEqual(r.bestEpoch, byLoss.bestEpoch, 'the case separates the measures');
+    }
   });
 });

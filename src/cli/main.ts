@@ -110,6 +110,7 @@ interface TrainFlags {
   warmup?: number;
   clipNorm?: number;
   classWeights?: 'auto' | 'none';
+  monitor?: 'val-loss' | 'accuracy' | 'macro-f1';
   momentum?: number;
 }
 
@@ -217,6 +218,7 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
     ...(flags.warmup !== undefined ? { warmup: flags.warmup } : {}),
     ...(flags.clipNorm !== undefined ? { clipNorm: flags.clipNorm } : {}),
     ...(flags.classWeights === 'auto' ? { balance: true } : {}),
+    ...(flags.monitor !== undefined ? { monitor: flags.monitor } : {}),
     ...(flags.momentum !== undefined ? { momentum: flags.momentum } : {}),
   };
   let epochsPlanned = 0;
@@ -492,6 +494,7 @@ export function program(): Command {
     .addOption(new Option('--schedule <name>', 'learning-rate schedule over the epochs (default cosine)').choices(['constant', 'cosine', 'one-cycle', 'step']))
     .option('--warmup <f>', 'fraction of the steps spent warming the learning rate up (default 0; fine-tuning a text encoder 0.1)', fractionOf('--warmup'))
     .option('--clip-norm <x>', "clip the gradients' global L2 norm (default: no clipping)", positive('--clip-norm'))
+    .addOption(new Option('--monitor <measure>', 'what early stopping watches and which epoch it keeps: validation loss, accuracy or macro-F1 (default val-loss)').choices(['val-loss', 'accuracy', 'macro-f1']))
     .addOption(new Option('--class-weights <mode>', 'auto: balanced sampling, every class drawn each epoch as often as the largest (default none)').choices(['auto', 'none']))
     .option('--momentum <x>', 'SGD momentum (default 0.9)', fractionOf('--momentum'))
     .option('--val-split <f>', 'validation fraction when DATA has no split of its own (default 0.2)', fraction, undefined)

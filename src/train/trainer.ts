@@ -6,7 +6,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { GraftError } from '../errors.js';
-import { crossEntropy, argmaxRows } from '../evaluate/metrics.js';
+import { computeMetrics, crossEntropy, argmaxRows } from '../evaluate/metrics.js';
 import {
   buildEvalGraph,
   buildTrainingGraph,
@@ -88,7 +88,11 @@ export interface FitOptions {
    * smaller class's rows all once, the rest drawn again at random), so an imbalanced set trains as if balanced.
    */
   balance: boolean;
+  /** What early stopping watches, and which epoch's weights it keeps: the least validation loss (default), or the best accuracy or macro-F1. */
+  monitor: Monitor;
 }
+
+export type Monitor = 'val-loss' | 'accuracy' | 'macro-f1';
 
 export type ScheduleKind = 'constant' | 'cosine' | 'one-cycle' | 'step';
 export type OptimizerKind = 'adamw' | 'adam' | 'sgd';
@@ -106,6 +110,7 @@ export const DEFAULT_FIT: FitOptions = {
   momentum: 0.9,
   clipNorm: 0,
   balance: false,
+  monitor: 'val-loss',
 };
 
 /** One balanced epoch's rows in training order: every class drawn as often as the largest (its own rows all once). */
@@ -177,6 +182,8 @@ export interface EpochRecord {
   trainLoss: number;
   valLoss: number;
   valAccuracy: number;
+  /** Mean over classes of each class's F1 on the validation rows. */
+  valMacroF1: number;
   seconds: number;
 }
 
@@ -207,24 +214,30 @@ export class CancelFit extends Error {
   }
 }
 
-/** Early stopping on validation loss, restoring the best weights at the end. */
+/**
+ * Early stopping on a validation measure (least loss by default; or best accuracy or macro-F1, ties going to the
+ * lower loss), restoring the best epoch's weights at the end.
+ */
 export class EarlyStopping implements Callback {
-  best = Infinity;
+  best: [number, number] = [-Infinity, -Infinity];
   bestEpoch = -1;
   private snapshot: Float32Array[] = [];
   stoppedEarly = false;
 
-  constructor(private readonly patience: number, private readonly minDelta = 1e-4) {}
+  constructor(private readonly patience: number, private readonly monitor: Monitor = 'val-loss', private readonly minDelta = 1e-4) {}
 
   afterEpoch = (s: TrainState): void => {
-    const loss = s.history[s.history.length - 1]!.valLoss;
-    if (loss < this.best - this.minDelta) {
-      this.best = loss;
+    const r = s.history[s.history.length - 1]!;
+    // Higher is better: [the measure, then minus the loss to break its ties].
+    const score: [number, number] = this.monitor === 'val-loss' ? [-r.valLoss, 0] : [this.monitor === 'accuracy' ? r.valAccuracy : r.valMacroF1, -r.valLoss];
+    const delta = this.monitor === 'val-loss' ? this.minDelta : 0;
+    if (score[0] > this.best[0] + delta || (score[0] === this.best[0] && score[1] > this.best[1] + this.minDelta)) {
+      this.best = score;
       this.bestEpoch = s.epoch;
       this.snapshot = [...s.params, ...s.state].map((p) => p.data.slice());
     } else if (this.patience > 0 && s.epoch - this.bestEpoch >= this.patience) {
       this.stoppedEarly = true;
-      throw new CancelFit(`no lower validation loss for ${this.patience} epochs`);
+      throw new CancelFit(`no better ${this.monitor === 'val-loss' ? 'validation loss' : this.monitor} for ${this.patience} epochs`);
     }
   };
 
@@ -382,12 +395,13 @@ export async function train(
   const mask = trainable.mask ? new Float32Array(B * trainable.mask.width) : undefined;
   const keep = 1 - (trainable.mask?.rate ?? 0);
   const valLabels = Int32Array.from(valRows, (r) => data.labels[r]!);
+  const classNames = Array.from({ length: trainable.numClasses }, (_, c) => String(c));
   const perClass = new Map<number, number>();
   for (const r of trainRows) perClass.set(data.labels[r]!, (perClass.get(data.labels[r]!) ?? 0) + 1);
   const epochLength = options.balance ? perClass.size * Math.max(...perClass.values()) : trainRows.length;
   const stepsPerEpoch = Math.ceil(epochLength / B);
   const scheduler = new Scheduler(opt, stepsPerEpoch * options.epochs, makeSchedules(options));
-  const stopper = new EarlyStopping(options.patience);
+  const stopper = new EarlyStopping(options.patience, options.monitor);
   const all: Callback[] = [...callbacks, stopper];
   const stateParams: Param[] = (trainable.state ?? []).map((t) => ({ name: t.name, dims: t.dims, data: t.data, decay: false }));
   const state: TrainState = { epoch: 0, step: 0, stepsPerEpoch, batchLoss: NaN, history: [], params, state: stateParams, options };
@@ -437,12 +451,14 @@ export async function train(
       const predicted = argmaxRows(probs, trainable.numClasses);
       let correct = 0;
       for (let i = 0; i < valRows.length; i++) if (predicted[i] === valLabels[i]) correct++;
+      const { macroF1 } = computeMetrics(classNames, valLabels, predicted);
       state.history.push({
         epoch,
         lr: opt.lr,
         trainLoss: lossSum / rows.length,
         valLoss: crossEntropy(probs, trainable.numClasses, valLabels),
         valAccuracy: correct / valRows.length,
+        valMacroF1: macroF1,
         seconds: (performance.now() - started) / 1000,
       });
       emit('afterEpoch');
