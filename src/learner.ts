@@ -35,7 +35,8 @@ import { isQuantized, dequantizeModel } from './onnx/dequantize.js';
 import { nchwcBlockSize } from './train/runtime.js';
 import { planSuffix, planWindowSuffix, WINDOW_MASK, prefixModel, probeShape, poolWithSuffix, suffixTrainable, unfreezePoints, withWeights, type FreezeSpec, type SuffixPlan } from './train/finetune.js';
 import { denseRows, sequenceRows, type Rows, type SideInput } from './train/rows.js';
-import { DEFAULT_FIT, DEFAULT_LR, Evaluator, train, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
+import { DEFAULT_LR_RANGE, lrFind, type LrFindResult, type LrRange } from './train/lr-find.js';
+import { DEFAULT_FIT, DEFAULT_LR, Evaluator, headTrainable, train, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
 import { writeArtifact, type Manifest, type ManifestDraft } from './artifact/artifact.js';
 import { digestSamples, splitRecord, SPLIT_FILE } from './artifact/split.js';
 
@@ -347,6 +348,17 @@ export class Learner {
     const truth = Int32Array.from(this.data.valRows, (r) => this.data.features.labels[r]!);
     const loss = crossEntropy(probs, this.spec.numClasses, truth);
     return computeMetrics(this.classes, truth, argmaxRows(probs, this.spec.numClasses), { loss });
+  }
+
+  /**
+   * The learning-rate range test on the head's training graph, from fresh head weights (the learner's state is
+   * untouched): the suggested rate, and the curve to plot (lrFindSvg). Fine-tuning graphs are not tested yet.
+   */
+  async lrFind(options: Partial<FitOptions> = {}, range: Partial<LrRange> = {}): Promise<LrFindResult> {
+    if (this.unfrozen || this.weights.kind === 'tuned') throw new GraftError('USAGE', 'lrFind() tests the head on the frozen pretrained backbone; call it before unfreezing or fine-tuning');
+    const fit = { ...DEFAULT_FIT, lr: this.headLr(), seed: this.seed, ...options };
+    const trainable = headTrainable(this.spec, this.standardizer, fit.seed, fit.lr, fit.weightDecay);
+    return lrFind(trainable, this.data.features, this.data.trainRows, this.data.valRows, fit, { ...DEFAULT_LR_RANGE, ...range });
   }
 
   /**

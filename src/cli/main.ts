@@ -16,8 +16,9 @@ import { readTable } from '../data/table.js';
 import { GraftError } from '../errors.js';
 import { argmaxRows, computeMetrics, crossEntropy, type Metrics } from '../evaluate/metrics.js';
 import { formatMetrics } from '../evaluate/report.js';
+import { lrFindSvg, type LrFindResult } from '../train/lr-find.js';
 import { Learner, roundTiming, type Diagnostics, type FineTuneTiming, type SampleRef } from '../learner.js';
-import type { OptimizerKind, ScheduleKind, TrainResult, TrainState } from '../train/trainer.js';
+import type { FitOptions, OptimizerKind, ScheduleKind, TrainResult, TrainState } from '../train/trainer.js';
 import { VERSION } from '../version.js';
 import { formatBytes, hubOptions, importCommand, models, pull, type HubFlags } from './backbones.js';
 import { createProgress } from './progress.js';
@@ -33,6 +34,7 @@ const positive = (name: string) => (v: string) => {
   if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number, got "${v}"`);
   return n;
 };
+const rateOrAuto = (v: string) => (v === 'auto' ? ('auto' as const) : positive('--lr')(v));
 const fractionOf = (name: string) => (v: string) => {
   const n = Number(v);
   if (!(n >= 0 && n < 1)) throw new InvalidArgumentError(`${name} must be in [0, 1), got "${v}"`);
@@ -90,7 +92,7 @@ interface TrainFlags {
   out: string;
   head: 'mlp' | 'linear';
   epochs?: number;
-  lr?: number;
+  lr?: number | 'auto';
   batchSize?: number;
   weightDecay?: number;
   patience?: number;
@@ -118,6 +120,46 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
   const progress = createProgress();
   const started = performance.now();
   const out = await prepareOut(flags.out);
+  const wallStart = Date.now() - 1000;
+  const learn = await openLearner(data, flags, progress);
+  try {
+    await trainLearner(learn, flags, out, progress, started);
+  } finally {
+    await learn.close();
+  }
+  if (flags.cache) evictOverBudget(flags.cacheDir ?? defaultCacheDir(), wallStart, (m) => progress.log(m));
+}
+
+/**
+ * `graft lr-find DATA [train's options]`: the learning-rate range test on the head (the options that shape the
+ * training steps apply: batch size, weight decay, optimizer, class weights); writes OUT/lr-find.svg and
+ * OUT/lr-find.json and prints the suggested rate.
+ */
+async function lrFindCommand(data: string, flags: TrainFlags): Promise<void> {
+  const progress = createProgress();
+  const out = await prepareOut(flags.out);
+  const learn = await openLearner(data, flags, progress);
+  try {
+    progress.stop();
+    const r = await rangeTest(learn, flags, out);
+    if (flags.json) emitJson({ suggestion: r.suggestion, minimumTenth: r.minimumTenth, plot: join(out, 'lr-find.svg'), lrs: r.lrs, losses: r.losses, smoothed: r.smoothed });
+    else process.stdout.write(`suggested learning rate ${r.suggestion.toExponential(1)} (a tenth of the least-loss rate: ${r.minimumTenth.toExponential(1)}); curve in ${join(out, 'lr-find.svg')}\n`);
+  } finally {
+    await learn.close();
+  }
+}
+
+/** Runs the range test with the run's step options and writes its curve into `out`. */
+async function rangeTest(learn: Learner, flags: TrainFlags, out: string): Promise<LrFindResult> {
+  const { lr: _lr, epochs: _epochs, patience: _patience, ...stepOptions } = fitFlags(flags);
+  const r = await learn.lrFind(stepOptions);
+  await writeFileAtomic(join(out, 'lr-find.svg'), lrFindSvg(r, `learning-rate range test (${basename(resolve(learn.data.dataset.root))})`));
+  await writeFileAtomic(join(out, 'lr-find.json'), JSON.stringify({ suggestion: r.suggestion, minimumTenth: r.minimumTenth, lrs: r.lrs, losses: r.losses, smoothed: r.smoothed }, null, 2) + '\n');
+  return r;
+}
+
+/** The dataset scanned, the backbone loaded and its features extracted, as the flags say. */
+async function openLearner(data: string, flags: TrainFlags, progress: ReturnType<typeof createProgress>): Promise<Learner> {
   const learn = await Learner.create({
     data,
     ...(flags.task ? { task: flags.task } : {}),
@@ -165,13 +207,25 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
       : `the ${split.kind} ${relative(process.cwd(), split.train) || '.'} and ${relative(process.cwd(), split.val) || '.'}`;
     progress.log(`--val-split ${flags.valSplit} ignored: ${by} already split it`);
   }
-  const wallStart = Date.now() - 1000;
-  try {
-    await trainLearner(learn, flags, out, progress, started);
-  } finally {
-    await learn.close();
-  }
-  if (flags.cache) evictOverBudget(flags.cacheDir ?? defaultCacheDir(), wallStart, (m) => progress.log(m));
+  return learn;
+}
+
+/** The fit options the flags set (the rest keep the library's defaults). */
+function fitFlags(flags: TrainFlags): Partial<FitOptions> {
+  return {
+    ...(flags.epochs !== undefined ? { epochs: flags.epochs } : {}),
+    ...(typeof flags.lr === 'number' ? { lr: flags.lr } : {}),
+    ...(flags.batchSize !== undefined ? { batchSize: flags.batchSize } : {}),
+    ...(flags.weightDecay !== undefined ? { weightDecay: flags.weightDecay } : {}),
+    ...(flags.patience !== undefined ? { patience: flags.patience } : {}),
+    ...(flags.optimizer !== undefined ? { optimizer: flags.optimizer } : {}),
+    ...(flags.schedule !== undefined ? { schedule: flags.schedule } : {}),
+    ...(flags.warmup !== undefined ? { warmup: flags.warmup } : {}),
+    ...(flags.clipNorm !== undefined ? { clipNorm: flags.clipNorm } : {}),
+    ...(flags.classWeights === 'auto' ? { balance: true } : {}),
+    ...(flags.monitor !== undefined ? { monitor: flags.monitor } : {}),
+    ...(flags.momentum !== undefined ? { momentum: flags.momentum } : {}),
+  };
 }
 
 /**
@@ -207,20 +261,16 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
         `${oneLine(sampleName({ ...example.val, file: relative(process.cwd(), example.val.file) || example.val.file }))} = ${oneLine(sampleName({ ...example.train, file: relative(process.cwd(), example.train.file) || example.train.file }))}`,
     );
   }
-  const fit = {
-    ...(flags.epochs !== undefined ? { epochs: flags.epochs } : {}),
-    ...(flags.lr !== undefined ? { lr: flags.lr } : {}),
-    ...(flags.batchSize !== undefined ? { batchSize: flags.batchSize } : {}),
-    ...(flags.weightDecay !== undefined ? { weightDecay: flags.weightDecay } : {}),
-    ...(flags.patience !== undefined ? { patience: flags.patience } : {}),
-    ...(flags.optimizer !== undefined ? { optimizer: flags.optimizer } : {}),
-    ...(flags.schedule !== undefined ? { schedule: flags.schedule } : {}),
-    ...(flags.warmup !== undefined ? { warmup: flags.warmup } : {}),
-    ...(flags.clipNorm !== undefined ? { clipNorm: flags.clipNorm } : {}),
-    ...(flags.classWeights === 'auto' ? { balance: true } : {}),
-    ...(flags.monitor !== undefined ? { monitor: flags.monitor } : {}),
-    ...(flags.momentum !== undefined ? { momentum: flags.momentum } : {}),
-  };
+  const fit = fitFlags(flags);
+  const fineTuning = flags.fineTuneAt !== undefined || flags.unfreeze !== undefined;
+  let headLr: number | undefined;
+  if (flags.lr === 'auto') {
+    // --lr auto: the range test picks the head's rate (when fine-tuning, its head phase's; the unfrozen phase keeps its default).
+    const r = await rangeTest(learn, flags, out);
+    progress.log(`--lr auto: learning-rate range test suggests ${r.suggestion.toExponential(1)} for the head (curve in ${join(out, 'lr-find.svg')})`);
+    if (fineTuning) headLr = r.suggestion;
+    else fit.lr = r.suggestion;
+  }
   let epochsPlanned = 0;
   let phase = 'train';
   const show = {
@@ -236,7 +286,7 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
   };
   let result: TrainResult;
   let phases: FineTuneTiming | undefined;
-  if (flags.fineTuneAt !== undefined || flags.unfreeze !== undefined) {
+  if (fineTuning) {
     if (flags.fineTuneAt !== undefined && flags.unfreeze !== undefined) throw new GraftError('USAGE', 'give --fine-tune-at or --unfreeze, not both');
     const at = flags.fineTuneAt;
     phase = 'head';
@@ -248,6 +298,7 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
         ...(flags.lrMult !== undefined ? { lrMult: flags.lrMult } : {}),
         ...(flags.batchNorm !== undefined ? { batchNorm: flags.batchNorm } : {}),
         ...(flags.encoderDropout !== undefined ? { encoderDropout: flags.encoderDropout } : {}),
+        ...(headLr !== undefined ? { headLr } : {}),
         fit,
       },
       [show, { afterFit: () => (phase = 'fine-tune') }],
@@ -464,14 +515,9 @@ const formatPredictions = (ps: Array<{ label: string; probability: number }>) =>
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
-export function program(): Command {
-  const cmd = new Command('graft')
-    .description('Transfer learning for TypeScript: train a classifier on your images, texts or audio clips from a pretrained ONNX model')
-    .version(VERSION);
-  cmd
-    .command('train')
-    .description('extract features with a pretrained backbone and train a new head on them')
-    .argument('<data>', 'images or audio: DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*, or a folder of files labelled by name (--name-pattern); texts: a .csv/.tsv/.jsonl file, a folder with train.<ext> + val.<ext>, or DATA/<class>/*.txt; or a manifest (path, label, split columns)')
+/** The options of `graft train` (and of `graft lr-find`, which reads the data and builds the head the same way). */
+function trainOptions(c: Command): Command {
+  return c
     .addOption(new Option('--task <kind>', 'image, text or audio (default: detected from DATA)').choices(['image', 'text', 'audio']))
     .option('--name-pattern <pattern>', "labels from file names: the name with {label} (and other {fields}, * for any text), e.g. '{label}_{speaker}_{index}.wav'")
     .option('--val-where <rule>', "with --name-pattern: which files validate, field<op>value (= != < <= > >=; = takes a,b,c), e.g. 'index<5' or 'speaker=jackson'")
@@ -485,7 +531,7 @@ export function program(): Command {
     .option('--out <dir>', 'output directory for model.onnx and graft.json', 'graft-model')
     .addOption(new Option('--head <kind>', 'new classifier head').choices(['mlp', 'linear']).default('mlp'))
     .option('--epochs <n>', 'maximum training epochs (default 60, early stopping; the unfrozen phase of a text encoder: 5, of audio: 10)', int('--epochs', 1))
-    .option('--lr <x>', 'learning rate (default: MLP head 3e-4, on texts 1e-3; linear head 1e-3; fine-tuning 1e-4, a text encoder 3e-5)', positive('--lr'))
+    .option('--lr <x|auto>', 'learning rate, or auto: the range test picks it (graft lr-find) (default: MLP head 3e-4, on texts 1e-3; linear head 1e-3; fine-tuning 1e-4, a text encoder 3e-5)', rateOrAuto)
     .option('--batch-size <n>', 'training batch size (default 32)', int('--batch-size', 1))
     .option('--weight-decay <x>', 'decoupled weight decay (default 0.3)', Number)
     .option('--patience <n>', 'early-stopping patience in epochs, 0: off (default 8)', int('--patience'))
@@ -506,8 +552,25 @@ export function program(): Command {
     .option('--freeze-epochs <e>', 'head-only epochs before unfreezing (fine-tuning; default 3, texts and audio: up to 60 with early stopping)', int('--freeze-epochs'))
     .option('--lr-mult <m>', 'the backbone trains at lr / m (fine-tuning; default 10, a text encoder 1)', positive('--lr-mult'))
     .option('--encoder-dropout <p>', "dropout in a transformer's unfrozen layers while fine-tuning (default 0.1)", fractionOf('--encoder-dropout'))
-    .option('--json', 'print one JSON document on stdout', false)
-    .action((data: string, flags: TrainFlags) => train(data, flags));
+    .option('--json', 'print one JSON document on stdout', false);
+}
+
+export function program(): Command {
+  const cmd = new Command('graft')
+    .description('Transfer learning for TypeScript: train a classifier on your images, texts or audio clips from a pretrained ONNX model')
+    .version(VERSION);
+  trainOptions(
+    cmd
+      .command('train')
+      .description('extract features with a pretrained backbone and train a new head on them')
+      .argument('<data>', 'images or audio: DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*, or a folder of files labelled by name (--name-pattern); texts: a .csv/.tsv/.jsonl file, a folder with train.<ext> + val.<ext>, or DATA/<class>/*.txt; or a manifest (path, label, split columns)'),
+  ).action((data: string, flags: TrainFlags) => train(data, flags));
+  trainOptions(
+    cmd
+      .command('lr-find')
+      .description("the learning-rate range test on the head (fastai's lr_find): suggests a rate, writes OUT/lr-find.svg and lr-find.json; takes train's options")
+      .argument('<data>', 'as for train'),
+  ).action((data: string, flags: TrainFlags) => lrFindCommand(data, flags));
   cmd
     .command('eval')
     .description('evaluate an exported model on labelled data')

@@ -374,6 +374,8 @@ export async function train(
   valRows: readonly number[],
   options: FitOptions,
   callbacks: Callback[] = [],
+  /** A schedule of its own over `steps` steps in place of the options' (the learning-rate range test's). */
+  schedule?: { steps: number; schedules: Schedules },
 ): Promise<TrainResult> {
   if (trainRows.length === 0) throw new GraftError('TRAIN', 'no training examples');
   if (valRows.length === 0) throw new GraftError('TRAIN', 'no validation examples');
@@ -400,7 +402,7 @@ export async function train(
   for (const r of trainRows) perClass.set(data.labels[r]!, (perClass.get(data.labels[r]!) ?? 0) + 1);
   const epochLength = options.balance ? perClass.size * Math.max(...perClass.values()) : trainRows.length;
   const stepsPerEpoch = Math.ceil(epochLength / B);
-  const scheduler = new Scheduler(opt, stepsPerEpoch * options.epochs, makeSchedules(options));
+  const scheduler = schedule ? new Scheduler(opt, schedule.steps, schedule.schedules) : new Scheduler(opt, stepsPerEpoch * options.epochs, makeSchedules(options));
   const stopper = new EarlyStopping(options.patience, options.monitor);
   const all: Callback[] = [...callbacks, stopper];
   const stateParams: Param[] = (trainable.state ?? []).map((t) => ({ name: t.name, dims: t.dims, data: t.data, decay: false }));
