@@ -17,7 +17,8 @@ import { type Dataset, type Modality, type Sample, type Skipped } from './data/d
 import { openDataset } from './data/open.js';
 import { GraftError } from './errors.js';
 import { computeMetrics, argmaxRows, crossEntropy, type Metrics } from './evaluate/metrics.js';
-import { calibration, confusedPairs, crossValidationFolds, mislabelCandidates, nearDuplicates, topLosses, type Calibration, type ConfusedPair } from './evaluate/diagnostics.js';
+import { calibration, confusedPairs, crossValidationFolds, mislabelCandidates, nearDuplicates, topLosses, type Diagnostics, type SampleRef } from './evaluate/diagnostics.js';
+export type { Diagnostics, SampleRef } from './evaluate/diagnostics.js';
 import { loadAudioBackbone, loadBackbone, loadTextBackbone, FEATURES, type Backbone, type TextBackbone } from './backbone/backbone.js';
 import { FeatureExtractor, type ExtractInput, type ExtractProgress, type TokenStats } from './backbone/extractor.js';
 import { resolveModel } from './backbone/resolve.js';
@@ -633,27 +634,8 @@ export class Learner {
 }
 
 /** A sample as diagnostics name it: its file (and table line), and a text's first 120 characters. */
-export interface SampleRef {
-  file: string;
-  line?: number;
-  text?: string;
-}
-
 function sampleRef(s: Sample): SampleRef {
   return { file: s.file, ...(s.line !== undefined ? { line: s.line } : {}), ...(s.text !== undefined ? { text: s.text.length > 120 ? `${s.text.slice(0, 119)}…` : s.text } : {}) };
-}
-
-/** Learner.diagnose()'s findings. */
-export interface Diagnostics {
-  /** Validation samples the model is most wrong about. */
-  topLosses: Array<SampleRef & { label: string; predicted: string; probability: number; loss: number }>;
-  confusedPairs: ConfusedPair[];
-  /** Expected calibration error of the top label (Guo et al.), one-vs-rest per class, and the reliability curve. */
-  calibration: { ece: number; perClass: Record<string, number>; bins: Calibration['bins'] };
-  /** Training samples whose given label their out-of-fold prediction doubts (confident learning), most suspicious first. */
-  mislabeled: Array<SampleRef & { given: string; suggested: string; givenProbability: number; suggestedProbability: number }>;
-  /** Validation samples whose features nearly equal a training sample's (leakage). */
-  nearDuplicates: Array<{ val: SampleRef; train: SampleRef; cosine: number }>;
 }
 
 /** Frees activations that live in a store (memory beyond a FeatureSet's array, a spill file). */

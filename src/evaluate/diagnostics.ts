@@ -347,3 +347,23 @@ export function nearDuplicates(
   });
   return found.sort((a, b) => b.cosine - a.cosine);
 }
+
+/** A sample as diagnostics name it: its file (and table line), and a text's first 120 characters. */
+export interface SampleRef {
+  file: string;
+  line?: number;
+  text?: string;
+}
+
+/** What Learner.diagnose() finds after training. */
+export interface Diagnostics {
+  /** Validation samples the model is most wrong about. */
+  topLosses: Array<SampleRef & { label: string; predicted: string; probability: number; loss: number }>;
+  confusedPairs: ConfusedPair[];
+  /** Expected calibration error of the top label (Guo et al.), one-vs-rest per class, and the reliability curve. */
+  calibration: { ece: number; perClass: Record<string, number>; bins: Calibration['bins'] };
+  /** Training samples whose given label their out-of-fold prediction doubts (confident learning), most suspicious first. */
+  mislabeled: Array<SampleRef & { given: string; suggested: string; givenProbability: number; suggestedProbability: number }>;
+  /** Validation samples whose features nearly equal a training sample's (leakage). */
+  nearDuplicates: Array<{ val: SampleRef; train: SampleRef; cosine: number }>;
+}
