@@ -75,5 +75,10 @@ describe('training diagnostics', () => {
     assert.match(r.stderr, /warning: 1 validation sample nearly identical to training ones .*copy-of-train\.jpg/);
     const saved = JSON.parse(await readFile(path.join(out, 'metrics.json'), 'utf8')) as { diagnostics: unknown };
     assert.deepEqual(saved.diagnostics, doc.diagnostics);
+    // The report shows them too, with thumbnails of the photos it names.
+    const report = await readFile(path.join(out, 'report.html'), 'utf8');
+    assert.match(report, /id="confusion"/);
+    assert.match(report, /copy-of-train\.jpg/);
+    assert.match(report, /<img [^>]*src="data:image\/jpeg;base64,/);
   });
 });

@@ -10,15 +10,16 @@ import { GraftModel } from '../artifact/model.js';
 import { fileProblem, oneLine, writeFileAtomic } from '../util/fs.js';
 import { byCodeUnit, walkFiles } from '../data/walk.js';
 import { digestSamples } from '../artifact/split.js';
-import { sampleName, type Skipped } from '../data/dataset.js';
+import { sampleName, type DatasetSplit, type Skipped } from '../data/dataset.js';
 import { openLabelled } from '../data/open.js';
 import { readTable } from '../data/table.js';
 import { GraftError } from '../errors.js';
 import { argmaxRows, computeMetrics, crossEntropy, type Metrics } from '../evaluate/metrics.js';
 import { formatMetrics } from '../evaluate/report.js';
 import { lrFindSvg, type LrFindResult } from '../train/lr-find.js';
+import { renderReport, thumbnails } from '../evaluate/html-report.js';
 import { Learner, roundTiming, type Diagnostics, type FineTuneTiming, type SampleRef } from '../learner.js';
-import type { FitOptions, OptimizerKind, ScheduleKind, TrainResult, TrainState } from '../train/trainer.js';
+import type { EpochRecord, FitOptions, OptimizerKind, ScheduleKind, TrainResult, TrainState } from '../train/trainer.js';
 import { VERSION } from '../version.js';
 import { formatBytes, hubOptions, importCommand, models, pull, type HubFlags } from './backbones.js';
 import { createProgress } from './progress.js';
@@ -264,9 +265,11 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
   const fit = fitFlags(flags);
   const fineTuning = flags.fineTuneAt !== undefined || flags.unfreeze !== undefined;
   let headLr: number | undefined;
+  let rangeTested: LrFindResult | undefined;
   if (flags.lr === 'auto') {
     // --lr auto: the range test picks the head's rate (when fine-tuning, its head phase's; the unfrozen phase keeps its default).
     const r = await rangeTest(learn, flags, out);
+    rangeTested = r;
     progress.log(`--lr auto: learning-rate range test suggests ${r.suggestion.toExponential(1)} for the head (curve in ${join(out, 'lr-find.svg')})`);
     if (fineTuning) headLr = r.suggestion;
     else fit.lr = r.suggestion;
@@ -286,6 +289,7 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
   };
   let result: TrainResult;
   let phases: FineTuneTiming | undefined;
+  const curves: Array<{ name: string; history: EpochRecord[] }> = [];
   if (fineTuning) {
     if (flags.fineTuneAt !== undefined && flags.unfreeze !== undefined) throw new GraftError('USAGE', 'give --fine-tune-at or --unfreeze, not both');
     const at = flags.fineTuneAt;
@@ -304,6 +308,8 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
       [show, { afterFit: () => (phase = 'fine-tune') }],
     );
     result = tuned.phase2;
+    if (tuned.phase1) curves.push({ name: 'head', history: tuned.phase1.history });
+    curves.push({ name: 'fine-tune', history: tuned.phase2.history });
     phases = roundTiming(tuned.timing);
     progress.log(`fine-tuned ${tuned.trainableNodes} backbone nodes (${tuned.trainableTensors} weight tensors) after "${tuned.boundary}" with the head`);
     const stages = phases.stages.length > 1 ? ` (stages ${phases.stages.map((x) => `${x.toFixed(1)} s`).join(', ')})` : '';
@@ -321,6 +327,25 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
   const diagnostics = await learn.diagnose();
   await writeFileAtomic(join(out, 'metrics.json'), JSON.stringify({ split: 'val', metrics, skipped: d.skipped, ...(leaks.length ? { leaks: leakage } : {}), diagnostics }, null, 2) + '\n');
   for (const line of summariseDiagnostics(diagnostics)) progress.log(line);
+  if (!curves.length) curves.push({ name: 'head', history: result.history });
+  const shown = [...diagnostics.topLosses, ...diagnostics.mislabeled].map((x) => x.file);
+  const { dataset } = d;
+  const perClass = (rows: number[]) => learn.classes.map((_, c) => rows.filter((r) => d.features.labels[r] === c).length);
+  await writeFileAtomic(
+    join(out, 'report.html'),
+    renderReport({
+      title: `graft · ${basename(resolve(dataset.root))}`,
+      createdAt: new Date().toISOString(),
+      task: learn.modality,
+      dataset: { root: dataset.root, classes: learn.classes, trainPerClass: perClass(d.trainRows), valPerClass: perClass(d.valRows), split: describeSplit(dataset.split), skipped: d.skipped },
+      backbone: { name: backbone.source.name ?? basename(backbone.source.file), featureDim: backbone.config.featureDim },
+      phases: curves,
+      metrics,
+      diagnostics,
+      ...(rangeTested ? { lrFind: rangeTested } : {}),
+      ...(learn.modality === 'image' ? { thumbnails: await thumbnails([...new Set(shown)]) } : {}),
+    }),
+  );
   const seconds = (performance.now() - started) / 1000;
   if (flags.json) {
     emitJson({
@@ -340,6 +365,20 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
   } else {
     printSkipped(d.skipped);
     process.stdout.write(`Validation (${d.valRows.length} ${what})\n${formatMetrics(metrics)}\n\nModel written to ${out} (${seconds.toFixed(1)} s)\n`);
+  }
+}
+
+/** How the data was split, in words. */
+function describeSplit(split: DatasetSplit): string {
+  switch (split.kind) {
+    case 'random':
+      return `random, stratified: ${Math.round(split.valFraction * 100)}% of each class validates (seed ${split.seed})`;
+    case 'column':
+      return `by the "${split.column}" column`;
+    case 'names':
+      return `by file name (${split.pattern}): ${split.valWhere} validates`;
+    default:
+      return `folders: ${split.train} and ${split.val}`;
   }
 }
 
