@@ -24,6 +24,11 @@ export class GraftError extends Error {
   }
 }
 
+/** A config field (of a PretrainedConfig, TextConfig, AudioConfig read from JSON) that is not what it must be. */
+export function invalidConfig(source: string, field: string, expected: string, actual: unknown): GraftError {
+  return new GraftError('CONFIG', invalidParameter(`${source}.${field}`, expected, JSON.stringify(actual)).message, { source, field, actual });
+}
+
 /** "Expected <what> for <name> but received <value>": one wording for every invalid parameter. */
 export function invalidParameter(name: string, expected: string, actual: unknown): GraftError {
   const shown = typeof actual === 'string' ? JSON.stringify(actual) : String(actual);

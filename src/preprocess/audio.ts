@@ -4,7 +4,7 @@
  * `[samples]`; everything after that (the front end: log-mel frames, windows, pooling over windows) lives in the
  * ONNX graph, so an exported model takes a plain waveform anywhere ONNX runs.
  */
-import { GraftError, invalidParameter } from '../errors.js';
+import { GraftError, invalidConfig } from '../errors.js';
 
 /** How the backbone's window embeddings become one vector per clip. */
 export type AudioPooling = 'mean' | 'mean+max';
@@ -36,8 +36,7 @@ export interface AudioConfig {
 
 export function validateAudioConfig(raw: unknown, source = 'AudioConfig'): AudioConfig {
   const fail = (field: string, expected: string, actual: unknown): never => {
-    const e = invalidParameter(`${source}.${field}`, expected, JSON.stringify(actual));
-    throw new GraftError('CONFIG', e.message, { source, field, actual });
+    throw invalidConfig(source, field, expected, actual);
   };
   if (typeof raw !== 'object' || raw === null) throw new GraftError('CONFIG', `${source}: expected an object`, { source });
   const c = raw as Record<string, unknown>;

@@ -1,4 +1,4 @@
-import { GraftError, invalidParameter } from '../errors.js';
+import { GraftError, invalidConfig } from '../errors.js';
 
 /**
  * How a backbone expects its input, and where its features are. It travels with every backbone and is
@@ -75,8 +75,7 @@ export function validateConfig(raw: unknown, source = 'PretrainedConfig'): Pretr
   if (typeof raw !== 'object' || raw === null) throw new GraftError('CONFIG', `${source}: expected an object`, { source });
   const c = raw as Record<string, unknown>;
   const fail = (field: string, expected: string): never => {
-    const e = invalidParameter(`${source}.${field}`, expected, JSON.stringify(c[field]));
-    throw new GraftError('CONFIG', e.message, { source, field, actual: c[field] });
+    throw invalidConfig(source, field, expected, c[field]);
   };
   if (typeof c.inputName !== 'string' || !c.inputName) fail('inputName', 'a tensor name');
   const size = c.inputSize;

@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { GraftError, invalidParameter } from '../errors.js';
+import { GraftError, invalidConfig } from '../errors.js';
 
 /** How a text backbone's output becomes one feature vector. */
 export type TextPooling =
@@ -35,8 +35,7 @@ export interface TextConfig {
 
 export function validateTextConfig(raw: unknown, source = 'TextConfig'): TextConfig {
   const fail = (field: string, expected: string, actual: unknown): never => {
-    const e = invalidParameter(`${source}.${field}`, expected, JSON.stringify(actual));
-    throw new GraftError('CONFIG', e.message, { source, field, actual });
+    throw invalidConfig(source, field, expected, actual);
   };
   if (typeof raw !== 'object' || raw === null) throw new GraftError('CONFIG', `${source}: expected an object`, { source });
   const c = raw as Record<string, unknown>;
