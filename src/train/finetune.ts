@@ -11,7 +11,7 @@ import { probeTensor } from '../backbone/backbone.js';
 import type { Pipeline } from '../preprocess/pipeline.js';
 import { appendGradients } from '../onnx/autodiff.js';
 import { GraphBuilder } from '../onnx/builder.js';
-import { DataType, defaultOpset, encodeModel, onnx, tensor, tensorToFloat32, toNumber, type ModelProto, type NodeProto, type TensorProto } from '../onnx/proto.js';
+import { DataType, defaultOpset, encodeModel, onnx, tensor, tensorToFloat32, toNumber, type GraphProto, type ModelProto, type NodeProto, type TensorProto } from '../onnx/proto.js';
 import { useNchwc } from '../onnx/nchwc.js';
 import { boundaries, layerOf, pruneTo, suffixNodes, type Boundary } from '../onnx/surgery.js';
 import {
@@ -147,6 +147,18 @@ export function planSuffix(featureModel: ModelProto, output: string, freeze: Fre
       });
     }
   }
+  const { initializers, trainable } = suffixWeights(graph, nodes);
+  const encoderDropout = freeze.encoderDropout ?? DEFAULT_ENCODER_DROPOUT;
+  if (!(encoderDropout >= 0 && encoderDropout < 1)) throw new GraftError('USAGE', `encoder dropout must be in [0, 1), got ${freeze.encoderDropout}`);
+  const batchNorm = freeze.batchNorm ?? 'frozen-stats';
+  if (batchNorm !== 'frozen-stats' && batchNorm !== 'train') throw new GraftError('USAGE', `batchNorm must be "frozen-stats" or "train", got ${JSON.stringify(batchNorm)}`);
+  const statistics = nodes.filter((n) => n.opType === 'BatchNormalization').flatMap((n) => [n.input![3]!, n.input![4]!]);
+  const side = sideInputs.map((name) => ({ name, elemType: (graph.input ?? []).find((i) => i.name === name)?.type?.tensorType?.elemType ?? DataType.INT64 }));
+  return { boundary: chosen.tensor, boundaryIndex: chosen.index, nodes, initializers, trainable, output, batchNorm, statistics, sideInputs: side, unit, encoderDropout: unit === 'layer' ? encoderDropout : 0 };
+}
+
+/** The initializers a suffix's nodes read, and which of them train: float weight inputs (WEIGHT_INPUTS) of more than one value. */
+function suffixWeights(graph: GraphProto, nodes: readonly NodeProto[]): { initializers: Map<string, TensorProto>; trainable: string[] } {
   const byName = new Map((graph.initializer ?? []).map((t) => [t.name!, t]));
   const initializers = new Map<string, TensorProto>();
   const trainable = new Set<string>();
@@ -159,13 +171,7 @@ export function planSuffix(featureModel: ModelProto, output: string, freeze: Fre
       if (t.dataType === DataType.FLOAT && size > 1 && WEIGHT_INPUTS[n.opType!]?.includes(i)) trainable.add(name);
     });
   }
-  const encoderDropout = freeze.encoderDropout ?? DEFAULT_ENCODER_DROPOUT;
-  if (!(encoderDropout >= 0 && encoderDropout < 1)) throw new GraftError('USAGE', `encoder dropout must be in [0, 1), got ${freeze.encoderDropout}`);
-  const batchNorm = freeze.batchNorm ?? 'frozen-stats';
-  if (batchNorm !== 'frozen-stats' && batchNorm !== 'train') throw new GraftError('USAGE', `batchNorm must be "frozen-stats" or "train", got ${JSON.stringify(batchNorm)}`);
-  const statistics = nodes.filter((n) => n.opType === 'BatchNormalization').flatMap((n) => [n.input![3]!, n.input![4]!]);
-  const side = sideInputs.map((name) => ({ name, elemType: (graph.input ?? []).find((i) => i.name === name)?.type?.tensorType?.elemType ?? DataType.INT64 }));
-  return { boundary: chosen.tensor, boundaryIndex: chosen.index, nodes, initializers, trainable: [...trainable], output, batchNorm, statistics, sideInputs: side, unit, encoderDropout: unit === 'layer' ? encoderDropout : 0 };
+  return { initializers, trainable: [...trainable] };
 }
 
 /** Per-window blocks of a windowed audio backbone (the bundled speech embedding): `embedding/block_<k>/output`, [N·W, …]. */
@@ -203,22 +209,13 @@ export function planWindowSuffix(featureModel: ModelProto, output: string, freez
   const boundary = chosen.tensor;
   const flat = `${boundary}/windows`;
   const inner = suffixNodes(graph, boundary, last.tensor).map((n) => ({ ...n, input: (n.input ?? []).map((t) => (t === boundary ? flat : t)) }));
-  const initializers = new Map<string, TensorProto>();
-  const byName = new Map((graph.initializer ?? []).map((t) => [t.name!, t]));
-  const trainable = new Set<string>();
-  for (const n of inner) {
-    (n.input ?? []).forEach((name, i) => {
-      const t = byName.get(name);
-      if (!t) return;
-      initializers.set(name, t);
-      if (t.dataType === DataType.FLOAT && WEIGHT_INPUTS[n.opType!]?.includes(i) && (t.dims ?? []).reduce<number>((a, d) => a * toNumber(d as number), 1) > 1) trainable.add(name);
-    });
-  }
+  // The pooling's constants join the blocks' initializers below; none of them trains.
+  const { initializers, trainable } = suffixWeights(graph, inner);
   // Pooling as the graph does it: mean over the windows, then max when the features are mean+max.
   const pooledMax = (graph.node ?? []).some((n) => n.output?.includes(output) && n.opType === 'Concat');
   // The embedding width: the output channels of the last block's convolution.
   const lastConv = [...inner].reverse().find((n) => n.opType === 'Conv');
-  const dim = toNumber(byName.get(lastConv?.input?.[1] ?? '')?.dims?.[0] as number);
+  const dim = toNumber(initializers.get(lastConv?.input?.[1] ?? '')?.dims?.[0] as number);
   if (!(dim > 0)) throw new GraftError('MODEL', `no convolution in the blocks after ${boundary}`, {});
   const constant = (name: string, data: Float32Array | BigInt64Array, dims: number[]) => {
     initializers.set(name, tensor(name, data, dims));
@@ -259,7 +256,7 @@ export function planWindowSuffix(featureModel: ModelProto, output: string, freez
     boundaryIndex: chosen.index,
     nodes,
     initializers,
-    trainable: [...trainable],
+    trainable,
     output,
     batchNorm: 'frozen-stats',
     statistics: [],
