@@ -10,6 +10,7 @@ import type { Skipped } from '../data/dataset.js';
 import { GraftError } from '../errors.js';
 import { topK } from '../evaluate/metrics.js';
 import { inputShape } from '../preprocess/config.js';
+import { scaleSamples } from '../preprocess/audio.js';
 import { textFeeds, type Feed } from '../preprocess/pipeline.js';
 import { EncodePool, ImagePool, sharedFloat32 } from '../preprocess/pool.js';
 import { parseTokenizerFiles, TextTokenizer } from '../preprocess/text.js';
@@ -91,8 +92,7 @@ export class GraftModel {
   /** Probabilities of one clip given as samples at the model's rate, in [-1, 1] (e.g. from WebAudio or a decoder of your own). */
   async classifyWaveform(samples: Float32Array): Promise<Float32Array> {
     if (this.manifest.task !== 'audio-classification') throw new GraftError('USAGE', `classifyWaveform() takes audio; this is a ${this.manifest.task} model`);
-    const { config } = this.manifest;
-    const data = config.sampleScale === 1 ? samples : samples.map((v) => v * config.sampleScale);
+    const data = scaleSamples(samples, this.manifest.config);
     return (await this.runFeeds({ [this.manifest.model.input]: { type: 'float32', data, dims: [1, samples.length] } })).slice();
   }
 

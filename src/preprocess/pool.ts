@@ -3,6 +3,7 @@ import { Worker } from 'node:worker_threads';
 // sharp must also be loaded on the main thread, so that its native libraries stay loaded while workers come and go.
 import 'sharp';
 import { GraftError, invalidParameter } from '../errors.js';
+import { wholeBuffer } from '../util/buffer.js';
 import type { PretrainedConfig } from './config.js';
 import type { Pipeline } from './pipeline.js';
 import type { Encoded } from './text.js';
@@ -67,9 +68,8 @@ export class EncodePool {
       return Promise.reject(new GraftError('USAGE', 'EncodePool.loadInto needs a target on a SharedArrayBuffer (see sharedFloat32)'));
     }
     const request: WorkerRequest = { kind: 'image', id: this.nextId++, file: input.file, target, offset };
-    // Posting a view copies its whole ArrayBuffer: cut out the bytes when they are part of a larger buffer.
     const bytes = input.bytes;
-    if (bytes) request.bytes = bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+    if (bytes) request.bytes = wholeBuffer(bytes);
     return this.submit(request).then((r) => (r.ok ? { ok: true } : { ok: false, reason: r.reason }));
   }
 
@@ -95,7 +95,7 @@ export class EncodePool {
     if (this.pipeline.kind !== 'audio') throw new GraftError('USAGE', `encodeAudio decodes audio; this pool encodes ${this.pipeline.kind}`);
     const request: WorkerRequest = { kind: 'audio', id: this.nextId++, file: input.file };
     const bytes = input.bytes;
-    if (bytes) request.bytes = bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+    if (bytes) request.bytes = wholeBuffer(bytes);
     const reply = await this.submit(request);
     if (!reply.ok) return { ok: false, reason: reply.reason };
     if (!('samples' in reply)) throw new GraftError('USAGE', 'the encoding worker answered an audio request with another kind of reply');

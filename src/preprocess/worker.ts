@@ -7,6 +7,7 @@ import { decodeImage, normalizeInto } from './image.js';
 import type { Pipeline } from './pipeline.js';
 import { TextTokenizer } from './text.js';
 import { FileProblem, readRegularFile } from '../util/fs.js';
+import { wholeBuffer } from '../util/buffer.js';
 
 /**
  * A request from EncodePool. image: decode `bytes` (or read `file`) and write its tensor into `target` at
@@ -48,7 +49,7 @@ port.on('message', async (req: WorkerRequest) => {
       const bytes = req.bytes ?? (await readRegularFile(req.file));
       const clip = await decodeAudio(bytes, req.file, { maxSeconds: pipeline.config.maxSeconds, targetRate: pipeline.config.sampleRate });
       const samples = scaleSamples(clip.samples, pipeline.config);
-      const own = samples.byteLength === samples.buffer.byteLength ? samples : samples.slice();
+      const own = wholeBuffer(samples);
       reply = { id: req.id, ok: true, samples: own, seconds: clip.seconds };
       port.postMessage(reply, [own.buffer as ArrayBuffer]);
       return;

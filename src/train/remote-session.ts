@@ -21,6 +21,7 @@
 import { Worker } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { GraftError, invalidParameter } from '../errors.js';
+import { wholeBuffer } from '../util/buffer.js';
 import type { FeedMessage, FeedType, SessionReply, SessionRequest } from './session-worker.js';
 
 export type { FeedType } from './session-worker.js';
@@ -172,8 +173,7 @@ export class RemoteSession {
     }
     const worker = idle.pop() ?? (await spawn());
     worker.ref();
-    // Posting a view copies its whole buffer: cut the model out when it is part of a larger one.
-    const bytes = model.byteOffset === 0 && model.byteLength === model.buffer.byteLength ? model : model.slice();
+    const bytes = wholeBuffer(model);
     const created = nextReply(worker);
     worker.postMessage({ kind: 'create', model: bytes, options: sessionOptions(options) } satisfies SessionRequest);
     const first = await created;
