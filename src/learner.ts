@@ -341,11 +341,7 @@ export class Learner {
 
   /** Metrics of the trained head (and tuned backbone) on the validation rows. */
   async evaluate(): Promise<Metrics> {
-    const evaluation = this.requireTrained().evaluation;
-    if (!evaluation) throw new GraftError('USAGE', 'the learner is closed: evaluate() needs the evaluation session close() released');
-    const { graph, data, params } = evaluation;
-    const evaluator = await graph;
-    const probs = await evaluator.probabilities(data, this.data.valRows, params);
+    const probs = await this.validationProbabilities('evaluate()');
     const truth = Int32Array.from(this.data.valRows, (r) => this.data.features.labels[r]!);
     const loss = crossEntropy(probs, this.spec.numClasses, truth);
     return computeMetrics(this.classes, truth, argmaxRows(probs, this.spec.numClasses), { loss });
@@ -373,14 +369,12 @@ export class Learner {
   async diagnose(options: { top?: number; folds?: number; duplicateCosine?: number } = {}): Promise<Diagnostics> {
     const { top = 10, folds = 5, duplicateCosine = 0.98 } = options;
     const trained = this.requireTrained();
-    const evaluation = trained.evaluation;
-    if (!evaluation) throw new GraftError('USAGE', 'the learner is closed: diagnose() needs the evaluation session close() released');
+    const probs = await this.validationProbabilities('diagnose()');
     const c = this.spec.numClasses;
     const samples = [...this.data.dataset.train, ...this.data.dataset.val];
     const { labels } = this.data.features;
     const name = (row: number) => sampleRef(samples[row]!);
     const valRows = this.data.valRows;
-    const probs = await (await evaluation.graph).probabilities(evaluation.data, valRows, evaluation.params);
     const truth = Int32Array.from(valRows, (r) => labels[r]!);
     const metrics = computeMetrics(this.classes, truth, argmaxRows(probs, c));
     const cal = calibration(probs, c, truth);
@@ -392,14 +386,14 @@ export class Learner {
     const epochs = Math.max(5, trained.result.bestEpoch + 1);
     if (k >= 2) {
       const fold = crossValidationFolds(Int32Array.from(trainRows, (r) => labels[r]!), k, this.seed);
-      for (let f = 0; f < k; f++) {
-        const held = trainRows.filter((_, i) => fold[i] === f);
-        const rest = trainRows.filter((_, i) => fold[i] !== f);
-        // The training rows stand in for validation: the epoch kept is the one of least training loss.
-        const fit = { ...DEFAULT_FIT, lr: this.headLr(), seed: this.seed + f, epochs, patience: 0 };
-        const result = await trainHead(this.data.features, rest, rest, this.spec, this.standardizer, fit);
-        const evaluator = await Evaluator.forHead(this.spec, this.standardizer);
-        try {
+      const evaluator = await Evaluator.forHead(this.spec, this.standardizer);
+      try {
+        for (let f = 0; f < k; f++) {
+          const held = trainRows.filter((_, i) => fold[i] === f);
+          const rest = trainRows.filter((_, i) => fold[i] !== f);
+          // The training rows stand in for validation: the epoch kept is the one of least training loss.
+          const fit = { ...DEFAULT_FIT, lr: this.headLr(), seed: this.seed + f, epochs, patience: 0 };
+          const result = await trainHead(this.data.features, rest, rest, this.spec, this.standardizer, fit);
           const p = await evaluator.probabilities(this.data.features, held, result.params);
           let j = 0;
           trainRows.forEach((_, i) => {
@@ -407,9 +401,9 @@ export class Learner {
             oof.set(p.subarray(j * c, (j + 1) * c), i * c);
             j++;
           });
-        } finally {
-          await evaluator.release();
         }
+      } finally {
+        await evaluator.release();
       }
     }
     const given = Int32Array.from(trainRows, (r) => labels[r]!);
@@ -423,6 +417,13 @@ export class Learner {
         : [],
       nearDuplicates: nearDuplicates(features, dim, trainRows, valRows, duplicateCosine).slice(0, top).map((d) => ({ val: name(d.val), train: name(d.train), cosine: d.cosine })),
     };
+  }
+
+  /** Class probabilities of the validation rows under the last training (its evaluation graph and weights). */
+  private async validationProbabilities(caller: string): Promise<Float32Array> {
+    const evaluation = this.requireTrained().evaluation;
+    if (!evaluation) throw new GraftError('USAGE', `the learner is closed: ${caller} needs the evaluation session close() released`);
+    return (await evaluation.graph).probabilities(evaluation.data, this.data.valRows, evaluation.params);
   }
 
   /** Records a training's outcome, releasing the previous evaluation session. */
