@@ -113,8 +113,8 @@ export const DEFAULT_FIT: FitOptions = {
   monitor: 'val-loss',
 };
 
-/** One balanced epoch's rows in training order: every class drawn as often as the largest (its own rows all once). */
-export function balancedRows(rows: readonly number[], labels: ArrayLike<number>, rng: Random): number[] {
+/** The rows of each class present, in class order. */
+export function rowsByClass(rows: readonly number[], labels: ArrayLike<number>): number[][] {
   const byClass = new Map<number, number[]>();
   for (const r of rows) {
     const c = labels[r]!;
@@ -122,9 +122,17 @@ export function balancedRows(rows: readonly number[], labels: ArrayLike<number>,
     if (list) list.push(r);
     else byClass.set(c, [r]);
   }
-  const largest = Math.max(...[...byClass.values()].map((l) => l.length));
+  return [...byClass.entries()].sort((a, b) => a[0] - b[0]).map(([, l]) => l);
+}
+
+/** Rows in a balanced epoch: every class as many as the largest has. */
+export const balancedLength = (byClass: readonly number[][]): number => byClass.length * Math.max(...byClass.map((l) => l.length));
+
+/** One balanced epoch's rows in training order: every class drawn as often as the largest (its own rows all once). */
+export function balancedRows(byClass: readonly number[][], rng: Random): number[] {
+  const largest = Math.max(...byClass.map((l) => l.length));
   const out: number[] = [];
-  for (const list of [...byClass.entries()].sort((a, b) => a[0] - b[0]).map(([, l]) => l)) {
+  for (const list of byClass) {
     out.push(...list);
     for (let i = list.length; i < largest; i++) out.push(list[rng.int(list.length)]!);
   }
@@ -398,10 +406,8 @@ export async function train(
   const keep = 1 - (trainable.mask?.rate ?? 0);
   const valLabels = Int32Array.from(valRows, (r) => data.labels[r]!);
   const classNames = Array.from({ length: trainable.numClasses }, (_, c) => String(c));
-  const perClass = new Map<number, number>();
-  for (const r of trainRows) perClass.set(data.labels[r]!, (perClass.get(data.labels[r]!) ?? 0) + 1);
-  const epochLength = options.balance ? perClass.size * Math.max(...perClass.values()) : trainRows.length;
-  const stepsPerEpoch = Math.ceil(epochLength / B);
+  const byClass = options.balance ? rowsByClass(trainRows, data.labels) : undefined;
+  const stepsPerEpoch = Math.ceil((byClass ? balancedLength(byClass) : trainRows.length) / B);
   const scheduler = schedule ? new Scheduler(opt, schedule.steps, schedule.schedules) : new Scheduler(opt, stepsPerEpoch * options.epochs, makeSchedules(options));
   const stopper = new EarlyStopping(options.patience, options.monitor);
   const all: Callback[] = [...callbacks, stopper];
@@ -417,7 +423,7 @@ export async function train(
       const started = performance.now();
       state.epoch = epoch;
       emit('beforeEpoch');
-      const rows = options.balance ? balancedRows(trainRows, data.labels, rng) : rng.shuffle(order);
+      const rows = byClass ? balancedRows(byClass, rng) : rng.shuffle(order);
       let lossSum = 0;
       for (const batch of batchesOf(rows, B, data.lengths, rng)) {
         const n = batch.length;
