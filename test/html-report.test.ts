@@ -9,10 +9,10 @@ import type { Browser } from 'playwright-core';
 import { escapeHtml, renderReport, thumbnails, type ReportInput } from '../src/evaluate/html-report.js';
 import { computeMetrics } from '../src/evaluate/metrics.js';
 import type { EpochRecord } from '../src/train/trainer.js';
+import { requireShared, SHARED } from './support/paths.js';
 
-const ROOT = '/work/shared/data/hymenoptera';
-const ANT = `${ROOT}/train/ants/0013035.jpg`;
-const BEE = `${ROOT}/train/bees/16838648_415acd9e3f.jpg`;
+const ROOT = `${SHARED}/data/hymenoptera`;
+const [ANT, BEE] = requireShared(`${ROOT}/train/ants/0013035.jpg`, `${ROOT}/train/bees/16838648_415acd9e3f.jpg`);
 const MISSING = `${ROOT}/train/ants/no-such-image.jpg`;
 const XSS = '<script>alert(1)</script>';
 const ODD_FILE = `${ROOT}/val/bees/a&b "quoted" 'single'.jpg`;
