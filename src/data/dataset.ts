@@ -4,7 +4,7 @@ import { GraftError, invalidParameter } from '../errors.js';
 import { mapLimit } from '../util/async.js';
 import { FileProblem, fileProblem, readRegularFile } from '../util/fs.js';
 import { byCodeUnit, listFolder, walkFiles } from './walk.js';
-import { whyNotAudio, whyNotImage } from './sniff.js';
+import { SNIFF_BYTES, whyNotAudio, whyNotImage } from './sniff.js';
 
 export { sniffAudioType, sniffImageType, whyNotAudio, whyNotImage, type AudioFormat } from './sniff.js';
 import { Random } from '../util/random.js';
@@ -103,8 +103,7 @@ export type MediaModality = 'image' | 'audio';
 /** Why a file is not a usable image (or audio file) from its first bytes, or undefined. Never blocks: only regular files are read. */
 async function checkFile(file: string, modality: MediaModality): Promise<string | undefined> {
   try {
-    // 64 bytes: an Ogg stream's codec is named after its first page header.
-    const head = await readRegularFile(file, 64);
+    const head = await readRegularFile(file, SNIFF_BYTES);
     return modality === 'image' ? whyNotImage(head) : whyNotAudio(head);
   } catch (e) {
     if (e instanceof FileProblem) return e.problem;

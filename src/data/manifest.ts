@@ -6,7 +6,10 @@ import path from 'node:path';
 import { GraftError } from '../errors.js';
 import { mapLimit } from '../util/async.js';
 import { FileProblem, readRegularFile } from '../util/fs.js';
-import { sniffAudioType, sniffImageType, type Dataset, type DatasetSplit, type Modality, type Sample, type Skipped } from './dataset.js';
+import { type Dataset, type DatasetSplit, type Modality, type Sample, type Skipped } from './dataset.js';
+import { SNIFF_BYTES, sniffMedia } from './sniff.js';
+
+export { sniffMedia } from './sniff.js';
 import { readTable, type Table } from './table.js';
 import { checkSplitOptions, evaluationRows, labelItems, scanTextData, splitLabelled, type LabelledItem } from './text.js';
 
@@ -17,16 +20,6 @@ export interface ManifestOptions {
   pathColumn?: string;
   /** Used only when the manifest turns out to be a text table (a text column and no path column). */
   textColumns?: string[];
-}
-
-/** What a file's first bytes say it is: an image or audio (with its format), or why it is neither. */
-export function sniffMedia(head: Uint8Array): { modality: 'image' | 'audio'; format: string } | { reason: string } {
-  if (head.length === 0) return { reason: 'empty file (0 bytes)' };
-  const image = sniffImageType(head);
-  if (image) return { modality: 'image', format: image };
-  const audio = sniffAudioType(head);
-  if (audio) return { modality: 'audio', format: audio };
-  return { reason: 'neither an image nor audio (unrecognised file signature)' };
 }
 
 /**
@@ -41,7 +34,7 @@ async function manifestItems(table: Table, skipped: Skipped[]): Promise<{ modali
     const file = path.resolve(base, row.path!);
     let head: Uint8Array;
     try {
-      head = await readRegularFile(file, 16);
+      head = await readRegularFile(file, SNIFF_BYTES);
     } catch (e) {
       if (e instanceof FileProblem) return { row, file, reason: `${file}: ${e.problem}` };
       throw e;

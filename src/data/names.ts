@@ -13,8 +13,9 @@ import path from 'node:path';
 import { GraftError } from '../errors.js';
 import { mapLimit } from '../util/async.js';
 import { FileProblem, readRegularFile } from '../util/fs.js';
-import { sniffAudioType, sniffImageType, type Dataset, type Skipped } from './dataset.js';
+import { type Dataset, type Skipped } from './dataset.js';
 import { checkSplitOptions, splitLabelled, type LabelledItem } from './text.js';
+import { SNIFF_BYTES, sniffMedia } from './sniff.js';
 import { byCodeUnit, walkFiles } from './walk.js';
 
 export interface NamePattern {
@@ -111,14 +112,13 @@ export async function scanNamedFiles(dir: string, options: NamedFilesOptions): P
     if (!fields) return { file, reason: `name does not match the pattern ${pattern.source}` };
     let head: Uint8Array;
     try {
-      head = await readRegularFile(file, 16);
+      head = await readRegularFile(file, SNIFF_BYTES);
     } catch (e) {
       if (e instanceof FileProblem) return { file, reason: e.problem };
       throw e;
     }
-    if (head.length === 0) return { file, reason: 'empty file (0 bytes)' };
-    const modality = sniffAudioType(head) ? ('audio' as const) : sniffImageType(head) ? ('image' as const) : undefined;
-    return modality ? { file, fields, modality } : { file, reason: 'neither an image nor audio (unrecognised file signature)' };
+    const kind = sniffMedia(head);
+    return 'reason' in kind ? { file, reason: kind.reason } : { file, fields, modality: kind.modality };
   });
   const count = { image: 0, audio: 0 };
   for (const c of checked) if (c.modality) count[c.modality]++;

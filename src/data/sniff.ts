@@ -2,6 +2,9 @@
  * What a file is, from its first bytes (never its name): the image and audio formats graft reads, and for
  * anything else a one-line reason that says what it looks like.
  */
+/** How many first bytes tell what a file is (an Ogg stream's codec is named after its first page header). */
+export const SNIFF_BYTES = 64;
+
 const ascii = (bytes: Uint8Array, start: number, end: number) => String.fromCharCode(...bytes.subarray(start, end));
 const HEIF_BRANDS = new Set(['heic', 'heix', 'heim', 'heis', 'hevc', 'hevx', 'mif1', 'msf1']);
 
@@ -106,3 +109,12 @@ export function whyNotAudio(head: Uint8Array): string | undefined {
   return like ? `not audio (looks like ${like})` : 'not audio (unrecognised file signature)';
 }
 
+/** What a file's first bytes say it is: an image or audio (with its format), or why it is neither. */
+export function sniffMedia(head: Uint8Array): { modality: 'image' | 'audio'; format: string } | { reason: string } {
+  if (head.length === 0) return { reason: 'empty file (0 bytes)' };
+  const image = sniffImageType(head);
+  if (image) return { modality: 'image', format: image };
+  const audio = sniffAudioType(head);
+  if (audio) return { modality: 'audio', format: audio };
+  return { reason: 'neither an image nor audio (unrecognised file signature)' };
+}
