@@ -38,10 +38,13 @@ import { planSuffix, planWindowSuffix, WINDOW_MASK, prefixModel, probeShape, poo
 import { denseRows, sequenceRows, type Rows, type SideInput } from './train/rows.js';
 import { DEFAULT_LR_RANGE, lrFind, type LrFindResult, type LrRange } from './train/lr-find.js';
 import { DEFAULT_FIT, DEFAULT_LR, Evaluator, headTrainable, train, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
+import { augmentedRows, extractViews, planViews, totalRows, ttaMap, viewMap, type AugmentOptions, type ViewBlock } from './train/views.js';
+import { CheckpointStore, type Checkpointing } from './train/checkpoint.js';
 import { writeArtifact, type Manifest, type ManifestDraft } from './artifact/artifact.js';
 import { digestSamples, splitRecord, SPLIT_FILE } from './artifact/split.js';
 
-export interface LearnerOptions {
+/** Data augmentation (`augment`, `views`, `tta`): see AugmentOptions. */
+export interface LearnerOptions extends AugmentOptions {
   /**
    * The dataset: an image folder (`DIR/train/<class>/*` + `DIR/val/<class>/*`, or `DIR/<class>/*`), a text table
    * (`.csv`/`.tsv`/`.jsonl`, or a folder with `train.<ext>` + `val.<ext>`), class folders of `.txt` documents, or
@@ -84,7 +87,16 @@ export interface LearnerOptions {
    * rest go to a spill file under the cache root (or the system's temporary folder) and are read back per batch.
    */
   memoryBudget?: number;
-  onProgress?: (p: ExtractProgress & { split: 'train' | 'val' }) => void;
+  /**
+   * Checkpoint every training here (train/checkpoint.ts), after every epoch of fit() and of each phase of
+   * fineTune(): a learner made with the same options that repeats the same calls after a crash or a kill continues
+   * each training from its last epoch (or skips one that had finished) and ends with the same weights, bit for bit.
+   * A checkpoint written by different data, options or earlier trainings is ignored (one line to `onNotice`) and
+   * overwritten. discardCheckpoints() removes the folder once the results are saved.
+   */
+  checkpointDir?: string;
+  /** Extraction progress; `view` names the augmented view being extracted (1…K, or 'mirror' for test-time augmentation). */
+  onProgress?: (p: ExtractProgress & { split: 'train' | 'val'; view?: number | 'mirror' }) => void;
 }
 
 export interface LearnerData {
@@ -94,7 +106,15 @@ export interface LearnerData {
   valRows: number[];
   /** Every sample skipped, at scan time or because it could not be encoded. */
   skipped: Skipped[];
-  extraction: { cached: number; extracted: number; seconds: number; tokens?: TokenStats };
+  extraction: { cached: number; extracted: number; seconds: number; tokens?: TokenStats; views?: { rows: number; cached: number; extracted: number; seconds: number } };
+  /** Augmented rows after the clean ones (views of training rows, mirrored validation rows); empty without augmentation. */
+  viewBlocks: ViewBlock[];
+}
+
+/** Where the augmented views stand: not extracted, or extracted (their validity recorded) as pooled features and/or at a fine-tuning boundary. */
+interface ViewState {
+  recorded: boolean;
+  pooled: boolean;
 }
 
 /**
@@ -120,12 +140,36 @@ export class Learner {
   /** What the next fit() trains besides the head (undefined: the backbone is frozen). */
   private unfrozen: FreezeSpec | undefined;
   private trained: Trained | undefined;
+  private readonly viewState: ViewState = { recorded: false, pooled: false };
+  private readonly checkpoints: CheckpointStore | undefined;
+  /** Trainings started so far: each one's checkpoint is named by its place in the run. */
+  private trainings = 0;
+  private dataKeyMemo: string | undefined;
 
   private constructor(readonly options: LearnerOptions, readonly backbone: Backbone, readonly data: LearnerData, readonly seed: number) {
     const head = typeof options.head === 'string' ? { kind: options.head } : (options.head ?? {});
     this.spec = { ...DEFAULT_HEAD, ...head, inputDim: backbone.config.featureDim, numClasses: data.dataset.classes.length };
     validateSpec(this.spec);
     this.standardizer = fitStandardizer(data.features.features, data.features.dim, data.trainRows);
+    this.checkpoints = options.checkpointDir === undefined ? undefined : new CheckpointStore(options.checkpointDir, options.onNotice);
+  }
+
+  /** How the next training checkpoints (undefined without `checkpointDir`); every training takes the next number. */
+  private checkpointing(kind: 'head' | 'fine-tune'): Checkpointing | undefined {
+    const n = ++this.trainings;
+    if (!this.checkpoints) return undefined;
+    // The rows' source: every training's rows derive from these features' samples and this backbone.
+    this.dataKeyMemo ??= createHash('sha256')
+      .update(`${this.backbone.key}\n`)
+      .update(new Uint8Array(this.data.features.labels.buffer, this.data.features.labels.byteOffset, this.data.features.labels.byteLength))
+      .update(new Uint8Array(this.data.features.features.buffer, this.data.features.features.byteOffset, this.data.features.features.byteLength))
+      .digest('hex');
+    return { store: this.checkpoints, phase: `${n}-${kind}`, label: `${kind === 'head' ? 'head training' : 'fine-tuning'} (phase ${n})`, dataKey: this.dataKeyMemo };
+  }
+
+  /** Removes the checkpoint folder (`checkpointDir`): call it once what the trainings produced is saved. */
+  async discardCheckpoints(): Promise<void> {
+    if (this.checkpoints) await CheckpointStore.remove(this.checkpoints.dir);
   }
 
   /** Reads the dataset, loads and cuts the backbone, and extracts (or reads cached) features. */
@@ -151,15 +195,27 @@ export class Learner {
       samples.forEach((_, i) => {
         if (result.valid[i]) (i < nTrain ? trainRows : valRows).push(i);
       });
-      const labels = Int32Array.from(samples, (s) => s.label);
-      checkUsable(dataset, labels, trainRows, valRows);
+      const cleanLabels = Int32Array.from(samples, (s) => s.label);
+      checkUsable(dataset, cleanLabels, trainRows, valRows);
+      // Augmented views are extracted when a training needs them: pooled for the head (fit), or only at the
+      // boundary when fine-tuning (activationsAt). Their rows' labels are known now.
+      const viewBlocks = planViews(dataset.modality, options, seed, samples.length, trainRows, valRows);
+      const labels = new Int32Array(totalRows(samples.length, viewBlocks));
+      labels.set(cleanLabels);
+      for (const b of viewBlocks) b.rows.forEach((r, j) => (labels[b.offset + j] = cleanLabels[r]!));
       const data: LearnerData = {
         dataset,
         features: { features: result.features, dim: result.dim, labels },
         trainRows,
         valRows,
         skipped: [...dataset.skipped, ...result.skipped].sort((a, b) => a.file.localeCompare(b.file) || (a.line ?? 0) - (b.line ?? 0)),
-        extraction: { cached: result.cached, extracted: result.extracted, seconds: result.seconds, ...(result.tokenStats ? { tokens: result.tokenStats } : {}) },
+        extraction: {
+          cached: result.cached,
+          extracted: result.extracted,
+          seconds: result.seconds,
+          ...(result.tokenStats ? { tokens: result.tokenStats } : {}),
+        },
+        viewBlocks,
       };
       return new Learner(options, backbone, data, seed);
     } finally {
@@ -240,7 +296,8 @@ export class Learner {
     if (this.unfrozen) return (await this.fitSuffix(this.unfrozen, false, { ...DEFAULT_FIT, lr: DEFAULT_FINE_TUNE.lr, seed: this.seed, ...options }, DEFAULT_FINE_TUNE.lrMult, callbacks)).result;
     if (this.weights.kind === 'tuned') return (await this.fitSuffix({ unfreeze: 1 }, true, { ...DEFAULT_FIT, lr: this.headLr(), seed: this.seed, ...options }, 1, callbacks)).result;
     const fit = { ...DEFAULT_FIT, lr: this.headLr(), seed: this.seed, ...options };
-    const result = await trainHead(this.data.features, this.data.trainRows, this.data.valRows, this.spec, this.standardizer, fit, callbacks);
+    await this.ensureViewFeatures();
+    const result = await trainHead(this.data.features, this.data.trainRows, this.data.valRows, this.spec, this.standardizer, fit, callbacks, this.checkpointing('head'));
     this.setTrained({ result, fit, standardizer: this.standardizer, evaluation: { graph: Evaluator.forHead(this.spec, this.standardizer), data: this.data.features, params: result.params } });
     return result;
   }
@@ -303,12 +360,13 @@ export class Learner {
     const freezeEpochs = options.freezeEpochs ?? defaults.freezeEpochs;
     const lrMult = options.lrMult ?? defaults.lrMult;
     const model = this.floatModel();
-    const pooled = await poolWithSuffix(plan, rowShape, activations, [...this.data.trainRows, ...this.data.valRows], this.backbone.config.featureDim);
+    const pooled: FeatureSet = await poolWithSuffix(plan, rowShape, activations, [...this.data.trainRows, ...this.data.valRows, ...augmentedRows(this.data.viewBlocks)], this.backbone.config.featureDim);
+    if (this.data.features.views) pooled.views = this.data.features.views;
     const std = fitStandardizer(pooled.features, pooled.dim, this.data.trainRows);
     const prefixSeconds = clock.lap();
     let phase1: TrainResult | undefined;
     const headFit = { ...fit, lr: options.headLr ?? this.headLr(), epochs: freezeEpochs };
-    if (freezeEpochs > 0) phase1 = await trainHead(pooled, this.data.trainRows, this.data.valRows, this.spec, std, headFit, callbacks);
+    if (freezeEpochs > 0) phase1 = await trainHead(pooled, this.data.trainRows, this.data.valRows, this.spec, std, headFit, callbacks, this.checkpointing('head'));
     const headSeconds = clock.lap();
     const result = phase1 ?? { params: initParams(this.spec, this.seed), history: [], bestEpoch: -1, stoppedEarly: false };
     this.weights = { kind: 'tuned', model, from: plan.boundary, trainableTensors: 0 };
@@ -355,6 +413,7 @@ export class Learner {
     if (this.unfrozen || this.weights.kind === 'tuned') throw new GraftError('USAGE', 'lrFind() tests the head on the frozen pretrained backbone; call it before unfreezing or fine-tuning');
     const fit = { ...DEFAULT_FIT, lr: this.headLr(), seed: this.seed, ...options };
     const trainable = headTrainable(this.spec, this.standardizer, fit.seed, fit.lr, fit.weightDecay);
+    await this.ensureViewFeatures();
     return lrFind(trainable, this.data.features, this.data.trainRows, this.data.valRows, fit, { ...DEFAULT_LR_RANGE, ...range });
   }
 
@@ -419,11 +478,58 @@ export class Learner {
     };
   }
 
-  /** Class probabilities of the validation rows under the last training (its evaluation graph and weights). */
+  /**
+   * The augmented views' pooled features, extracted (or read from the cache) the first time a head trains on
+   * them, after the clean rows of `data.features`.
+   */
+  private async ensureViewFeatures(): Promise<void> {
+    const blocks = this.data.viewBlocks;
+    if (!blocks.length || this.viewState.pooled) return;
+    const samples = [...this.data.dataset.train, ...this.data.dataset.val];
+    const extractor = new FeatureExtractor(this.backbone, { ...(this.options.cacheDir !== undefined ? { cacheDir: this.options.cacheDir } : {}) });
+    try {
+      const views = await extractViews(extractor, samples.map(extractInput), blocks, { record: !this.viewState.recorded, onProgress: this.viewProgress() });
+      const { features: clean, dim } = this.data.features;
+      this.data.features = { ...this.data.features, features: concatFloat32([clean.subarray(0, samples.length * dim), ...views.features]) };
+      this.recordViews({ cached: views.cached, extracted: views.extracted, seconds: views.seconds });
+      this.viewState.pooled = true;
+    } finally {
+      await extractor.close();
+    }
+  }
+
+  /** After the views' first extraction: their validity is known, and with it each training row's views. */
+  private recordViews(stats: { cached: number; extracted: number; seconds: number }): void {
+    this.viewState.recorded = true;
+    const views = viewMap(this.data.viewBlocks);
+    if (views.size) this.data.features.views = views;
+    const before = this.data.extraction.views;
+    this.data.extraction.views = {
+      rows: augmentedRows(this.data.viewBlocks).length,
+      cached: stats.cached + (before?.cached ?? 0),
+      extracted: stats.extracted + (before?.extracted ?? 0),
+      seconds: stats.seconds + (before?.seconds ?? 0),
+    };
+  }
+
+  private viewProgress(): (p: ExtractProgress, b: ViewBlock) => void {
+    return (p, b) => this.options.onProgress?.({ ...p, split: b.purpose === 'tta' ? 'val' : 'train', view: b.purpose === 'tta' ? 'mirror' : b.spec.view });
+  }
+
+  /**
+   * Class probabilities of the validation rows under the last training (its evaluation graph and weights); with
+   * test-time augmentation, the mean of each row's and its mirror's.
+   */
   private async validationProbabilities(caller: string): Promise<Float32Array> {
     const evaluation = this.requireTrained().evaluation;
     if (!evaluation) throw new GraftError('USAGE', `the learner is closed: ${caller} needs the evaluation session close() released`);
-    return (await evaluation.graph).probabilities(evaluation.data, this.data.valRows, evaluation.params);
+    const graph = await evaluation.graph;
+    const probs = await graph.probabilities(evaluation.data, this.data.valRows, evaluation.params);
+    const mirror = ttaMap(this.data.viewBlocks);
+    if (!mirror.size) return probs;
+    const mirrored = await graph.probabilities(evaluation.data, this.data.valRows.map((r) => mirror.get(r) ?? r), evaluation.params);
+    for (let i = 0; i < probs.length; i++) probs[i] = (probs[i]! + mirrored[i]!) / 2;
+    return probs;
   }
 
   /** Records a training's outcome, releasing the previous evaluation session. */
@@ -470,14 +576,25 @@ export class Learner {
     const extractor = new FeatureExtractor(boundaryBackbone, { ...(this.options.cacheDir !== undefined ? { cacheDir: this.options.cacheDir } : {}), ...(sequence ? { sequences: true } : {}), rows: store });
     let kept = false;
     try {
-      const r = await extractor.extract(samples.map(extractInput), (p) => this.options.onProgress?.({ ...p, split: p.done < this.data.dataset.train.length ? 'train' : 'val' }));
+      const inputs = samples.map(extractInput);
+      const r = await extractor.extract(inputs, (p) => this.options.onProgress?.({ ...p, split: p.done < this.data.dataset.train.length ? 'train' : 'val' }));
       for (const row of [...this.data.trainRows, ...this.data.valRows]) {
         if (!r.valid[row]) throw new GraftError('TRAIN', `${samples[row]!.file}: encoded for features but not for fine-tuning`, { file: samples[row]!.file });
       }
+      // The augmented views' activations go to the rows the feature extraction gave them.
+      const blocks = this.data.viewBlocks;
+      const recording = !this.viewState.recorded;
+      const views = await extractViews(extractor, inputs, blocks, { record: recording, toStore: true, onProgress: this.viewProgress() });
+      if (recording && blocks.length) this.recordViews(views);
       const labels = this.data.features.labels;
+      const viewRows = this.data.features.views;
+      const withViews = (rows: Rows): Rows => (viewRows ? { ...rows, views: viewRows } : rows);
       kept = true;
-      if (!sequence) return { rowShape, activations: denseRows({ features: store, dim: r.dim, labels }, plan.boundary, rowShape) };
-      if (!text) return { rowShape, activations: sequenceRows({ states: store, tokens: r.tokens!, width: rowSize, tokenShape: rowShape.slice(1), labels }, plan.boundary, { [WINDOW_MASK]: 'mask' }, 0) };
+      if (!sequence) return { rowShape, activations: withViews(denseRows({ features: store, dim: r.dim, labels }, plan.boundary, rowShape)) };
+      // Sequence rows: the views' windows (audio) come with each extraction's own window counts.
+      const tokens = [...r.tokens!];
+      blocks.forEach((b, i) => b.rows.forEach((_, j) => (tokens[b.offset + j] = views.tokens[i]![j] ?? new Int32Array(0))));
+      if (!text) return { rowShape, activations: withViews(sequenceRows({ states: store, tokens, width: rowSize, tokenShape: rowShape.slice(1), labels }, plan.boundary, { [WINDOW_MASK]: 'mask' }, 0)) };
       const config = (this.backbone as TextBackbone).config;
       const side: Record<string, SideInput> = {};
       for (const { name } of plan.sideInputs) {
@@ -563,7 +680,7 @@ export class Learner {
       seed: fit.seed,
     });
     if (frozenBackbone) trainable.groups[0]!.frozen = true;
-    const result = await train(trainable, activations, this.data.trainRows, this.data.valRows, fit, callbacks);
+    const result = await train(trainable, activations, this.data.trainRows, this.data.valRows, fit, callbacks, undefined, this.checkpointing(frozenBackbone ? 'head' : 'fine-tune'));
     const headNames = new Set(head.map((p) => p.name));
     // Running statistics (batchNorm 'train') go into the exported backbone with the trained weights.
     const statistics = (trainable.state ?? []).map((t) => ({ name: t.name, dims: t.dims, data: t.data, decay: false }));
@@ -601,9 +718,11 @@ export class Learner {
         bestEpoch: result.bestEpoch + 1,
         stoppedEarly: result.stoppedEarly,
         history: result.history,
+        ...(this.augmentation() ? { augmentation: this.augmentation() } : {}),
         ...(this.weights.kind === 'tuned' ? { fineTuned: { from: this.weights.from, trainableTensors: this.weights.trainableTensors, float: true, ...(this.weights.encoderDropout ? { encoderDropout: this.weights.encoderDropout } : {}), ...(this.weights.timing ? { seconds: roundTiming(this.weights.timing) } : {}) } } : {}),
       },
       ...(metrics ? { metrics } : {}),
+      ...(ttaMap(this.data.viewBlocks).size ? { inference: { tta: 'flip' as const } } : {}),
       data: {
         root: dataset.root,
         split: dataset.split,
@@ -626,6 +745,15 @@ export class Learner {
       [this.backbone.config.tokenizer.file]: tokenizer.text,
       ...(tokenizer.configText !== undefined ? { 'tokenizer_config.json': tokenizer.configText } : {}),
     });
+  }
+
+  /** The augmentation the training used, as graft.json records it (undefined: none). */
+  private augmentation(): { policy?: unknown; views: number; tta: boolean } | undefined {
+    const blocks = this.data.viewBlocks;
+    if (!blocks.length) return undefined;
+    const train = blocks.filter((b) => b.purpose === 'train');
+    const policy = this.options.augment;
+    return { ...(train.length ? { policy: typeof policy === 'string' ? policy : train[0]!.spec.policy } : {}), views: train.length, tta: blocks.some((b) => b.purpose === 'tta') };
   }
 
   private requireTrained(): Trained {
@@ -758,3 +886,13 @@ export function fineTuneDefaults(modality: Modality): { freezeEpochs: number; lr
 
 /** Default learning rate of the MLP head on text features (see Learner.headLr). */
 export const TEXT_MLP_LR = 1e-3;
+
+function concatFloat32(parts: readonly Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}

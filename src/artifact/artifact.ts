@@ -13,6 +13,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { writeFileAtomic } from '../util/fs.js';
+import { killPoint } from '../train/checkpoint.js';
 import { GraftError } from '../errors.js';
 import type { Metrics } from '../evaluate/metrics.js';
 import type { HeadSpec } from '../head/head.js';
@@ -57,6 +58,11 @@ interface ManifestBase {
   training: Record<string, unknown> & { seed: number };
   metrics?: Metrics;
   data?: Record<string, unknown>;
+  /**
+   * How predictions are made from the graph (absent: one run per input). `tta: 'flip'`: the mean of the
+   * probabilities of the preprocessed image and of its mirror (left-right) — what the validation metrics measured.
+   */
+  inference?: { tta?: 'flip' };
 }
 
 /** graft.json. `config` is the pipeline's: image preprocessing, or the text config; apply it exactly (predict and load() do). */
@@ -92,6 +98,7 @@ export async function writeArtifact(dir: string, model: ModelProto, manifest: Ma
     ...(Object.keys(files).length ? { files } : {}),
   } as Manifest;
   await writeFileAtomic(join(out, MODEL_FILE), bytes);
+  killPoint('export');
   await writeFileAtomic(join(out, MANIFEST_FILE), JSON.stringify(full, null, 2) + '\n');
   return full;
 }

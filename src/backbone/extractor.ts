@@ -17,6 +17,13 @@ import { FEATURES, type Backbone } from './backbone.js';
 import { contentHash, defaultCacheDir, FeatureCache } from './cache.js';
 import type { InferReply, InferWorkerData } from './infer-worker.js';
 import type { RowStore } from '../util/row-store.js';
+import { audioView, imageView, viewKey, type ViewSpec } from '../preprocess/augment.js';
+import { createHash } from 'node:crypto';
+
+/** The cache folder of a view's features: the backbone's key and the view's. */
+function viewCacheKey(backboneKey: string, view: ViewSpec): string {
+  return createHash('sha256').update(`${backboneKey}\n${viewKey(view)}`).digest('hex').slice(0, 32);
+}
 
 export interface ExtractProgress {
   done: number;
@@ -164,9 +171,14 @@ const TEXT_WINDOW_BATCHES = 16;
 export class FeatureExtractor {
   private readonly pool: EncodePool;
   private readonly infer: InferenceWorker;
-  private readonly cache: FeatureCache | undefined;
+  /** The cache of the running extraction's view (the clean features' when it has none). */
+  private cache: FeatureCache | undefined;
+  private view: ViewSpec | undefined;
+  private readonly caches = new Map<string, FeatureCache | undefined>();
+  private readonly openCache: (view: ViewSpec | undefined) => FeatureCache | undefined;
+  private readonly described = new Set<string>();
+  private running = false;
   private readonly batchSize: number;
-  private described = false;
 
   constructor(
     readonly backbone: Backbone,
@@ -180,24 +192,47 @@ export class FeatureExtractor {
     const root = options.cacheDir === undefined ? defaultCacheDir() : options.cacheDir;
     // Text entries keep the token count after the features (pooled), or the token ids after the states (sequences).
     const cacheOptions = options.sequences ? { ragged: true, extra: 1 } : backbone.modality === 'text' ? { extra: 1 } : {};
-    this.cache = root === false ? undefined : new FeatureCache(root, backbone.key, backbone.config.featureDim, cacheOptions);
+    this.openCache = (view) =>
+      root === false ? undefined : new FeatureCache(root, view ? viewCacheKey(backbone.key, view) : backbone.key, backbone.config.featureDim, cacheOptions);
+    this.cache = this.openCache(undefined);
+    this.caches.set('', this.cache);
   }
 
-  async extract(inputs: readonly ExtractInput[], onProgress?: (p: ExtractProgress) => void): Promise<ExtractResult> {
-    const start = performance.now();
-    if (this.cache && !this.described) {
-      await this.cache.describe({ backbone: this.backbone.source, config: this.backbone.config });
-      this.described = true;
+  /**
+   * Features of `inputs` (see ExtractResult). With `view`, of that augmented view of each sample (images and
+   * audio), cached apart from the clean features under a key naming the view; one extraction at a time.
+   */
+  async extract(inputs: readonly ExtractInput[], onProgress?: (p: ExtractProgress) => void, options: { view?: ViewSpec; rowOffset?: number } = {}): Promise<ExtractResult> {
+    if (this.running) throw new GraftError('USAGE', 'FeatureExtractor.extract: one extraction at a time');
+    const { view } = options;
+    if (view && view.kind !== this.backbone.modality) throw new GraftError('USAGE', `a ${view.kind} augmentation for a ${this.backbone.modality} backbone`);
+    const key = view ? viewKey(view) : '';
+    if (!this.caches.has(key)) this.caches.set(key, this.openCache(view));
+    this.cache = this.caches.get(key);
+    this.view = view;
+    this.running = true;
+    try {
+      const start = performance.now();
+      if (this.cache && !this.described.has(key)) {
+        await this.cache.describe({ backbone: this.backbone.source, config: this.backbone.config, ...(view ? { view } : {}) });
+        this.described.add(key);
+      }
+      const samples = inputs.map((s) => (typeof s === 'string' ? { file: s } : s));
+      const maxLength = this.backbone.modality === 'text' ? this.backbone.config.maxLength : Infinity;
+      // With a row store: input i goes to row rowOffset + i (augmented views after the clean rows).
+      const store = this.options.rows;
+      const off = options.rowOffset ?? 0;
+      const rows = store && off ? { put: (row: number, values: Float32Array) => store.put(off + row, values) } : store;
+      const run = new Run(samples.length, this.backbone.config.featureDim, !!this.options.sequences, maxLength, onProgress, rows);
+      if (this.backbone.modality === 'image') await this.extractImages(samples, run);
+      else if (this.backbone.modality === 'audio') await this.extractAudio(samples, run);
+      else await this.extractTexts(samples, run);
+      run.report();
+      run.skipped.sort((a, b) => a.file.localeCompare(b.file) || (a.line ?? 0) - (b.line ?? 0));
+      return { ...run.result(), seconds: (performance.now() - start) / 1000 };
+    } finally {
+      this.running = false;
     }
-    const samples = inputs.map((s) => (typeof s === 'string' ? { file: s } : s));
-    const maxLength = this.backbone.modality === 'text' ? this.backbone.config.maxLength : Infinity;
-    const run = new Run(samples.length, this.backbone.config.featureDim, !!this.options.sequences, maxLength, onProgress, this.options.rows);
-    if (this.backbone.modality === 'image') await this.extractImages(samples, run);
-    else if (this.backbone.modality === 'audio') await this.extractAudio(samples, run);
-    else await this.extractTexts(samples, run);
-    run.report();
-    run.skipped.sort((a, b) => a.file.localeCompare(b.file) || (a.line ?? 0) - (b.line ?? 0));
-    return { ...run.result(), seconds: (performance.now() - start) / 1000 };
   }
 
   private async extractImages(samples: ReadonlyArray<{ file: string }>, run: Run): Promise<void> {
@@ -254,7 +289,8 @@ export class FeatureExtractor {
       if (slot.rows.length === 0) await slot.busy;
       slot.rows.push(row);
       slot.hashes.push(hash);
-      const load = this.pool.loadInto({ file: samples[row]!.file, bytes }, slot.input, (slot.rows.length - 1) * stride);
+      const view = this.view?.kind === 'image' ? imageView(this.view, hash) : undefined;
+      const load = this.pool.loadInto({ file: samples[row]!.file, bytes }, slot.input, (slot.rows.length - 1) * stride, view);
       load.catch(() => {}); // awaited by flush; see there
       slot.loads.push(load);
       if (slot.rows.length === this.batchSize) {
@@ -284,7 +320,8 @@ export class FeatureExtractor {
       const hash = contentHash(bytes);
       if (await this.fromCache(hash, row, samples[row]!, run)) continue;
       const job = (async () => {
-        const clip = await this.pool.encodeAudio({ file: samples[row]!.file, bytes });
+        const view = this.view?.kind === 'audio' && this.backbone.modality === 'audio' ? audioView(this.view, hash, this.backbone.config.sampleRate) : undefined;
+        const clip = await this.pool.encodeAudio({ file: samples[row]!.file, bytes }, view);
         if (!clip.ok) {
           run.skip(samples[row]!, clip.reason);
           await this.cache?.writeSkip(hash, clip.reason);
@@ -413,7 +450,7 @@ export class FeatureExtractor {
   }
 
   async close(): Promise<void> {
-    this.cache?.close();
+    for (const cache of this.caches.values()) cache?.close();
     await Promise.all([this.pool.close(), this.infer.close()]);
   }
 }
@@ -458,7 +495,7 @@ class Run {
     /** A cached text whose token count exceeds this was truncated. */
     private readonly maxLength: number,
     private readonly onProgress?: (p: ExtractProgress) => void,
-    private readonly store?: RowStore,
+    private readonly store?: Pick<RowStore, 'put'>,
   ) {
     this.features = new Float32Array(sequences || store ? 0 : n * dim);
     this.scratch = new Float32Array(store && !sequences ? dim : 0);

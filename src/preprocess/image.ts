@@ -3,6 +3,7 @@ import sharp, { type OutputInfo, type Sharp } from 'sharp';
 import { whyNotImage } from '../data/dataset.js';
 import { GraftError, invalidParameter } from '../errors.js';
 import type { PretrainedConfig } from './config.js';
+import { mirrorPixels, type ImageView } from './augment.js';
 
 const KERNELS = { nearest: 'nearest', bilinear: 'linear', bicubic: 'cubic', lanczos3: 'lanczos3' } as const;
 
@@ -113,6 +114,76 @@ export async function decodeImage(input: Uint8Array | string, config: Pretrained
   }
   if (rejected) throw fail(`blank or placeholder image (${rejected}; grey-level entropy ${entropy.toFixed(2)} bits)`);
   return pixels;
+}
+
+/** Grey the corners a rotation uncovers are filled with before they are cropped away (ImageNet's mean colour). */
+const ROTATE_FILL = { r: 124, g: 116, b: 104 };
+
+/**
+ * Decodes an image as `view` says (data augmentation, test-time flips) into the network's input pixels, HWC
+ * RGB of config.inputSize. A view without a crop is the clean decoding (with its checks for blank and
+ * placeholder images), mirrored when `view.flip`. A cropped view takes that part of the oriented image,
+ * rotates it by `view.angle` and keeps the largest centred rectangle of its aspect ratio free of uncovered
+ * corners, squashes it to inputSize (as torchvision's RandomResizedCrop does), then applies the colour jitter
+ * and the flip. A cropped view is not checked for blankness (a crop of sky is flat and still a sample).
+ */
+export async function decodeImageView(input: Uint8Array | string, config: PretrainedConfig, view: ImageView, file?: string): Promise<Uint8Array> {
+  const [height, width] = config.inputSize;
+  if (!view.crop) {
+    const pixels = await decodeImage(input, config, file);
+    return view.flip ? mirrorPixels(pixels, width, height) : pixels;
+  }
+  const name = file ?? (typeof input === 'string' ? input : 'image');
+  const fail = (reason: string, cause?: unknown) => new GraftError('IMAGE', `${name}: ${reason}`, { file: name, reason }, { cause });
+  if (typeof input === 'string') {
+    try {
+      input = await readRegularFile(input);
+    } catch (e) {
+      throw fail(e instanceof FileProblem ? e.problem : `cannot read file (${(e as Error).message})`, e);
+    }
+  }
+  const notImage = whyNotImage((input as Uint8Array).subarray(0, 16));
+  if (notImage) throw fail(notImage);
+  try {
+    const image = await load(input);
+    const meta = await image.metadata();
+    const iw = meta.autoOrient.width;
+    const ih = meta.autoOrient.height;
+    const c = view.crop;
+    const left = Math.min(iw - 1, Math.floor(c.left * iw));
+    const top = Math.min(ih - 1, Math.floor(c.top * ih));
+    const cw = Math.max(1, Math.min(iw - left, Math.round(c.width * iw)));
+    const ch = Math.max(1, Math.min(ih - top, Math.round(c.height * ih)));
+    image.extract({ left, top, width: cw, height: ch });
+    let region: { data: Buffer; info: OutputInfo };
+    let inner = { left: 0, top: 0, width: cw, height: ch };
+    if (view.angle) {
+      region = await rgb8(image.rotate(view.angle, { background: ROTATE_FILL }));
+      // A w×h rectangle turned by θ holds a centred w/z × h/z one of the same shape, z = cos θ + sin θ · max(w/h, h/w).
+      const t = (Math.abs(view.angle) * Math.PI) / 180;
+      const z = Math.cos(t) + Math.sin(t) * Math.max(cw / ch, ch / cw);
+      // Two pixels less on each side: the rotated edges are blended with the fill over about a pixel.
+      const w = Math.max(1, Math.floor(cw / z) - 4);
+      const h = Math.max(1, Math.floor(ch / z) - 4);
+      inner = { left: Math.floor((region.info.width - w) / 2), top: Math.floor((region.info.height - h) / 2), width: w, height: h };
+    } else {
+      region = await rgb8(image);
+    }
+    let out = sharp(region.data, { raw: { width: region.info.width, height: region.info.height, channels: 3 } })
+      .extract(inner)
+      .resize(width, height, { fit: 'fill', kernel: KERNELS[config.interpolation] });
+    if (view.brightness !== undefined || view.saturation !== undefined || view.hue !== undefined) {
+      out = out.modulate({ brightness: view.brightness ?? 1, saturation: view.saturation ?? 1, hue: Math.round(view.hue ?? 0) });
+    }
+    // Contrast around mid-grey, as torchvision's adjust_contrast does around the image's mean grey.
+    if (view.contrast !== undefined) out = out.linear(view.contrast, 128 * (1 - view.contrast));
+    const { data, info } = await rgb8(out);
+    if (info.channels !== 3 || info.width !== width || info.height !== height) throw new Error(`decoded to ${info.width}x${info.height}x${info.channels}, expected ${width}x${height}x3`);
+    return view.flip ? mirrorPixels(data, width, height) : data;
+  } catch (e) {
+    const message = (e instanceof Error ? e.message : String(e)).split(/\s*[\r\n]+\s*/).filter(Boolean).join('; ');
+    throw fail(`cannot decode image (${message})`, e);
+  }
 }
 
 /** Oriented, first frame, 8-bit sRGB with alpha flattened on white. */

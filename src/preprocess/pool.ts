@@ -8,6 +8,7 @@ import type { PretrainedConfig } from './config.js';
 import type { Pipeline } from './pipeline.js';
 import type { Encoded } from './text.js';
 import type { WorkerReply, WorkerRequest } from './worker.js';
+import type { AudioView, ImageView } from './augment.js';
 
 export type LoadResult = { ok: true } | { ok: false; reason: string };
 export type EncodeResult = ({ ok: true } & Encoded) | { ok: false; reason: string };
@@ -62,12 +63,12 @@ export class EncodePool {
   }
 
   /** Decodes `input` into `target` at `offset` (3·H·W floats); a bad or blank image gives `{ ok: false, reason }`. */
-  loadInto(input: { file: string; bytes?: Uint8Array }, target: Float32Array, offset: number): Promise<LoadResult> {
+  loadInto(input: { file: string; bytes?: Uint8Array }, target: Float32Array, offset: number, view?: ImageView): Promise<LoadResult> {
     if (this.pipeline.kind !== 'image') return Promise.reject(new GraftError('USAGE', `loadInto decodes images; this pool encodes ${this.pipeline.kind}`));
     if (!(target.buffer instanceof SharedArrayBuffer)) {
       return Promise.reject(new GraftError('USAGE', 'EncodePool.loadInto needs a target on a SharedArrayBuffer (see sharedFloat32)'));
     }
-    const request: WorkerRequest = { kind: 'image', id: this.nextId++, file: input.file, target, offset };
+    const request: WorkerRequest = { kind: 'image', id: this.nextId++, file: input.file, target, offset, ...(view ? { view } : {}) };
     const bytes = input.bytes;
     if (bytes) request.bytes = wholeBuffer(bytes);
     return this.submit(request).then((r) => (r.ok ? { ok: true } : { ok: false, reason: r.reason }));
@@ -91,9 +92,9 @@ export class EncodePool {
   }
 
   /** Decodes one audio file (its bytes when given) to the pipeline's rate and scale; a bad file gives `{ ok: false, reason }`. */
-  async encodeAudio(input: { file: string; bytes?: Uint8Array }): Promise<AudioResult> {
+  async encodeAudio(input: { file: string; bytes?: Uint8Array }, view?: AudioView): Promise<AudioResult> {
     if (this.pipeline.kind !== 'audio') throw new GraftError('USAGE', `encodeAudio decodes audio; this pool encodes ${this.pipeline.kind}`);
-    const request: WorkerRequest = { kind: 'audio', id: this.nextId++, file: input.file };
+    const request: WorkerRequest = { kind: 'audio', id: this.nextId++, file: input.file, ...(view ? { view } : {}) };
     const bytes = input.bytes;
     if (bytes) request.bytes = wholeBuffer(bytes);
     const reply = await this.submit(request);

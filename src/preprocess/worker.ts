@@ -3,7 +3,8 @@ import sharp from 'sharp';
 import { GraftError } from '../errors.js';
 import { scaleSamples } from './audio.js';
 import { decodeAudio } from './audio-decode.js';
-import { decodeImage, normalizeInto } from './image.js';
+import { decodeImage, decodeImageView, normalizeInto } from './image.js';
+import { applyAudioView, type AudioView, type ImageView } from './augment.js';
 import type { Pipeline } from './pipeline.js';
 import { TextTokenizer } from './text.js';
 import { FileProblem, readRegularFile } from '../util/fs.js';
@@ -15,9 +16,9 @@ import { wholeBuffer } from '../util/buffer.js';
  * config's rate and scale.
  */
 export type WorkerRequest =
-  | { kind: 'image'; id: number; file: string; bytes?: Uint8Array; target: Float32Array; offset: number }
+  | { kind: 'image'; id: number; file: string; bytes?: Uint8Array; target: Float32Array; offset: number; view?: ImageView }
   | { kind: 'text'; id: number; texts: string[]; maxLength: number }
-  | { kind: 'audio'; id: number; file: string; bytes?: Uint8Array };
+  | { kind: 'audio'; id: number; file: string; bytes?: Uint8Array; view?: AudioView };
 
 /** Text replies concatenate the ids of the chunk's texts: `lengths[i]` ids for text i, `tokens[i]` before truncation. */
 export type WorkerReply =
@@ -42,13 +43,15 @@ port.on('message', async (req: WorkerRequest) => {
   try {
     if (req.kind === 'image') {
       if (pipeline.kind !== 'image') throw new Error(`an image request reached a ${pipeline.kind} worker`);
-      normalizeInto(await decodeImage(req.bytes ?? req.file, pipeline.config, req.file), pipeline.config, req.target, req.offset);
+      const source = req.bytes ?? req.file;
+      const pixels = req.view ? await decodeImageView(source, pipeline.config, req.view, req.file) : await decodeImage(source, pipeline.config, req.file);
+      normalizeInto(pixels, pipeline.config, req.target, req.offset);
       reply = { id: req.id, ok: true };
     } else if (req.kind === 'audio') {
       if (pipeline.kind !== 'audio') throw new Error(`an audio request reached a ${pipeline.kind} worker`);
       const bytes = req.bytes ?? (await readRegularFile(req.file));
       const clip = await decodeAudio(bytes, req.file, { maxSeconds: pipeline.config.maxSeconds, targetRate: pipeline.config.sampleRate });
-      const samples = scaleSamples(clip.samples, pipeline.config);
+      const samples = scaleSamples(req.view ? applyAudioView(clip.samples, req.view) : clip.samples, pipeline.config);
       const own = wholeBuffer(samples);
       reply = { id: req.id, ok: true, samples: own, seconds: clip.seconds };
       port.postMessage(reply, [own.buffer as ArrayBuffer]);

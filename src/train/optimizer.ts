@@ -53,6 +53,9 @@ export interface OptimizerState {
   params: Array<{ name: string; step: number; buffers: number[][] | null }>;
 }
 
+/** OptimizerState with the moments as Float32Array copies: what checkpoints store (state()'s plain arrays cost ~200 ns a value). */
+export type TypedOptimizerState = Omit<OptimizerState, 'params'> & { params: Array<{ name: string; step: number; buffers: Float32Array[] | null }> };
+
 /** Per-parameter optimizer state. */
 export interface ParamSlot {
   /** Updates applied to this parameter (torch's per-parameter `step`). */
@@ -201,18 +204,27 @@ export abstract class Optimizer {
 
   /** A copy of the hyper-parameters and moments, as plain arrays. */
   state(): OptimizerState {
+    return this.copyState((b) => Array.from(b));
+  }
+
+  /** state() with the moments as Float32Array copies (fast; for checkpoints, not JSON-safe). */
+  typedState(): TypedOptimizerState {
+    return this.copyState((b) => b.slice());
+  }
+
+  private copyState<T>(copy: (b: Float32Array) => T): { kind: string; groups: OptimizerState['groups']; params: Array<{ name: string; step: number; buffers: T[] | null }> } {
     return {
       kind: this.kind,
       groups: this.groups.map(({ name, lr, weightDecay, momentum, frozen }) => ({ name, lr, weightDecay, momentum, frozen })),
       params: this.params.map((p, k) => {
         const s = this.slots[k]!;
-        return { name: p.name, step: s.step, buffers: s.buffers ? s.buffers.map((b) => Array.from(b)) : null };
+        return { name: p.name, step: s.step, buffers: s.buffers ? s.buffers.map(copy) : null };
       }),
     };
   }
 
-  /** Restores state() output into an optimizer of the same kind over the same parameters (weights are not part of it). */
-  loadState(state: OptimizerState): void {
+  /** Restores state() (or typedState()) output into an optimizer of the same kind over the same parameters (weights are not part of it). */
+  loadState(state: OptimizerState | TypedOptimizerState): void {
     if (state.kind !== this.kind) throw invalidParameter('state.kind', `"${this.kind}"`, state.kind);
     if (state.groups.length !== this.groups.length) throw invalidParameter('state.groups', `${this.groups.length} groups`, state.groups.length);
     if (state.params.length !== this.params.length) throw invalidParameter('state.params', `${this.params.length} parameters`, state.params.length);
@@ -234,7 +246,7 @@ export abstract class Optimizer {
     state.params.forEach((s, k) => {
       const slot = this.slots[k]!;
       slot.step = s.step;
-      slot.buffers = s.buffers ? s.buffers.map((b) => Float32Array.from(b)) : null;
+      slot.buffers = s.buffers ? (s.buffers as ReadonlyArray<ArrayLike<number>>).map((b) => (b instanceof Float32Array ? b.slice() : Float32Array.from(b))) : null;
     });
   }
 

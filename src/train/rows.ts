@@ -13,6 +13,8 @@ export interface Rows {
   labels: Int32Array;
   /** Each row's length, where rows differ (token sequences): batches then group similar lengths. */
   lengths?: Int32Array;
+  /** Augmented views: row r's other rows (same sample, other augmentations); each epoch trains on r or one of them. */
+  views?: ReadonlyMap<number, readonly number[]>;
   /**
    * Feeds of the graph's row inputs for `rows` (a batch), padded to `size` rows with zero rows (which
    * training labels IGNORE_LABEL). The arrays may be reused by the next call.

@@ -27,6 +27,7 @@ import { Random } from '../util/random.js';
 import { RemoteSession, type Feed } from './remote-session.js';
 import { denseRows, type Rows } from './rows.js';
 import { Adam, AdamW, clipGradNorm, SGD, type GroupSpec, type Optimizer } from './optimizer.js';
+import { captureTraining, restoreTraining, restoreWeights, trainingParts, type Checkpointing, type TrainingSnapshot } from './checkpoint.js';
 import { constant, cosine, oneCycle, Scheduler, step, warmup, type Schedule, type Schedules } from './schedule.js';
 
 /** Features of a dataset: row i of `features` (length dim) has class `labels[i]`. */
@@ -34,6 +35,19 @@ export interface FeatureSet {
   features: Float32Array;
   dim: number;
   labels: Int32Array;
+  /** Augmented views: row r's other rows (same sample, other augmentations); each epoch trains on r or one of them. */
+  views?: ReadonlyMap<number, readonly number[]>;
+}
+
+/** An epoch's rows with each row replaced by itself or one of its augmented views, uniformly (no views: the rows). */
+export function pickViews(rows: number[], views: ReadonlyMap<number, readonly number[]> | undefined, rng: Random): number[] {
+  if (!views?.size) return rows;
+  return rows.map((r) => {
+    const alt = views.get(r);
+    if (!alt?.length) return r;
+    const k = rng.int(alt.length + 1);
+    return k === 0 ? r : alt[k - 1]!;
+  });
 }
 
 /** Rows pooled before sorting by length into batches: long enough that batches are nearly uniform, short enough to stay random. */
@@ -63,7 +77,8 @@ function asRows(data: FeatureSet | Rows, trainable: Pick<Trainable, 'inputName' 
   if ('feeds' in data) return data;
   const rowSize = trainable.rowShape.reduce((a, b) => a * b, 1);
   if (rowSize !== data.dim) throw new GraftError('TRAIN', `rows hold ${data.dim} values but the graph takes [${trainable.rowShape}]`);
-  return denseRows(data, trainable.inputName, trainable.rowShape);
+  const rows = denseRows(data, trainable.inputName, trainable.rowShape);
+  return data.views ? { ...rows, views: data.views } : rows;
 }
 
 export interface FitOptions {
@@ -252,6 +267,17 @@ export class EarlyStopping implements Callback {
   afterFit = (s: TrainState): void => {
     if (this.snapshot.length) [...s.params, ...s.state].forEach((p, i) => p.data.set(this.snapshot[i]!));
   };
+
+  /** What resuming needs (checkpoint.ts): the best score, its epoch and its weights (not copied). */
+  checkpoint(): { best: [number, number]; bestEpoch: number; snapshot: Float32Array[] } {
+    return { best: this.best, bestEpoch: this.bestEpoch, snapshot: this.snapshot };
+  }
+
+  restore(saved: { best: [number, number]; bestEpoch: number; snapshot: Float32Array[] }): void {
+    this.best = saved.best;
+    this.bestEpoch = saved.bestEpoch;
+    this.snapshot = saved.snapshot;
+  }
 }
 
 export interface TrainResult {
@@ -366,8 +392,9 @@ export async function trainHead(
   std: Standardizer,
   options: FitOptions,
   callbacks: Callback[] = [],
+  checkpoint?: Checkpointing,
 ): Promise<TrainResult> {
-  return train(headTrainable(spec, std, options.seed, options.lr, options.weightDecay), data, trainRows, valRows, options, callbacks);
+  return train(headTrainable(spec, std, options.seed, options.lr, options.weightDecay), data, trainRows, valRows, options, callbacks, undefined, checkpoint);
 }
 
 /**
@@ -384,14 +411,23 @@ export async function train(
   callbacks: Callback[] = [],
   /** A schedule of its own over `steps` steps in place of the options' (the learning-rate range test's). */
   schedule?: { steps: number; schedules: Schedules },
+  /**
+   * Checkpoint after every epoch, and continue from this training's own checkpoint when there is one
+   * (checkpoint.ts). A resumed training emits beforeFit (its history already holding the restored epochs),
+   * then the events of the epochs it trains; one that had finished emits only beforeFit and afterFit.
+   */
+  checkpoint?: Checkpointing,
 ): Promise<TrainResult> {
   if (trainRows.length === 0) throw new GraftError('TRAIN', 'no training examples');
   if (valRows.length === 0) throw new GraftError('TRAIN', 'no validation examples');
   const data = asRows(input, trainable);
+  const trainBytes = encodeModel(trainable.trainModel);
+  const phase = checkpoint && (await checkpoint.store.open(checkpoint, trainingParts(checkpoint.dataKey, trainBytes, trainable, options, trainRows, valRows)));
+  if (phase?.saved?.done) return finishedTraining(trainable, phase.saved, options, callbacks);
   // Both sessions run on worker threads (ONNX Runtime's run blocks its thread, and the main thread must stay
   // free), unless their runs prove shorter than INLINE_BELOW_MS.
   // ONNX Runtime's default here is one intra-op thread: ask for every core (a 7-block step: 545 → 337 ms).
-  const session = await RemoteSession.create(encodeModel(trainable.trainModel), { threads: availableParallelism(), spin: false, inlineBelowMs: INLINE_BELOW_MS });
+  const session = await RemoteSession.create(trainBytes, { threads: availableParallelism(), spin: false, inlineBelowMs: INLINE_BELOW_MS });
   const evaluator = await Evaluator.create(trainable).catch(async (e: unknown) => {
     await session.release();
     throw e;
@@ -417,13 +453,16 @@ export async function train(
     for (const cb of all) cb[event]?.(state);
   };
   const order = [...trainRows];
+  const loop = { params, stateParams, order, opt, rng, stopper, state };
+  let first = 0;
   try {
+    if (phase?.saved) first = restoreTraining(phase.saved, loop);
     emit('beforeFit');
-    for (let epoch = 0; epoch < options.epochs; epoch++) {
+    for (let epoch = first; epoch < options.epochs; epoch++) {
       const started = performance.now();
       state.epoch = epoch;
       emit('beforeEpoch');
-      const rows = byClass ? balancedRows(byClass, rng) : rng.shuffle(order);
+      const rows = pickViews(byClass ? balancedRows(byClass, rng) : rng.shuffle(order), data.views, rng);
       let lossSum = 0;
       for (const batch of batchesOf(rows, B, data.lengths, rng)) {
         const n = batch.length;
@@ -470,6 +509,7 @@ export async function train(
         seconds: (performance.now() - started) / 1000,
       });
       emit('afterEpoch');
+      await phase?.save(captureTraining(loop));
     }
   } catch (e) {
     if (!(e instanceof CancelFit)) throw e;
@@ -478,5 +518,18 @@ export async function train(
     await evaluator.release();
   }
   emit('afterFit');
-  return { params, history: state.history, bestEpoch: stopper.bestEpoch, stoppedEarly: stopper.stoppedEarly };
+  const result = { params, history: state.history, bestEpoch: stopper.bestEpoch, stoppedEarly: stopper.stoppedEarly };
+  await phase?.save(captureTraining(loop, result));
+  return result;
+}
+
+/** A training its checkpoint says had finished: its kept weights and outcome, and no session started. */
+function finishedTraining(trainable: Trainable, saved: TrainingSnapshot, options: FitOptions, callbacks: Callback[]): TrainResult {
+  const params = trainable.groups.flatMap((g) => g.params);
+  const stateParams: Param[] = (trainable.state ?? []).map((t) => ({ name: t.name, dims: t.dims, data: t.data, decay: false }));
+  restoreWeights(saved, [...params, ...stateParams]);
+  const state: TrainState = { epoch: saved.epochs - 1, step: saved.step, stepsPerEpoch: saved.stepsPerEpoch, batchLoss: NaN, history: saved.history, params, state: stateParams, options };
+  for (const cb of callbacks) cb.beforeFit?.(state);
+  for (const cb of callbacks) cb.afterFit?.(state);
+  return { params, history: saved.history, bestEpoch: saved.bestEpoch, stoppedEarly: saved.stoppedEarly };
 }

@@ -1,12 +1,34 @@
 import { randomBytes } from 'node:crypto';
 import { constants, type Stats } from 'node:fs';
 import { open, rename, writeFile, type FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
 
 /** Writes a file so that readers see either the old content or the new, never a partial file. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
   const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
   await writeFile(tmp, data);
   await rename(tmp, path);
+}
+
+/**
+ * writeFileAtomic that also survives a power cut: the data is flushed to disk (fsync) before the rename, and the
+ * folder after it, so the name never points at a file whose blocks were not written. Checkpoints use it.
+ */
+export async function writeFileDurable(path: string, data: string | Uint8Array | readonly Uint8Array[]): Promise<void> {
+  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  const handle = await open(tmp, 'w');
+  try {
+    // Pieces are written in turn (no copy into one buffer).
+    for (const piece of Array.isArray(data) ? (data as readonly Uint8Array[]) : [data as string | Uint8Array]) await handle.writeFile(piece);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await rename(tmp, path);
+  // The rename itself is durable once the folder is flushed (not every platform can open a folder: best effort).
+  const dir = await open(dirname(path), 'r').catch(() => undefined);
+  await dir?.sync().catch(() => undefined);
+  await dir?.close();
 }
 
 /** What a file-system error means for the file it names, in a few words (one line, no path). */

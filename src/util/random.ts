@@ -6,6 +6,16 @@ export class Random {
     this.state = (Math.floor(seed) ^ 0x9e3779b9) >>> 0;
   }
 
+  /** The generator's whole state (a 32-bit integer): setState() of it continues the same sequence (checkpoints). */
+  getState(): number {
+    return this.state;
+  }
+
+  setState(state: number): void {
+    if (!(Number.isInteger(state) && state >= 0 && state <= 0xffffffff)) throw new RangeError(`not a Random state: ${state}`);
+    this.state = state;
+  }
+
   /** Uniform in [0, 1). */
   next(): number {
     let t = (this.state = (this.state + 0x6d2b79f5) >>> 0);
