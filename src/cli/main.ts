@@ -14,15 +14,18 @@ import { sampleName, type DatasetSplit, type Skipped } from '../data/dataset.js'
 import { openLabelled } from '../data/open.js';
 import { readTable } from '../data/table.js';
 import { GraftError } from '../errors.js';
+import { CHECKPOINT_DIR, CheckpointStore } from '../train/checkpoint.js';
 import { argmaxRows, computeMetrics, crossEntropy, type Metrics } from '../evaluate/metrics.js';
 import { formatMetrics } from '../evaluate/report.js';
 import { lrFindSvg, type LrFindResult } from '../train/lr-find.js';
 import { renderReport, thumbnails } from '../evaluate/html-report.js';
 import { Learner, roundTiming, type Diagnostics, type FineTuneTiming, type SampleRef } from '../learner.js';
 import type { EpochRecord, FitOptions, OptimizerKind, ScheduleKind, TrainResult, TrainState } from '../train/trainer.js';
+import type { AugmentLevel } from '../preprocess/augment.js';
 import { VERSION } from '../version.js';
 import { formatBytes, hubOptions, importCommand, models, pull, type HubFlags } from './backbones.js';
 import { createProgress } from './progress.js';
+import { registerServe } from './serve.js';
 import { defaultCacheDir, listCacheFolders, parseSize, pruneCache, type CacheFolder } from '../backbone/cache.js';
 
 const int = (name: string, min = 0) => (v: string) => {
@@ -102,6 +105,8 @@ interface TrainFlags {
   cacheDir?: string;
   cache: boolean;
   json: boolean;
+  /** --resume (true), --no-resume (false), neither (undefined: resume a checkpoint of this same run if OUT holds one). */
+  resume?: boolean;
   fineTuneAt?: string;
   unfreeze?: number;
   freezeEpochs?: number;
@@ -113,18 +118,27 @@ interface TrainFlags {
   warmup?: number;
   clipNorm?: number;
   classWeights?: 'auto' | 'none';
+  augment?: AugmentLevel;
+  views?: number;
+  tta?: boolean;
   monitor?: 'val-loss' | 'accuracy' | 'macro-f1';
   momentum?: number;
+  events?: string;
 }
 
 async function train(data: string, flags: TrainFlags): Promise<void> {
-  const progress = createProgress();
+  const progress = createProgress(false, { events: flags.events });
   const started = performance.now();
   const out = await prepareOut(flags.out);
   const wallStart = Date.now() - 1000;
-  const learn = await openLearner(data, flags, progress);
+  // Checkpoints of this run (OUT/.graft-checkpoint): resumed when they were written by the same command.
+  const checkpoints = join(out, CHECKPOINT_DIR);
+  if (flags.resume === false) await CheckpointStore.remove(checkpoints);
+  else if (flags.resume && !(await CheckpointStore.exists(checkpoints))) throw new GraftError('USAGE', `--resume: ${out} holds no checkpoint to resume (${checkpoints})`, { out });
+  const learn = await openLearner(data, flags, progress, checkpoints);
   try {
     await trainLearner(learn, flags, out, progress, started);
+    await learn.discardCheckpoints();
   } finally {
     await learn.close();
   }
@@ -137,7 +151,7 @@ async function train(data: string, flags: TrainFlags): Promise<void> {
  * OUT/lr-find.json and prints the suggested rate.
  */
 async function lrFindCommand(data: string, flags: TrainFlags): Promise<void> {
-  const progress = createProgress();
+  const progress = createProgress(false, { events: flags.events });
   const out = await prepareOut(flags.out);
   const learn = await openLearner(data, flags, progress);
   try {
@@ -160,7 +174,7 @@ async function rangeTest(learn: Learner, flags: TrainFlags, out: string): Promis
 }
 
 /** The dataset scanned, the backbone loaded and its features extracted, as the flags say. */
-async function openLearner(data: string, flags: TrainFlags, progress: ReturnType<typeof createProgress>): Promise<Learner> {
+async function openLearner(data: string, flags: TrainFlags, progress: ReturnType<typeof createProgress>, checkpointDir?: string): Promise<Learner> {
   const learn = await Learner.create({
     data,
     ...(flags.task ? { task: flags.task } : {}),
@@ -185,15 +199,21 @@ async function openLearner(data: string, flags: TrainFlags, progress: ReturnType
     onNotice: (message) => progress.log(message),
     head: flags.head,
     seed: flags.seed,
+    ...(flags.augment ? { augment: flags.augment } : {}),
+    ...(flags.views !== undefined ? { views: flags.views } : {}),
+    ...(flags.tta ? { tta: true } : {}),
     ...(flags.cut ? { cut: flags.cut } : {}),
     ...(flags.valSplit !== undefined ? { valSplit: flags.valSplit } : {}),
     ...(flags.cache ? (flags.cacheDir ? { cacheDir: flags.cacheDir } : {}) : { cacheDir: false as const }),
+    ...(checkpointDir ? { checkpointDir } : {}),
     onProgress: (() => {
-      let begun = false;
+      // One bar for the clean features, one per augmented view.
+      let current: string | undefined;
       return (p) => {
-        if (!begun) {
-          progress.start('features', p.total);
-          begun = true;
+        const label = p.view === undefined ? 'features' : p.view === 'mirror' ? 'mirrored' : `view ${p.view}`;
+        if (label !== current) {
+          progress.start(label, p.total);
+          current = label;
         }
         progress.update(p.done, `cached ${p.cached} skipped ${p.skipped}`);
         if (p.done === p.total) progress.stop();
@@ -250,6 +270,7 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
       `${d.trainRows.length} train / ${d.valRows.length} val ${what}, ${learn.classes.length} classes; ` +
       `features: ${d.extraction.cached} cached, ${d.extraction.extracted} extracted in ${d.extraction.seconds.toFixed(1)} s`,
   );
+
   if (d.extraction.tokens?.truncated) {
     const max = backbone.modality === 'text' ? backbone.config.maxLength : 0;
     progress.log(`${d.extraction.tokens.truncated} text${d.extraction.tokens.truncated === 1 ? '' : 's'} longer than ${max} tokens were truncated (--max-length sets the limit)`);
@@ -284,6 +305,7 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
     afterEpoch: (st: TrainState) => {
       const h = st.history[st.history.length - 1]!;
       progress.update(h.epoch + 1, `loss ${h.trainLoss.toFixed(3)} val_loss ${h.valLoss.toFixed(3)} val_acc ${h.valAccuracy.toFixed(3)}`);
+      progress.epoch({ phase, epoch: h.epoch + 1, epochs: epochsPlanned, trainLoss: h.trainLoss, valLoss: h.valLoss, valAccuracy: h.valAccuracy, valMacroF1: h.valMacroF1 });
     },
     afterFit: () => progress.stop(),
   };
@@ -318,6 +340,9 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
   } else {
     result = await learn.fit(fit, [show]);
   }
+  // Augmented views are extracted by the training that needs them (pooled, or at the fine-tuning boundary).
+  const v = d.extraction.views;
+  if (v) progress.log(`augmented views: ${v.rows} rows (${v.cached} cached, ${v.extracted} extracted in ${v.seconds.toFixed(1)} s, ${(v.extracted / Math.max(v.seconds, 1e-9)).toFixed(1)} per s)`);
   progress.log(
     `trained ${result.history.length}/${epochsPlanned} epochs${result.stoppedEarly ? ' (early stop)' : ''}; best epoch ${result.bestEpoch + 1} restored`,
   );
@@ -582,6 +607,9 @@ function trainOptions(c: Command): Command {
     .addOption(new Option('--monitor <measure>', 'what early stopping watches and which epoch it keeps: validation loss, accuracy or macro-F1 (default val-loss)').choices(['val-loss', 'accuracy', 'macro-f1']))
     .addOption(new Option('--class-weights <mode>', 'auto: balanced sampling, every class drawn each epoch as often as the largest (default none)').choices(['auto', 'none']))
     .option('--momentum <x>', 'SGD momentum (default 0.9)', fractionOf('--momentum'))
+    .addOption(new Option('--augment <policy>', 'augment the training images (random resized crop, flip, rotation, colour jitter) or clips (time shift, gain, noise): views are extracted once and cached (default none)').choices(['none', 'light', 'standard', 'strong']))
+    .option('--views <k>', 'augmented views per training sample (default 4 with --augment); each epoch trains on the sample or one of its views', int('--views'))
+    .option('--tta', 'test-time augmentation (images): validation and the exported model average each image with its mirror')
     .option('--val-split <f>', 'validation fraction when DATA has no split of its own (default 0.2)', fraction, undefined)
     .option('--seed <s>', 'random seed (split, initialisation, shuffling, dropout)', int('--seed'), 0)
     .option('--cache-dir <dir>', 'feature cache directory (default $GRAFT_CACHE or ~/.cache/graft)')
@@ -591,6 +619,7 @@ function trainOptions(c: Command): Command {
     .option('--freeze-epochs <e>', 'head-only epochs before unfreezing (fine-tuning; default 3, texts and audio: up to 60 with early stopping)', int('--freeze-epochs'))
     .option('--lr-mult <m>', 'the backbone trains at lr / m (fine-tuning; default 10, a text encoder 1)', positive('--lr-mult'))
     .option('--encoder-dropout <p>', "dropout in a transformer's unfrozen layers while fine-tuning (default 0.1)", fractionOf('--encoder-dropout'))
+    .option('--events <file>', 'append progress to FILE as NDJSON, one event a line (phase, epoch, log), for programs to follow')
     .option('--json', 'print one JSON document on stdout', false);
 }
 
@@ -603,7 +632,10 @@ export function program(): Command {
       .command('train')
       .description('extract features with a pretrained backbone and train a new head on them')
       .argument('<data>', 'images or audio: DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*, or a folder of files labelled by name (--name-pattern); texts: a .csv/.tsv/.jsonl file, a folder with train.<ext> + val.<ext>, or DATA/<class>/*.txt; or a manifest (path, label, split columns)'),
-  ).action((data: string, flags: TrainFlags) => train(data, flags));
+  )
+    .option('--resume', 'continue the run whose checkpoint OUT holds (an error when it holds none); without --resume or --no-resume, a checkpoint written by this same command is resumed')
+    .option('--no-resume', 'start over, discarding any checkpoint in OUT')
+    .action((data: string, flags: TrainFlags) => train(data, flags));
   trainOptions(
     cmd
       .command('lr-find')
@@ -669,6 +701,7 @@ export function program(): Command {
     .option('--dry-run', 'say what would be removed, remove nothing')
     .option('--json', 'print one JSON document on stdout', false)
     .action((flags: CacheFlags) => cachePrune(flags));
+  registerServe(cmd);
   return cmd;
 }
 

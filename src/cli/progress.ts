@@ -1,24 +1,69 @@
-/** Progress on stderr: a live bar on a terminal, a few plain lines otherwise (logs, CI, pipes). */
+/**
+ * Progress on stderr: a live bar on a terminal, a few plain lines otherwise (logs, CI, pipes). With an events
+ * file (`graft train --events FILE`), the same progress is also appended there as NDJSON, one event a line, for
+ * a program to follow (`graft serve` relays it to its clients).
+ */
+import { appendFileSync } from 'node:fs';
 import cliProgress from 'cli-progress';
+
+/** One finished epoch: `epoch` counts from 1 within its phase (`head`, `fine-tune` or `train`). */
+export interface EpochEvent {
+  phase: string;
+  epoch: number;
+  epochs: number;
+  trainLoss: number;
+  valLoss: number;
+  valAccuracy: number;
+  valMacroF1: number;
+}
+
+/** What an events file holds, one JSON object a line. */
+export type ProgressEvent =
+  | { type: 'phase'; phase: string; total: number }
+  /** Progress within a phase (features, augmented views, epochs): at most one every PROGRESS_EVERY_MS, and the last. */
+  | { type: 'progress'; phase: string; done: number; total: number }
+  | ({ type: 'epoch' } & EpochEvent)
+  | { type: 'log'; message: string };
 
 export interface Progress {
   start(label: string, total: number): void;
   update(done: number, extra?: string): void;
   stop(): void;
   log(line: string): void;
+  /** An epoch's results (the events file only: the bar shows them through update()). */
+  epoch(e: EpochEvent): void;
 }
 
-export function createProgress(quiet = false): Progress {
+/** Appends events to `file`; a write that fails turns the events off with one notice, never the run. */
+function eventWriter(file: string | undefined): (e: ProgressEvent) => void {
+  let broken = file === undefined;
+  return (e) => {
+    if (broken) return;
+    try {
+      appendFileSync(file!, JSON.stringify(e) + '\n');
+    } catch (err) {
+      broken = true;
+      process.stderr.write(`graft: warning: --events ${file}: ${(err as Error).message}; no more events are written\n`);
+    }
+  };
+}
+
+const PROGRESS_EVERY_MS = 250;
+
+export function createProgress(quiet = false, options: { events?: string } = {}): Progress {
+  const emit = eventWriter(options.events);
   const tty = process.stderr.isTTY === true;
   let bar: cliProgress.SingleBar | undefined;
   let label = '';
   let total = 0;
   let lastPrinted = -1;
+  let lastEvent = 0;
   return {
     start(l, t) {
       label = l;
       total = t;
       lastPrinted = -1;
+      emit({ type: 'phase', phase: l, total: t });
       if (quiet) return;
       if (tty) {
         bar = new cliProgress.SingleBar(
@@ -29,6 +74,11 @@ export function createProgress(quiet = false): Progress {
       }
     },
     update(done, extra = '') {
+      const now = Date.now();
+      if (done >= total || now - lastEvent >= PROGRESS_EVERY_MS) {
+        lastEvent = now;
+        emit({ type: 'progress', phase: label, done, total });
+      }
       if (quiet) return;
       if (bar) bar.update(done, { extra });
       else {
@@ -44,7 +94,11 @@ export function createProgress(quiet = false): Progress {
       bar?.stop();
       bar = undefined;
     },
+    epoch(e) {
+      emit({ type: 'epoch', ...e });
+    },
     log(line) {
+      emit({ type: 'log', message: line });
       if (quiet) return;
       if (bar) bar.stop();
       process.stderr.write(line + '\n');
