@@ -6,24 +6,8 @@
 import { appendFileSync } from 'node:fs';
 import cliProgress from 'cli-progress';
 
-/** One finished epoch: `epoch` counts from 1 within its phase (`head`, `fine-tune` or `train`). */
-export interface EpochEvent {
-  phase: string;
-  epoch: number;
-  epochs: number;
-  trainLoss: number;
-  valLoss: number;
-  valAccuracy: number;
-  valMacroF1: number;
-}
-
-/** What an events file holds, one JSON object a line. */
-export type ProgressEvent =
-  | { type: 'phase'; phase: string; total: number }
-  /** Progress within a phase (features, augmented views, epochs): at most one every PROGRESS_EVERY_MS, and the last. */
-  | { type: 'progress'; phase: string; done: number; total: number }
-  | ({ type: 'epoch' } & EpochEvent)
-  | { type: 'log'; message: string };
+import type { EpochEvent, ProgressEvent } from '../train/events.js';
+export type { EpochEvent, ProgressEvent } from '../train/events.js';
 
 export interface Progress {
   start(label: string, total: number): void;

@@ -56,22 +56,31 @@ async function blankOrPlaceholder(histogram: Uint32Array, input: Uint8Array | st
 const RECHECK_BITS = 3.0;
 
 /**
+ * An image's bytes (read from its file when given a path), checked to look like an image, and how to fail
+ * about it: an IMAGE error naming the file and the reason.
+ */
+async function imageBytes(input: Uint8Array | string, file?: string): Promise<{ bytes: Uint8Array; fail: (reason: string, cause?: unknown) => GraftError }> {
+  const name = file ?? (typeof input === 'string' ? input : 'image');
+  const fail = (reason: string, cause?: unknown) => new GraftError('IMAGE', `${name}: ${reason}`, { file: name, reason }, { cause });
+  let bytes: Uint8Array;
+  try {
+    bytes = typeof input === 'string' ? await readRegularFile(input) : input;
+  } catch (e) {
+    throw fail(e instanceof FileProblem ? e.problem : `cannot read file (${(e as Error).message})`, e);
+  }
+  const notImage = whyNotImage(bytes.subarray(0, 16));
+  if (notImage) throw fail(notImage);
+  return { bytes, fail };
+}
+
+/**
  * Decodes an image file or its bytes into the network's input pixels: EXIF orientation applied, first frame,
  * 8-bit sRGB with any alpha flattened on white, resized as `config` says. Returns HWC RGB, H×W = inputSize.
  * Throws an IMAGE error when the data is corrupt or truncated, and when the image is blank or a placeholder.
  */
 export async function decodeImage(input: Uint8Array | string, config: PretrainedConfig, file?: string): Promise<Uint8Array> {
-  const name = file ?? (typeof input === 'string' ? input : 'image');
-  const fail = (reason: string, cause?: unknown) => new GraftError('IMAGE', `${name}: ${reason}`, { file: name, reason }, { cause });
-  if (typeof input === 'string') {
-    try {
-      input = await readRegularFile(input);
-    } catch (e) {
-      throw fail(e instanceof FileProblem ? e.problem : `cannot read file (${(e as Error).message})`, e);
-    }
-  }
-  const notImage = whyNotImage((input as Uint8Array).subarray(0, 16));
-  if (notImage) throw fail(notImage);
+  const { bytes, fail } = await imageBytes(input, file);
+  input = bytes;
   const [height, width] = config.inputSize;
   let pixels: Uint8Array;
   let entropy: number;
@@ -133,17 +142,8 @@ export async function decodeImageView(input: Uint8Array | string, config: Pretra
     const pixels = await decodeImage(input, config, file);
     return view.flip ? mirrorPixels(pixels, width, height) : pixels;
   }
-  const name = file ?? (typeof input === 'string' ? input : 'image');
-  const fail = (reason: string, cause?: unknown) => new GraftError('IMAGE', `${name}: ${reason}`, { file: name, reason }, { cause });
-  if (typeof input === 'string') {
-    try {
-      input = await readRegularFile(input);
-    } catch (e) {
-      throw fail(e instanceof FileProblem ? e.problem : `cannot read file (${(e as Error).message})`, e);
-    }
-  }
-  const notImage = whyNotImage((input as Uint8Array).subarray(0, 16));
-  if (notImage) throw fail(notImage);
+  const { bytes, fail } = await imageBytes(input, file);
+  input = bytes;
   try {
     const image = await load(input);
     const meta = await image.metadata();

@@ -23,6 +23,7 @@ import { newId } from './ids.js';
 import type { ModelStore } from './models.js';
 import { extensionOf, type Task } from './samples.js';
 import type { ProjectRecord, Store } from './store.js';
+import type { EpochEvent, ProgressEvent } from '../train/events.js';
 
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 
@@ -64,25 +65,6 @@ interface JobRecord extends Job {
   task: Task;
   pid?: number;
 }
-
-/** One finished epoch, as `graft train --events` writes it (`epoch` counts from 1 within its phase). */
-export interface EpochEvent {
-  phase: string;
-  epoch: number;
-  epochs: number;
-  trainLoss: number;
-  valLoss: number;
-  valAccuracy: number;
-  valMacroF1: number;
-}
-
-/** A line of the events file of `graft train --events` (written by src/cli/progress.ts). */
-/** The lines of `graft train --events` (src/cli/progress.ts writes them). */
-type ProgressEvent =
-  | { type: 'phase'; phase: string; total: number }
-  | { type: 'progress'; phase: string; done: number; total: number }
-  | ({ type: 'epoch' } & EpochEvent)
-  | { type: 'log'; message: string };
 
 export type JobEvent =
   | { event: 'job'; data: Job }
