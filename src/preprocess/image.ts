@@ -155,23 +155,22 @@ export async function decodeImageView(input: Uint8Array | string, config: Pretra
     const cw = Math.max(1, Math.min(iw - left, Math.round(c.width * iw)));
     const ch = Math.max(1, Math.min(ih - top, Math.round(c.height * ih)));
     image.extract({ left, top, width: cw, height: ch });
-    let region: { data: Buffer; info: OutputInfo };
-    let inner = { left: 0, top: 0, width: cw, height: ch };
+    const kernel = KERNELS[config.interpolation];
+    let out: Sharp;
     if (view.angle) {
-      region = await rgb8(image.rotate(view.angle, { background: ROTATE_FILL }));
+      // Two passes: the rotated crop (its size known only after the rotation), then its inner rectangle.
+      const region = await rgb8(image.rotate(view.angle, { background: ROTATE_FILL }));
       // A w×h rectangle turned by θ holds a centred w/z × h/z one of the same shape, z = cos θ + sin θ · max(w/h, h/w).
       const t = (Math.abs(view.angle) * Math.PI) / 180;
       const z = Math.cos(t) + Math.sin(t) * Math.max(cw / ch, ch / cw);
       // Two pixels less on each side: the rotated edges are blended with the fill over about a pixel.
       const w = Math.max(1, Math.floor(cw / z) - 4);
       const h = Math.max(1, Math.floor(ch / z) - 4);
-      inner = { left: Math.floor((region.info.width - w) / 2), top: Math.floor((region.info.height - h) / 2), width: w, height: h };
+      const inner = { left: Math.floor((region.info.width - w) / 2), top: Math.floor((region.info.height - h) / 2), width: w, height: h };
+      out = sharp(region.data, { raw: { width: region.info.width, height: region.info.height, channels: 3 } }).extract(inner).resize(width, height, { fit: 'fill', kernel });
     } else {
-      region = await rgb8(image);
+      out = image.resize(width, height, { fit: 'fill', kernel });
     }
-    let out = sharp(region.data, { raw: { width: region.info.width, height: region.info.height, channels: 3 } })
-      .extract(inner)
-      .resize(width, height, { fit: 'fill', kernel: KERNELS[config.interpolation] });
     if (view.brightness !== undefined || view.saturation !== undefined || view.hue !== undefined) {
       out = out.modulate({ brightness: view.brightness ?? 1, saturation: view.saturation ?? 1, hue: Math.round(view.hue ?? 0) });
     }
