@@ -208,9 +208,12 @@ describe('graft serve: the web page in chromium', () => {
       await cards.nth(2).getByTestId('class-delete').click();
       await page.waitForFunction(() => document.querySelectorAll('[data-testid="class-card"]').length === 2);
 
-      // Train: head only, on the fast int8 MobileNetV2 given in the advanced options.
+      // Train: head only, on the fast int8 MobileNetV2 given in the advanced options, with augmented views and
+      // test-time augmentation (so the in-browser export check below must mirror as the server does).
       await page.getByTestId('train-advanced-toggle').click();
       await page.getByTestId('train-model').fill(MODEL);
+      await page.getByTestId('train-augment').selectOption('light');
+      await page.getByTestId('train-tta').check();
       await page.getByTestId('train-epochs').fill('20');
       await page.getByTestId('train-seed').fill('1');
       const tTrain = Date.now();
@@ -246,7 +249,11 @@ describe('graft serve: the web page in chromium', () => {
       assert.match(download.suggestedFilename(), /\.zip$/);
       const zip = await readFile(zipPath);
       assert.equal(zip.readUInt32LE(0), 0x04034b50, 'a zip file');
-      const entries = Object.keys(unzipSync(new Uint8Array(zip), { filter: (f) => f.name.endsWith('graft.json') || f.name.endsWith('model.onnx') }));
+      const unzipped = unzipSync(new Uint8Array(zip), { filter: (f) => f.name.endsWith('graft.json') || f.name.endsWith('model.onnx') });
+      const entries = Object.keys(unzipped);
+      const manifest = JSON.parse(new TextDecoder().decode(unzipped[entries.find((e) => e.endsWith('graft.json'))!]!)) as { inference?: unknown; training: { augmentation?: unknown } };
+      assert.deepEqual(manifest.inference, { tta: 'flip' }, 'trained with test-time augmentation');
+      assert.deepEqual(manifest.training.augmentation, { policy: 'light', views: 4, tta: true });
       assert.ok(entries.some((e) => e.endsWith('model.onnx')), `zip entries: ${entries.join(', ')}`);
       assert.ok(entries.some((e) => e.endsWith('graft.json')), `zip entries: ${entries.join(', ')}`);
 

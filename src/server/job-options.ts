@@ -12,6 +12,10 @@ export interface JobOptions {
   valSplit?: number;
   model?: string;
   batchSize?: number;
+  /** Data augmentation, as graft train's --augment, --views and --tta. */
+  augment?: 'none' | 'light' | 'standard' | 'strong';
+  views?: number;
+  tta?: boolean;
 }
 
 /** A fine-tuning job without `unfreeze` unfreezes this many of the backbone's last blocks. */
@@ -65,8 +69,20 @@ export function parseJobRequest(body: Record<string, unknown>): { mode: JobMode;
         if (!isInt(v, 1, 4096)) throw bad(key, 'an integer from 1 to 4096', v);
         options.batchSize = v;
         break;
+      case 'augment':
+        if (v !== 'none' && v !== 'light' && v !== 'standard' && v !== 'strong') throw bad(key, '"none", "light", "standard" or "strong"', v);
+        options.augment = v;
+        break;
+      case 'views':
+        if (!isInt(v, 0, 64)) throw bad(key, 'an integer from 0 to 64', v);
+        options.views = v;
+        break;
+      case 'tta':
+        if (typeof v !== 'boolean') throw bad(key, 'true or false', v);
+        options.tta = v;
+        break;
       default:
-        throw badRequest(`unknown option ${JSON.stringify(key)} (known: epochs, lr, unfreeze, head, seed, valSplit, model, batchSize)`, { field: `options.${key}` });
+        throw badRequest(`unknown option ${JSON.stringify(key)} (known: epochs, lr, unfreeze, head, seed, valSplit, model, batchSize, augment, views, tta)`, { field: `options.${key}` });
     }
   }
   if (mode === 'fine-tune' && options.unfreeze === undefined) options.unfreeze = DEFAULT_UNFREEZE;
@@ -84,6 +100,9 @@ export function trainFlags(options: JobOptions): string[] {
   if (options.valSplit !== undefined) flags.push('--val-split', String(options.valSplit));
   if (options.model !== undefined) flags.push(`--model=${options.model}`);
   if (options.batchSize !== undefined) flags.push('--batch-size', String(options.batchSize));
+  if (options.augment !== undefined) flags.push('--augment', options.augment);
+  if (options.views !== undefined) flags.push('--views', String(options.views));
+  if (options.tta) flags.push('--tta');
   return flags;
 }
 

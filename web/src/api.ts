@@ -48,7 +48,7 @@ export interface Model { id: string; projectId: string; jobId: string; task: str
 export interface PredictionRow { input: string; predictions: Array<{ label: string; probability: number }>; probabilities: number[] }
 export interface PredictResult { predictions: PredictionRow[]; skipped: Rejected[] }
 export interface Health { status: string; version: string; uptimeSeconds: number; jobs: { running: number; queued: number }; memory: { rssBytes: number; heapUsedBytes: number } }
-export interface JobOptions { epochs?: number; lr?: number; unfreeze?: number; head?: string; seed?: number; valSplit?: number; model?: string; batchSize?: number }
+export interface JobOptions { epochs?: number; lr?: number; unfreeze?: number; head?: string; seed?: number; valSplit?: number; model?: string; batchSize?: number; augment?: string; views?: number; tta?: boolean }
 export interface Tensor { data: Float32Array; dims: number[]; input: string }
 
 export class ApiError extends Error {

@@ -9,6 +9,18 @@ import { loadOrt } from '../ort.js';
 import type * as Ort from 'onnxruntime-web';
 import { attempt, dispositionName, errorMessage, saveBlob } from '../ui.js';
 
+/** A left-right mirror of preprocessed images [N, 3, H, W] (NCHW) or [N, H, W, 3] (NHWC). */
+function mirrorTensor(x: Float32Array, dims: readonly number[], layout: 'NCHW' | 'NHWC'): Float32Array {
+  const w = layout === 'NCHW' ? dims[3]! : dims[2]!;
+  const c = layout === 'NCHW' ? 1 : dims[3]!;
+  const out = new Float32Array(x.length);
+  const row = w * c;
+  for (let base = 0; base < x.length; base += row) {
+    for (let j = 0; j < w; j++) for (let k = 0; k < c; k++) out[base + j * c + k] = x[base + (w - 1 - j) * c + k]!;
+  }
+  return out;
+}
+
 /** The largest |a[i] - b[i]| (Infinity when the lengths differ). */
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   if (a.length !== b.length) return Infinity;
@@ -21,6 +33,8 @@ export class ExportView {
   readonly el = h('section', { class: 'panel export', 'data-testid': 'export-panel' });
   private session: Ort.InferenceSession | null = null;
   private outputName: string | null = null;
+  /** The layout to mirror in when the model was trained with test-time augmentation (graft.json's inference.tta). */
+  private tta: 'NCHW' | 'NHWC' | null = null;
   private readonly status = h('div', { class: 'check-status', 'data-testid': 'export-check-status', 'aria-live': 'polite' });
   private readonly table = h('div', { class: 'check-table' });
   private file: File | null = null;
@@ -94,7 +108,8 @@ export class ExportView {
       const ort = await loadOrt();
       if (!this.session) {
         say('Downloading model.onnx…');
-        const manifest = (await (await api.modelFile(model.id, 'graft.json')).json()) as { model?: { output?: string } };
+        const manifest = (await (await api.modelFile(model.id, 'graft.json')).json()) as { model?: { output?: string }; inference?: { tta?: string }; config?: { layout?: string } };
+        this.tta = manifest.inference?.tta === 'flip' ? (manifest.config?.layout === 'NHWC' ? 'NHWC' : 'NCHW') : null;
         const bytes = new Uint8Array(await (await api.modelFile(model.id, 'model.onnx')).arrayBuffer());
         say(`Creating the session (${formatBytes(bytes.length)})…`);
         this.session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
@@ -112,6 +127,13 @@ export class ExportView {
       if (!value) throw new Error('the model gave no output');
       const browser = Array.from(value.data as Float32Array);
       for (const v of Object.values(out)) v.dispose();
+      if (this.tta) {
+        // The model was trained with test-time augmentation: as the server does, average with the mirrored image.
+        const mirrored = await this.session.run({ [tensor.input]: new ort.Tensor('float32', mirrorTensor(tensor.data, tensor.dims, this.tta), tensor.dims) });
+        const m = (mirrored[this.outputName ?? ''] ?? Object.values(mirrored)[0])!.data as Float32Array;
+        for (let i = 0; i < browser.length; i++) browser[i] = (browser[i]! + m[i]!) / 2;
+        for (const v of Object.values(mirrored)) v.dispose();
+      }
       const diff = maxAbsDiff(browser, row.probabilities);
       const ok = diff <= 1e-4;
       const table = h('table', { class: 'compare', 'data-testid': 'export-compare' },

@@ -38,6 +38,9 @@ export class TrainView {
   private readonly seed = h('input', { type: 'number', step: 1, placeholder: 'auto', 'data-testid': 'train-seed' });
   private readonly valSplit = h('input', { type: 'number', min: 0.05, max: 0.9, step: 0.05, placeholder: '0.2', 'data-testid': 'train-val-split' });
   private readonly head = h('select', { 'data-testid': 'train-head' }, h('option', { value: '' }, 'default'), h('option', { value: 'mlp' }, 'mlp'), h('option', { value: 'linear' }, 'linear'));
+  private readonly augment = h('select', { 'data-testid': 'train-augment' },
+    h('option', { value: '' }, 'none'), h('option', { value: 'light' }, 'light'), h('option', { value: 'standard' }, 'standard'), h('option', { value: 'strong' }, 'strong'));
+  private readonly tta = h('input', { type: 'checkbox', 'data-testid': 'train-tta' });
   private readonly unfreeze = h('input', { type: 'number', min: 0, step: 1, placeholder: 'auto', 'data-testid': 'train-unfreeze' });
   private readonly start = h('button', { type: 'button', class: 'primary', 'data-testid': 'train-start' }, 'Train model');
   private readonly cancel = h('button', { type: 'button', class: 'danger', 'data-testid': 'train-cancel', disabled: true }, 'Cancel');
@@ -63,6 +66,8 @@ export class TrainView {
       field('Validation split', this.valSplit),
       field('Seed', this.seed),
       field('Head', this.head),
+      field('Augmentation', this.augment, 'Crops, flips, rotations and colour changes of the training images (4 views each), or shifts, gain and noise of clips'),
+      field('Test-time augmentation', this.tta, 'Images: average each prediction with the mirrored image'),
       unfreezeField,
     );
     this.start.addEventListener('click', () => void this.train());
@@ -92,6 +97,8 @@ export class TrainView {
       model: this.model.value.trim() || undefined,
       head: this.head.value || undefined,
       unfreeze: this.mode.value === 'fine-tune' ? num(this.unfreeze) : undefined,
+      augment: this.augment.value || undefined,
+      tta: this.tta.checked || undefined,
     };
     for (const k of Object.keys(o) as Array<keyof JobOptions>) if (o[k] === undefined || (typeof o[k] === 'number' && !Number.isFinite(o[k]))) delete o[k];
     return o;
