@@ -42,6 +42,7 @@ import { augmentedRows, extractViews, planViews, totalRows, ttaMap, viewMap, typ
 import { CheckpointStore, type Checkpointing } from './train/checkpoint.js';
 import { writeArtifact, type Manifest, type ManifestDraft } from './artifact/artifact.js';
 import { digestSamples, splitRecord, SPLIT_FILE } from './artifact/split.js';
+import { concatArrays } from './util/buffer.js';
 
 /** Data augmentation (`augment`, `views`, `tta`): see AugmentOptions. */
 export interface LearnerOptions extends AugmentOptions {
@@ -490,7 +491,7 @@ export class Learner {
     try {
       const views = await extractViews(extractor, samples.map(extractInput), blocks, { record: !this.viewState.recorded, onProgress: this.viewProgress() });
       const { features: clean, dim } = this.data.features;
-      this.data.features = { ...this.data.features, features: concatFloat32([clean.subarray(0, samples.length * dim), ...views.features]) };
+      this.data.features = { ...this.data.features, features: concatArrays([clean.subarray(0, samples.length * dim), ...views.features], Float32Array) };
       this.recordViews({ cached: views.cached, extracted: views.extracted, seconds: views.seconds });
       this.viewState.pooled = true;
     } finally {
@@ -706,6 +707,7 @@ export class Learner {
     const counts = (rows: number[]) => this.classes.map((_, c) => rows.filter((r) => this.data.features.labels[r] === c).length);
     const inputs = feedSpecs(this.backbone.pipeline).map((f) => ({ name: f.name, type: f.type, shape: ['N', ...f.shape] }));
     const tokens = this.data.extraction.tokens;
+    const augmentation = this.augmentation();
     const common = {
       labels: this.classes,
       model: { input: inputs[0]!.name, inputs, output: HEAD_OUTPUT, inputShape: inputs[0]!.shape },
@@ -718,7 +720,7 @@ export class Learner {
         bestEpoch: result.bestEpoch + 1,
         stoppedEarly: result.stoppedEarly,
         history: result.history,
-        ...(this.augmentation() ? { augmentation: this.augmentation() } : {}),
+        ...(augmentation ? { augmentation } : {}),
         ...(this.weights.kind === 'tuned' ? { fineTuned: { from: this.weights.from, trainableTensors: this.weights.trainableTensors, float: true, ...(this.weights.encoderDropout ? { encoderDropout: this.weights.encoderDropout } : {}), ...(this.weights.timing ? { seconds: roundTiming(this.weights.timing) } : {}) } } : {}),
       },
       ...(metrics ? { metrics } : {}),
@@ -886,13 +888,3 @@ export function fineTuneDefaults(modality: Modality): { freezeEpochs: number; lr
 
 /** Default learning rate of the MLP head on text features (see Learner.headLr). */
 export const TEXT_MLP_LR = 1e-3;
-
-function concatFloat32(parts: readonly Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}

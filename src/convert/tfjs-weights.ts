@@ -3,6 +3,7 @@ import { dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { GraftError } from '../errors.js';
 import { readRegularFile } from '../util/fs.js';
 import type { ModelProto } from '../onnx/proto.js';
+import { concatArrays } from '../util/buffer.js';
 
 /** One weight as a TensorFlow.js `weightsManifest` describes it. */
 export interface TfjsWeightEntry {
@@ -92,13 +93,8 @@ export function decodeWeights(
   for (const group of manifest) {
     if (!Array.isArray(group.paths) || !Array.isArray(group.weights)) bad('a weightsManifest group lacks paths or weights');
     const parts = group.paths.map((p) => shard(p));
-    const total = parts.reduce((s, p) => s + p.byteLength, 0);
-    const buf = new Uint8Array(total);
-    let at = 0;
-    for (const p of parts) {
-      buf.set(p, at);
-      at += p.byteLength;
-    }
+    const buf = concatArrays(parts, Uint8Array);
+    const total = buf.byteLength;
     const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
     let offset = 0;
     for (const w of group.weights) {

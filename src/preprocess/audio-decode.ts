@@ -8,6 +8,7 @@ import { GraftError, invalidParameter } from '../errors.js';
 import { oneLine } from '../util/fs.js';
 import { resample } from './resample.js';
 import { AudioProblem, checkStreamParameters, decodeWav, MAX_SAMPLE_RATE, readWavHeader } from './wav.js';
+import { concatArrays } from '../util/buffer.js';
 
 export { sniffAudioType, whyNotAudio, type AudioFormat };
 
@@ -221,13 +222,7 @@ async function decodeCompressed(format: Exclude<AudioFormat, 'wav'>, bytes: Uint
   }
   if (errors.size) throw new AudioProblem(`cannot decode ${format.toUpperCase()} (${problems})`);
   if (frames === 0) throw new AudioProblem('has no audio frames');
-  const samples = new Float32Array(frames);
-  let at = 0;
-  for (const part of parts) {
-    samples.set(part, at);
-    at += part.length;
-  }
-  return { samples, sampleRate, channels: info.channels };
+  return { samples: concatArrays(parts, Float32Array), sampleRate, channels: info.channels };
 }
 
 /** Decoders report over several lines; a skip reason is one line. */

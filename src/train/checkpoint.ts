@@ -145,26 +145,18 @@ export interface PhaseCheckpoint {
   save(snapshot: TrainingSnapshot): Promise<void>;
 }
 
-interface Header {
+/** A checkpoint file's JSON header: the snapshot's scalar state, and what its tensors are. */
+type Header = Pick<TrainingSnapshot, 'epochs' | 'planned' | 'done' | 'step' | 'stepsPerEpoch' | 'rng' | 'history' | 'bestEpoch' | 'stoppedEarly' | 'best'> & {
   format: number;
   phase: string;
   label: string;
   key: string;
   parts: Record<string, string>;
-  epochs: number;
-  planned: number;
-  done: boolean;
-  step: number;
-  stepsPerEpoch: number;
-  rng: number;
-  history: EpochRecord[];
-  bestEpoch: number;
-  stoppedEarly: boolean;
-  best: [number, number];
+  /** How many early-stopping copies follow (tensors `s:<i>`). */
   snapshot: number;
   optimizer: { kind: string; groups: OptimizerState['groups']; params: Array<{ name: string; step: number; buffers: number }> } | null;
   tensors: Array<{ name: string; type: 'f32' | 'i32'; length: number }>;
-}
+};
 
 /**
  * A checkpoint file as header + tensors (named: `w:<weight>`, `s:<i>` early stopping's copies, `m:<param>:<b>`
