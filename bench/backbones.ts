@@ -1,7 +1,8 @@
 /**
  * Which backbone should `graft train DIR` use when no --model is given? Every candidate graft can run
- * offline, measured on the same split: an L2 logistic-regression probe on its features (the yardstick of
- * the issue's table) and graft's default head as `graft train` trains it.
+ * offline, measured on the same split: sklearn's L2 logistic-regression probe on its features, C by 5-fold
+ * cross-validation on the training rows (bench/probe.ts; the yardstick of the issue's table), and graft's default
+ * head as `graft train` trains it (`auto`: chosen by graft's own cross-validation on the training rows).
  *
  *   node dist/bench/backbones.js [DATA=../shared/data/hymenoptera]
  *
@@ -48,14 +49,19 @@ const candidates: Array<{ name: string; model: string; cut?: string }> = [
 ];
 
 console.log(`${data}`);
-console.log('| backbone | features | probe accuracy | default head accuracy | extraction s |');
-console.log('| --- | --- | --- | --- | --- |');
+console.log('| backbone | features | probe accuracy (C) | default head accuracy (chosen) | default − probe | extraction s | head s |');
+console.log('| --- | --- | --- | --- | --- | --- | --- |');
 for (const c of candidates) {
   const learn = await Learner.create({ data, model: c.model, seed: 0, cacheDir: join(work, 'cache'), hub: { offline: true }, ...(c.cut ? { cut: c.cut } : {}) });
   const { features, trainRows, valRows, extraction } = learn.data;
-  const p = probe(features, trainRows, valRows, learn.classes.length);
+  const p = probe(features, trainRows, valRows);
+  const t0 = performance.now();
   await learn.fit();
+  const seconds = (performance.now() - t0) / 1000;
   const m = await learn.evaluate();
-  console.log(`| ${c.name} | ${features.dim} | ${p.toFixed(3)} | ${m.accuracy.toFixed(3)} | ${extraction.seconds.toFixed(1)} |`);
+  const chosen = learn.selection?.chosen;
+  const name = chosen?.kind === 'logistic' ? `logistic C=${chosen.C}` : (chosen?.kind ?? learn.spec.kind);
+  const diff = m.accuracy - p.accuracy;
+  console.log(`| ${c.name} | ${features.dim} | ${p.accuracy.toFixed(3)} (${p.C}) | ${m.accuracy.toFixed(3)} (${name}) | ${diff >= 0 ? '+' : ''}${diff.toFixed(3)} | ${extraction.seconds.toFixed(1)} | ${seconds.toFixed(1)} |`);
   await learn.close();
 }

@@ -1,8 +1,7 @@
 /**
  * Head selection study: trains candidate heads on the cached features of one dataset (same split) and
- * prints validation accuracy per seed, next to a plain L2 logistic-regression probe (sklearn's
- * LogisticRegression(C=1) objective, solved full-batch) on the raw pooled features, so the defaults are
- * measured rather than assumed.
+ * prints validation accuracy per seed, next to sklearn's L2 logistic-regression probe (standardised, C by
+ * 5-fold CV on the training rows; bench/probe.ts), so the defaults are measured rather than assumed.
  *
  *   node dist/bench/heads.js DATA MODEL ['{"cropPct": 1}' (PretrainedConfig overrides)] [--seeds 3]
  *
@@ -36,7 +35,8 @@ const { features, trainRows, valRows } = learn.data;
 const K = learn.classes.length;
 console.log(`${data}: ${trainRows.length} train / ${valRows.length} val, ${K} classes`);
 const t0 = performance.now();
-console.log(`${'probe: L2 logistic regression C=1'.padEnd(28)} acc ${probe(features, trainRows, valRows, K).toFixed(4)} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+const p = probe(features, trainRows, valRows);
+console.log(`${`sklearn probe, C=${p.C} by CV`.padEnd(28)} acc ${p.accuracy.toFixed(4)} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
 for (const c of candidates) {
   const accs: number[] = [];
   let seconds = 0;

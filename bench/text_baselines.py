@@ -23,31 +23,10 @@ import numpy as np
 import sklearn
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000]
-
-
-def scores(y, p, positive):
-    return {
-        "accuracy": float(accuracy_score(y, p)),
-        "positiveF1": float(f1_score(y, p, pos_label=positive, zero_division=0)),
-        "macroF1": float(f1_score(y, p, average="macro", zero_division=0)),
-    }
-
-
-def search(pipe, param, X, y, tr, va, positive, meta, grid=GRID):
-    t0 = time.perf_counter()
-    cv = StratifiedKFold(meta["folds"], shuffle=True, random_state=meta["seed"])
-    g = GridSearchCV(pipe, {param: grid}, cv=cv, scoring=meta["scoring"], n_jobs=1)
-    g.fit(X[tr] if not isinstance(X, list) else [X[i] for i in tr], y[tr])
-    Xv = X[va] if not isinstance(X, list) else [X[i] for i in va]
-    out = scores(y[va], g.predict(Xv), positive)
-    out.update({"C": float(g.best_params_[param]), "cvScore": float(g.best_score_), "grid": grid, "seconds": round(time.perf_counter() - t0, 2)})
-    return out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from probe_cv import embeddings_probe, scores, search  # noqa: E402
 
 
 def main():
@@ -68,7 +47,7 @@ def main():
     result["tfidfDefaults"] = {**scores(y[va], pipe.predict([texts[i] for i in va]), positive), "C": 1.0, "seconds": round(time.perf_counter() - t0, 2)}
 
     X = np.fromfile(os.path.join(d, "features.f32"), dtype="<f4").reshape(-1, meta["dim"])
-    result["embeddings"] = search(make_pipeline(StandardScaler(), lr()), "logisticregression__C", X, y, tr, va, positive, meta)
+    result["embeddings"] = embeddings_probe(X, y, tr, va, positive, meta)
     print(json.dumps(result))
 
 

@@ -1,5 +1,5 @@
 /** graft's public library API. */
-export { learner, Learner, DEFAULT_FINE_TUNE, type Diagnostics, type SampleRef, type LearnerOptions, type LearnerData, type FineTuneOptions, type FineTuneResult, type FineTuneTiming } from './learner.js';
+export { learner, Learner, DEFAULT_FINE_TUNE, type Diagnostics, type HeadChoice, type SampleRef, type LearnerOptions, type LearnerData, type FineTuneOptions, type FineTuneResult, type FineTuneTiming } from './learner.js';
 export type { FreezeSpec, BatchNormPolicy } from './train/finetune.js';
 export { SGD, Adam, AdamW, clipGradNorm, type Optimizer, type ParamGroup, type AdamOptions, type SGDOptions } from './train/optimizer.js';
 export { GraftModel, type Prediction, type ProbabilityResult } from './artifact/model.js';
@@ -20,5 +20,6 @@ export { computeMetrics, type Metrics, type ClassMetrics } from './evaluate/metr
 export { formatMetrics } from './evaluate/report.js';
 export { CancelFit, EarlyStopping, EVENTS, DEFAULT_FIT, type Callback, type FitOptions, type OptimizerKind, type ScheduleKind, type TrainEvent, type TrainResult, type EpochRecord } from './train/trainer.js';
 export type { HeadKind, HeadSpec } from './head/head.js';
+export type { CandidateScore, HeadCandidate, HeadSelection } from './train/select-head.js';
 export { GraftError, type GraftErrorCode } from './errors.js';
 export { VERSION } from './version.js';

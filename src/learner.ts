@@ -40,6 +40,7 @@ import { DEFAULT_LR_RANGE, lrFind, type LrFindResult, type LrRange } from './tra
 import { DEFAULT_FIT, DEFAULT_LR, Evaluator, headTrainable, train, trainHead, type Callback, type FeatureSet, type FitOptions, type TrainResult } from './train/trainer.js';
 import { augmentedRows, extractViews, planViews, totalRows, ttaMap, viewMap, type AugmentOptions, type ViewBlock } from './train/views.js';
 import { CheckpointStore, type Checkpointing } from './train/checkpoint.js';
+import { fitLogisticHead, selectHead, type HeadSelection } from './train/select-head.js';
 import { writeArtifact, type Manifest, type ManifestDraft } from './artifact/artifact.js';
 import { digestSamples, splitRecord, SPLIT_FILE } from './artifact/split.js';
 import { concatArrays } from './util/buffer.js';
@@ -77,7 +78,12 @@ export interface LearnerOptions extends AugmentOptions {
   /** Text encoders: tokens per text (special tokens included) and how token states are pooled; audio: how windows are pooled. */
   maxLength?: number;
   pooling?: Exclude<TextPooling, 'model'> | AudioPooling;
-  head?: HeadKind | Partial<Pick<HeadSpec, 'kind' | 'hidden' | 'dropout'>>;
+  /**
+   * The new head. `auto` (default): chosen by 5-fold cross-validation on the training rows between the L2
+   * logistic regression (C on a grid, solved exactly) and the MLP head; `logistic`: the logistic regression, its C
+   * by cross-validation; `mlp` / `linear` (or explicit MLP sizes): that head, trained by the optimizer.
+   */
+  head?: HeadChoice | Partial<Pick<HeadSpec, 'kind' | 'hidden' | 'dropout'>>;
   /** Validation fraction when the dataset has no split of its own (default 0.2). */
   valSplit?: number;
   seed?: number;
@@ -133,8 +139,15 @@ interface Trained {
   evaluation: { graph: Promise<Evaluator>; data: Rows | FeatureSet; params: Param[] } | undefined;
 }
 
+/** How the head is chosen (LearnerOptions.head). */
+export type HeadChoice = 'auto' | 'logistic' | HeadKind;
+
 export class Learner {
-  readonly spec: HeadSpec;
+  private headSpec: HeadSpec;
+  /** auto / logistic: the head is chosen by cross-validation when it first trains (selectHead). */
+  private readonly choice: 'auto' | 'logistic' | 'fixed';
+  /** The last head selection (undefined before a head trains, or for a fixed head). */
+  selection: HeadSelection | undefined;
   /** Standardiser of the pretrained backbone's pooled features (training rows). */
   readonly standardizer: Standardizer;
   private weights: BackboneWeights = { kind: 'pretrained' };
@@ -148,9 +161,11 @@ export class Learner {
   private dataKeyMemo: string | undefined;
 
   private constructor(readonly options: LearnerOptions, readonly backbone: Backbone, readonly data: LearnerData, readonly seed: number) {
-    const head = typeof options.head === 'string' ? { kind: options.head } : (options.head ?? {});
-    this.spec = { ...DEFAULT_HEAD, ...head, inputDim: backbone.config.featureDim, numClasses: data.dataset.classes.length };
-    validateSpec(this.spec);
+    const option = options.head ?? 'auto';
+    this.choice = option === 'auto' || option === 'logistic' ? option : 'fixed';
+    const head = option === 'auto' ? {} : option === 'logistic' ? { kind: 'linear' as const } : typeof option === 'string' ? { kind: option } : option;
+    this.headSpec = { ...DEFAULT_HEAD, ...head, inputDim: backbone.config.featureDim, numClasses: data.dataset.classes.length };
+    validateSpec(this.headSpec);
     this.standardizer = fitStandardizer(data.features.features, data.features.dim, data.trainRows);
     this.checkpoints = options.checkpointDir === undefined ? undefined : new CheckpointStore(options.checkpointDir, options.onNotice);
   }
@@ -278,8 +293,39 @@ export class Learner {
    * SMS spam with the bundled sentence encoder, 5 seeded splits: spam F1 0.971 vs 0.966 at 3e-4; on images
    * 3e-4 stays best, hymenoptera 0.956 vs 0.948).
    */
+  /** The head's architecture: before an `auto` head is chosen, the MLP's. */
+  get spec(): HeadSpec {
+    return this.headSpec;
+  }
+
+  /**
+   * Trains the head alone on pooled features: an `auto` or `logistic` head is chosen first by cross-validation on
+   * the training rows (selectHead), and a logistic one is solved for rather than trained.
+   */
+  private async trainHeadOn(set: FeatureSet, std: Standardizer, fit: FitOptions, callbacks: Callback[]): Promise<TrainResult> {
+    const checkpoint = this.checkpointing('head');
+    if (this.choice === 'fixed') return trainHead(set, this.data.trainRows, this.data.valRows, this.headSpec, std, fit, callbacks, checkpoint);
+    const mlp: HeadSpec = { ...DEFAULT_HEAD, inputDim: this.headSpec.inputDim, numClasses: this.headSpec.numClasses };
+    const numClasses = this.headSpec.numClasses;
+    const selection = await selectHead(set, this.data.trainRows, numClasses, {
+      logistic: true,
+      ...(this.choice === 'auto' ? { mlp: { spec: mlp, fit } } : {}),
+      seed: this.seed,
+      metric: fit.monitor === 'macro-f1' ? 'macro-f1' : 'accuracy',
+    });
+    this.selection = selection;
+    if (selection.chosen.kind === 'mlp') {
+      this.headSpec = mlp;
+      return trainHead(set, this.data.trainRows, this.data.valRows, mlp, std, fit, callbacks, checkpoint);
+    }
+    this.headSpec = { kind: 'linear', hidden: 0, dropout: 0, inputDim: this.headSpec.inputDim, numClasses };
+    return fitLogisticHead(set, this.data.trainRows, this.data.valRows, this.headSpec, std, selection.chosen.C, fit, callbacks);
+  }
+
   private headLr(): number {
-    return this.modality === 'text' && this.spec.kind === 'mlp' ? TEXT_MLP_LR : DEFAULT_LR[this.spec.kind];
+    // A head still to be chosen trains its MLP candidate at the MLP's rate (the logistic one has no rate).
+    const kind = this.choice === 'fixed' ? this.headSpec.kind : 'mlp';
+    return this.modality === 'text' && kind === 'mlp' ? TEXT_MLP_LR : DEFAULT_LR[kind];
   }
 
   /** The last training's result (undefined before the first fit). */
@@ -298,7 +344,7 @@ export class Learner {
     if (this.weights.kind === 'tuned') return (await this.fitSuffix({ unfreeze: 1 }, true, { ...DEFAULT_FIT, lr: this.headLr(), seed: this.seed, ...options }, 1, callbacks)).result;
     const fit = { ...DEFAULT_FIT, lr: this.headLr(), seed: this.seed, ...options };
     await this.ensureViewFeatures();
-    const result = await trainHead(this.data.features, this.data.trainRows, this.data.valRows, this.spec, this.standardizer, fit, callbacks, this.checkpointing('head'));
+    const result = await this.trainHeadOn(this.data.features, this.standardizer, fit, callbacks);
     this.setTrained({ result, fit, standardizer: this.standardizer, evaluation: { graph: Evaluator.forHead(this.spec, this.standardizer), data: this.data.features, params: result.params } });
     return result;
   }
@@ -367,7 +413,7 @@ export class Learner {
     const prefixSeconds = clock.lap();
     let phase1: TrainResult | undefined;
     const headFit = { ...fit, lr: options.headLr ?? this.headLr(), epochs: freezeEpochs };
-    if (freezeEpochs > 0) phase1 = await trainHead(pooled, this.data.trainRows, this.data.valRows, this.spec, std, headFit, callbacks, this.checkpointing('head'));
+    if (freezeEpochs > 0) phase1 = await this.trainHeadOn(pooled, std, headFit, callbacks);
     const headSeconds = clock.lap();
     const result = phase1 ?? { params: initParams(this.spec, this.seed), history: [], bestEpoch: -1, stoppedEarly: false };
     this.weights = { kind: 'tuned', model, from: plan.boundary, trainableTensors: 0 };
@@ -453,7 +499,11 @@ export class Learner {
           const rest = trainRows.filter((_, i) => fold[i] !== f);
           // The training rows stand in for validation: the epoch kept is the one of least training loss.
           const fit = { ...DEFAULT_FIT, lr: this.headLr(), seed: this.seed + f, epochs, patience: 0 };
-          const result = await trainHead(this.data.features, rest, rest, this.spec, this.standardizer, fit);
+          const chosen = this.selection?.chosen;
+          const result =
+            chosen?.kind === 'logistic'
+              ? await fitLogisticHead(this.data.features, rest, held, this.spec, this.standardizer, chosen.C, fit)
+              : await trainHead(this.data.features, rest, rest, this.spec, this.standardizer, fit);
           const p = await evaluator.probabilities(this.data.features, held, result.params);
           let j = 0;
           trainRows.forEach((_, i) => {
@@ -721,6 +771,7 @@ export class Learner {
         stoppedEarly: result.stoppedEarly,
         history: result.history,
         ...(augmentation ? { augmentation } : {}),
+        ...(this.selection ? { headSelection: this.selection } : {}),
         ...(this.weights.kind === 'tuned' ? { fineTuned: { from: this.weights.from, trainableTensors: this.weights.trainableTensors, float: true, ...(this.weights.encoderDropout ? { encoderDropout: this.weights.encoderDropout } : {}), ...(this.weights.timing ? { seconds: roundTiming(this.weights.timing) } : {}) } } : {}),
       },
       ...(metrics ? { metrics } : {}),

@@ -211,8 +211,8 @@ describe('Learner.fineTune on a hymenoptera subset', () => {
     assert.deepEqual(await readdir(join(tmp, 'cache', 'tmp')), []);
   });
 
-  it('gradual unfreezing trains one more block per stage', async () => {
-    const learn = await learner({ data: join(tmp, 'data'), model: MODEL, cacheDir: join(tmp, 'cache') });
+  it('gradual unfreezing trains one more block per stage (from a solved logistic head)', async () => {
+    const learn = await learner({ data: join(tmp, 'data'), model: MODEL, cacheDir: join(tmp, 'cache'), head: 'logistic' });
     const seen: string[] = [];
     // Each fit's own duration, from the callbacks: the head fit, then one per stage.
     const fits: number[] = [];
@@ -220,8 +220,10 @@ describe('Learner.fineTune on a hymenoptera subset', () => {
     const result = await learn.fineTune({ unfreeze: 2, gradual: true, freezeEpochs: 1, fit: { epochs: 2, patience: 0 } }, [
       { beforeFit: (s) => (seen.push(`${s.params.length}`), (started = performance.now())), afterFit: () => void fits.push((performance.now() - started) / 1000) },
     ]);
-    // Head-only (4 head weights), then the last block (+8 tensors), then the last two blocks (+14 tensors).
-    assert.deepEqual(seen, ['4', '12', '18']);
+    // The logistic head (2 weights: solved, no optimizer), then the last block (+8 tensors), then the last two blocks (+14 tensors).
+    assert.deepEqual(seen, ['2', '10', '16']);
+    assert.equal(learn.spec.kind, 'linear');
+    assert.equal(learn.selection?.chosen.kind, 'logistic');
     assert.equal(result.boundary, '443');
     // Timing per phase: every fit falls inside the phase it is attributed to, and the phases add up to the call.
     const t = result.timing;
@@ -235,7 +237,7 @@ describe('Learner.fineTune on a hymenoptera subset', () => {
   });
 
   it('trains head then suffix, and the exported graph reproduces the tuned model', async () => {
-    const learn = await learner({ data: join(tmp, 'data'), model: MODEL, cacheDir: join(tmp, 'cache') });
+    const learn = await learner({ data: join(tmp, 'data'), model: MODEL, cacheDir: join(tmp, 'cache'), head: 'mlp' });
     const result = await learn.fineTune({ unfreeze: 1, freezeEpochs: 2, fit: { epochs: 3 } });
     assert.equal(result.phase1!.history.length, 2);
     assert.equal(result.phase2.history.length, 3);

@@ -19,7 +19,8 @@ import { argmaxRows, computeMetrics, crossEntropy, type Metrics } from '../evalu
 import { formatMetrics } from '../evaluate/report.js';
 import { lrFindSvg, type LrFindResult } from '../train/lr-find.js';
 import { renderReport, thumbnails } from '../evaluate/html-report.js';
-import { Learner, roundTiming, type Diagnostics, type FineTuneTiming, type SampleRef } from '../learner.js';
+import { Learner, roundTiming, type Diagnostics, type HeadChoice, type FineTuneTiming, type SampleRef } from '../learner.js';
+import type { HeadCandidate, HeadSelection } from '../train/select-head.js';
 import type { EpochRecord, FitOptions, OptimizerKind, ScheduleKind, TrainResult, TrainState } from '../train/trainer.js';
 import type { AugmentLevel } from '../preprocess/augment.js';
 import { VERSION } from '../version.js';
@@ -94,7 +95,7 @@ interface TrainFlags {
   offline?: boolean;
   cut?: string;
   out: string;
-  head: 'mlp' | 'linear';
+  head: HeadChoice;
   epochs?: number;
   lr?: number | 'auto';
   batchSize?: number;
@@ -340,6 +341,7 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
   } else {
     result = await learn.fit(fit, [show]);
   }
+  if (learn.selection) progress.log(describeSelection(learn.selection));
   // Augmented views are extracted by the training that needs them (pooled, or at the fine-tuning boundary).
   const v = d.extraction.views;
   if (v) progress.log(`augmented views: ${v.rows} rows (${v.cached} cached, ${v.extracted} extracted in ${v.seconds.toFixed(1)} s, ${(v.extracted / Math.max(v.seconds, 1e-9)).toFixed(1)} per s)`);
@@ -385,12 +387,23 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
       bestEpoch: result.bestEpoch + 1,
       seconds,
       ...(phases ? { phases } : {}),
+      head: { kind: learn.spec.kind, ...(learn.selection ? { selection: learn.selection } : {}) },
       diagnostics,
     });
   } else {
     printSkipped(d.skipped);
     process.stdout.write(`Validation (${d.valRows.length} ${what})\n${formatMetrics(metrics)}\n\nModel written to ${out} (${seconds.toFixed(1)} s)\n`);
   }
+}
+
+/** The head chosen by cross-validation, and against what, in one line. */
+export function describeSelection(s: HeadSelection): string {
+  const name = (c: HeadCandidate) => (c.kind === 'mlp' ? 'MLP' : `logistic C=${c.C}`);
+  if (s.fallback) return `head: ${name(s.chosen)} (${s.fallback})`;
+  const best = (kind: HeadCandidate['kind']) => s.scores.filter((x) => x.candidate.kind === kind).sort((a, b) => b.score - a.score || a.loss - b.loss)[0];
+  const other = best(s.chosen.kind === 'mlp' ? 'logistic' : 'mlp');
+  const chosen = s.scores.find((x) => x.candidate === s.chosen) ?? best(s.chosen.kind)!;
+  return `head: ${s.chosen.kind === 'mlp' ? 'MLP' : `L2 logistic regression, C=${(s.chosen as { C: number }).C}`} by ${s.folds}-fold cross-validation${s.repeats > 1 ? ` (${s.repeats} splits)` : ""} on the training rows (${s.metric} ${chosen.score.toFixed(3)}${other ? `; ${name(other.candidate)} ${other.score.toFixed(3)}` : ''}; ${s.seconds.toFixed(1)} s)`;
 }
 
 /** How the data was split, in words. */
@@ -593,7 +606,7 @@ function trainOptions(c: Command): Command {
     .option('--offline', 'never touch the network (also HF_HUB_OFFLINE=1)')
     .option('--cut <tensor>', 'tensor to cut the model at (default: the input of its last global pooling)')
     .option('--out <dir>', 'output directory for model.onnx and graft.json', 'graft-model')
-    .addOption(new Option('--head <kind>', 'new classifier head').choices(['mlp', 'linear']).default('mlp'))
+    .addOption(new Option('--head <kind>', 'new classifier head: auto chooses by 5-fold cross-validation on the training rows between an L2 logistic regression (C by CV) and the MLP; logistic: the former; mlp, linear: trained by the optimizer').choices(['auto', 'logistic', 'mlp', 'linear']).default('auto'))
     .option('--epochs <n>', 'maximum training epochs (default 60, early stopping; the unfrozen phase of a text encoder: 5, of audio: 10)', int('--epochs', 1))
     .option('--lr <x|auto>', 'learning rate, or auto: the range test picks it (graft lr-find) (default: MLP head 3e-4, on texts 1e-3; linear head 1e-3; fine-tuning 1e-4, a text encoder 3e-5)', rateOrAuto)
     .option('--batch-size <n>', 'training batch size (default 32)', int('--batch-size', 1))

@@ -149,7 +149,8 @@ export function buildTrainingGraph(spec: HeadSpec, std: Standardizer): ModelProt
   const b = new GraphBuilder('head_train');
   const x = b.input(HEAD_INPUT, DataType.FLOAT, ['N', spec.inputDim]);
   const labels = b.input(TRAIN_LABELS, DataType.INT64, ['N']);
-  const mask = spec.kind === 'mlp' ? b.input(TRAIN_MASK, DataType.FLOAT, ['N', spec.hidden]) : undefined;
+  // No dropout, no mask input (headTrainable feeds one only then).
+  const mask = spec.kind === 'mlp' && spec.dropout > 0 ? b.input(TRAIN_MASK, DataType.FLOAT, ['N', spec.hidden]) : undefined;
   const w = declareParams(b, spec, { kind: 'train' });
   const logits = forward(b, spec, std, x, w, mask);
   b.node('SoftmaxCrossEntropyLoss', [logits, labels], { reduction: 'mean' }, { outputs: [TRAIN_LOSS] });
