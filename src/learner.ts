@@ -314,12 +314,23 @@ export class Learner {
       metric: fit.monitor === 'macro-f1' ? 'macro-f1' : 'accuracy',
     });
     this.selection = selection;
-    if (selection.chosen.kind === 'mlp') {
-      this.headSpec = mlp;
-      return trainHead(set, this.data.trainRows, this.data.valRows, mlp, std, fit, callbacks, checkpoint);
-    }
-    this.headSpec = { kind: 'linear', hidden: 0, dropout: 0, inputDim: this.headSpec.inputDim, numClasses };
-    return fitLogisticHead(set, this.data.trainRows, this.data.valRows, this.headSpec, std, selection.chosen.C, fit, callbacks);
+    const chosen = selection.chosen;
+    this.headSpec = chosen.kind === 'logistic' ? { kind: 'linear', hidden: 0, dropout: 0, inputDim: mlp.inputDim, numClasses } : { ...mlp, kind: chosen.kind };
+    return this.fitChosen(set, this.data.trainRows, this.data.valRows, std, fit, callbacks, checkpoint);
+  }
+
+  /**
+   * The chosen head fitted on `train`: the MLP by the optimizer (early-stopped on `val`), the logistic regression
+   * solved, or both for the ensemble (its history is the MLP's epochs). `val` only reports and early-stops.
+   */
+  private async fitChosen(set: FeatureSet, train: readonly number[], val: readonly number[], std: Standardizer, fit: FitOptions, callbacks: Callback[], checkpoint?: Checkpointing): Promise<TrainResult> {
+    const chosen = this.selection?.chosen;
+    if (!chosen || chosen.kind === 'mlp') return trainHead(set, train, val, this.headSpec, std, fit, callbacks, checkpoint);
+    const linear: HeadSpec = { ...this.headSpec, kind: 'linear' };
+    if (chosen.kind === 'logistic') return fitLogisticHead(set, train, val, linear, std, chosen.C, fit, callbacks);
+    const mlp = await trainHead(set, train, val, { ...this.headSpec, kind: 'mlp' }, std, fit, callbacks, checkpoint);
+    const logistic = await fitLogisticHead(set, train, val, linear, std, chosen.C, fit);
+    return { ...mlp, params: [...mlp.params, ...logistic.params] };
   }
 
   private headLr(): number {
@@ -499,11 +510,7 @@ export class Learner {
           const rest = trainRows.filter((_, i) => fold[i] !== f);
           // The training rows stand in for validation: the epoch kept is the one of least training loss.
           const fit = { ...DEFAULT_FIT, lr: this.headLr(), seed: this.seed + f, epochs, patience: 0 };
-          const chosen = this.selection?.chosen;
-          const result =
-            chosen?.kind === 'logistic'
-              ? await fitLogisticHead(this.data.features, rest, held, this.spec, this.standardizer, chosen.C, fit)
-              : await trainHead(this.data.features, rest, rest, this.spec, this.standardizer, fit);
+          const result = await this.fitChosen(this.data.features, rest, rest, this.standardizer, fit, []);
           const p = await evaluator.probabilities(this.data.features, held, result.params);
           let j = 0;
           trainRows.forEach((_, i) => {

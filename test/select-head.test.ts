@@ -10,9 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { buildLogisticGraph, logisticParams, minimize, withPenalty, type Objective } from '../src/head/logistic.js';
-import { DEFAULT_HEAD, fitStandardizer, type HeadSpec, type Standardizer } from '../src/head/head.js';
+import { buildEvalGraph, buildTrainingGraph, DEFAULT_HEAD, fitStandardizer, gradName, initParams, TRAIN_LABELS, TRAIN_LOSS, type HeadSpec, type Param, type Standardizer } from '../src/head/head.js';
 import { encodeModel } from '../src/onnx/proto.js';
-import { fitLogisticHead, LOGISTIC_GRID, selectHead } from '../src/train/select-head.js';
+import { fitLogisticHead, LOGISTIC_GRID, preferEnsemble, selectHead } from '../src/train/select-head.js';
 import { DEFAULT_FIT, Evaluator, type FeatureSet } from '../src/train/trainer.js';
 import { Random } from '../src/util/random.js';
 import { GraftModel, learner, type Learner } from '../src/index.js';
@@ -153,7 +153,7 @@ describe('logistic objective graph', () => {
 });
 
 describe('selectHead', () => {
-  it('chooses the MLP on XOR, where no linear head beats chance', async () => {
+  it('keeps the ensemble on XOR (no line beats chance there, and averaging with one does not hurt the MLP)', async () => {
     const rng = new Random(5);
     const n = 200;
     const features = new Float32Array(n * 2);
@@ -169,12 +169,38 @@ describe('selectHead', () => {
     const train = Array.from({ length: n }, (_, i) => i);
     const spec: HeadSpec = { ...DEFAULT_HEAD, hidden: 16, dropout: 0, inputDim: 2, numClasses: 2 };
     const s = await selectHead(set, train, 2, { logistic: true, mlp: { spec, fit: { ...DEFAULT_FIT, lr: 1e-2, epochs: 60 } }, seed: 0 });
-    assert.deepEqual(s.chosen, { kind: 'mlp' });
+    assert.equal(s.chosen.kind, 'ensemble');
     assert.equal(s.folds, 5);
+    assert.equal(s.repeats, 5);
     const logistic = s.scores.filter((x) => x.candidate.kind === 'logistic');
     // Near chance: log-loss within 0.01 of ln 2 (the quadrants' sampled sizes let a line do a little better than 0.5).
     assert.ok(logistic.length >= 1 && logistic.every((x) => x.score < 0.75 && x.loss > Math.LN2 - 0.01), JSON.stringify(logistic));
-    assert.ok(s.scores.find((x) => x.candidate.kind === 'mlp')!.score > 0.95);
+    const mlp = s.scores.find((x) => x.candidate.kind === 'mlp')!;
+    const ensemble = s.scores.find((x) => x.candidate.kind === 'ensemble')!;
+    assert.ok(mlp.score > 0.95 && ensemble.score > 0.95, JSON.stringify(s.scores.slice(-2)));
+  });
+
+  it('keeps the ensemble unless one head alone is right on significantly more rows (paired)', () => {
+    const n = 200;
+    const truth = Int32Array.from({ length: n }, (_, i) => i % 2);
+    // Probabilities [n, 2] right on the rows `right` says.
+    const probs = (right: (i: number) => boolean) => {
+      const p = new Float32Array(n * 2);
+      for (let i = 0; i < n; i++) p[i * 2 + (right(i) ? truth[i]! : 1 - truth[i]!)] = 0.9, (p[i * 2 + (right(i) ? 1 - truth[i]! : truth[i]!)] = 0.1);
+      return p;
+    };
+    const ensemble = { kind: 'ensemble', C: 1 } as const;
+    const ens = probs((i) => i % 10 !== 0); // 90% right
+    const mlp = { kind: 'mlp' } as const;
+    const logistic = { kind: 'logistic', C: 1 } as const;
+    // Two rows more: within noise, the ensemble stays.
+    assert.deepEqual(preferEnsemble(truth, 2, ensemble, ens, [[mlp, probs((i) => i % 10 !== 0 || i < 20)]]), ensemble);
+    // 18 rows more and none fewer: the MLP alone.
+    assert.deepEqual(preferEnsemble(truth, 2, ensemble, ens, [[logistic, ens], [mlp, probs((i) => i % 10 !== 0 || i < 180)]]), mlp);
+    // Both better: the larger gain.
+    assert.deepEqual(preferEnsemble(truth, 2, ensemble, ens, [[logistic, probs(() => true)], [mlp, probs((i) => i % 10 !== 0 || i < 180)]]), logistic);
+    // Worse: never.
+    assert.deepEqual(preferEnsemble(truth, 2, ensemble, ens, [[mlp, probs((i) => i % 5 !== 0)]]), ensemble);
   });
 
   it('scores only training rows: relabelling or changing the validation rows changes nothing, and it is deterministic', async () => {
@@ -223,6 +249,54 @@ describe('selectHead', () => {
   });
 });
 
+describe('ensemble head', () => {
+  const set = blobs(40, 5, 3, 2, 8);
+  const rows = Array.from({ length: 40 }, (_, i) => i);
+  const std = fitStandardizer(set.features, 5, rows);
+  const spec: HeadSpec = { kind: 'ensemble', hidden: 6, dropout: 0, inputDim: 5, numClasses: 3 };
+  const params = initParams(spec, 2);
+  const feeds = (ps: Param[], n = rows.length) => ({
+    features: new ort.Tensor('float32', set.features.slice(0, n * 5), [n, 5]),
+    ...Object.fromEntries(ps.map((p) => [p.name, new ort.Tensor('float32', p.data, p.dims)])),
+  });
+
+  it('gives the average of its MLP and linear heads\' probabilities', async () => {
+    assert.deepEqual(params.map((p) => p.name), ['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias', 'fc.weight', 'fc.bias']);
+    const run = async (s: HeadSpec, ps: Param[]) => {
+      const session = await ort.InferenceSession.create(encodeModel(buildEvalGraph(s, std)));
+      const out = (await session.run(feeds(ps))).probabilities!.data as Float32Array;
+      await session.release();
+      return out;
+    };
+    const both = await run(spec, params);
+    const mlp = await run({ ...spec, kind: 'mlp' }, params.slice(0, 4));
+    const linear = await run({ ...spec, kind: 'linear' }, params.slice(4));
+    both.forEach((p, i) => assert.ok(Math.abs(p - (mlp[i]! + linear[i]!) / 2) < 1e-6, `${i}: ${p} vs ${(mlp[i]! + linear[i]!) / 2}`));
+  });
+
+  it('its training graph\'s gradients equal central differences of its loss', async () => {
+    const session = await ort.InferenceSession.create(encodeModel(buildTrainingGraph(spec, std)));
+    const labels = new ort.Tensor('int64', BigInt64Array.from(rows, (r) => BigInt(set.labels[r]!)), [rows.length]);
+    const loss = async (ps: Param[]) => ((await session.run({ ...feeds(ps), [TRAIN_LABELS]: labels }, [TRAIN_LOSS]))[TRAIN_LOSS]!.data as Float32Array)[0]!;
+    const out = await session.run({ ...feeds(params), [TRAIN_LABELS]: labels });
+    const rng = new Random(4);
+    const eps = 1e-2;
+    let checked = 0;
+    for (const [pi, p] of params.entries()) {
+      const g = out[gradName(p.name)]!.data as Float32Array;
+      for (let t = 0; t < 4; t++) {
+        const i = rng.int(p.data.length);
+        const shifted = (d: number) => params.map((q, qi) => (qi === pi ? { ...q, data: Float32Array.from(q.data, (v, j) => (j === i ? v + d : v)) } : q));
+        const numeric = ((await loss(shifted(eps))) - (await loss(shifted(-eps)))) / (2 * eps);
+        assert.ok(Math.abs(numeric - g[i]!) <= 2e-3 + 2e-2 * Math.abs(numeric), `${p.name}[${i}]: autodiff ${g[i]} vs numeric ${numeric}`);
+        checked++;
+      }
+    }
+    assert.equal(checked, 24);
+    await session.release();
+  });
+});
+
 describe('Learner with head auto and logistic on real images', () => {
   let tmp: string;
   let learn: Learner;
@@ -236,7 +310,9 @@ describe('Learner with head auto and logistic on real images', () => {
       for (const f of files) await symlink(join(hym, 'train', cls, f), join(tmp, 'data', cls, f));
     }
     learn = await learner({ data: join(tmp, 'data'), model: int8, cacheDir: join(tmp, 'cache'), valSplit: 0.3, seed: 7, head: 'logistic' });
+    model = int8;
   });
+  let model: string;
 
   after(async () => {
     await learn?.close();
@@ -267,5 +343,36 @@ describe('Learner with head auto and logistic on real images', () => {
     await evaluator.release();
     learn.classes.forEach((c, i) => assert.ok(Math.abs(predicted[i]! - probs[i]!) < 1e-4, `${c}: ${predicted[i]} vs ${probs[i]}`));
     await model.close();
+  });
+
+  it('auto: the chosen candidate decides the head, recorded in graft.json, and the artifact reproduces evaluate()', async () => {
+    const auto = await learner({ data: join(tmp, 'data'), model, cacheDir: join(tmp, 'cache'), valSplit: 0.3, seed: 7 });
+    try {
+      await auto.fit();
+      const s = auto.selection!;
+      assert.deepEqual(s.scores.map((x) => x.candidate.kind).slice(-2), ['mlp', 'ensemble']);
+      // The ensemble unless one head alone is significantly better (paired, out of fold): then that head had the best score.
+      assert.equal(s.folds, 5);
+      assert.equal(s.repeats, 5); // 42 training rows: ⌈1000 / 42⌉ capped at 5 splits
+      const kind = { logistic: 'linear', mlp: 'mlp', ensemble: 'ensemble' }[s.chosen.kind];
+      assert.equal(auto.spec.kind, kind);
+      assert.equal(auto.result!.params.length, { linear: 2, mlp: 4, ensemble: 6 }[kind]);
+      if (s.chosen.kind !== 'ensemble') {
+        const ensemble = s.scores.find((x) => x.candidate.kind === 'ensemble')!;
+        assert.ok(s.scores.find((x) => x.candidate.kind === s.chosen.kind && (x.candidate as { C?: number }).C === (s.chosen as { C?: number }).C)!.score > ensemble.score);
+      }
+      const metrics = await auto.evaluate();
+      const out = join(tmp, 'out-auto');
+      await auto.export(out, metrics);
+      const exported = await GraftModel.load(out);
+      const samples = [...auto.data.dataset.train, ...auto.data.dataset.val];
+      const { probabilities } = await exported.probabilities(auto.data.valRows.map((r) => samples[r]!.file));
+      await exported.close();
+      let loss = 0;
+      auto.data.valRows.forEach((r, i) => (loss -= Math.log(probabilities[i * 2 + auto.data.features.labels[r]!]!)));
+      assert.ok(Math.abs(loss / auto.data.valRows.length - metrics.loss!) < 1e-4, `artifact loss ${loss / auto.data.valRows.length} vs ${metrics.loss}`);
+    } finally {
+      await auto.close();
+    }
   });
 });

@@ -398,12 +398,13 @@ async function trainLearner(learn: Learner, flags: TrainFlags, out: string, prog
 
 /** The head chosen by cross-validation, and against what, in one line. */
 export function describeSelection(s: HeadSelection): string {
-  const name = (c: HeadCandidate) => (c.kind === 'mlp' ? 'MLP' : `logistic C=${c.C}`);
+  const name = (c: HeadCandidate) => (c.kind === 'mlp' ? 'MLP' : c.kind === 'logistic' ? `logistic C=${c.C}` : `MLP + logistic C=${c.C} averaged`);
   if (s.fallback) return `head: ${name(s.chosen)} (${s.fallback})`;
   const best = (kind: HeadCandidate['kind']) => s.scores.filter((x) => x.candidate.kind === kind).sort((a, b) => b.score - a.score || a.loss - b.loss)[0];
-  const other = best(s.chosen.kind === 'mlp' ? 'logistic' : 'mlp');
-  const chosen = s.scores.find((x) => x.candidate === s.chosen) ?? best(s.chosen.kind)!;
-  return `head: ${s.chosen.kind === 'mlp' ? 'MLP' : `L2 logistic regression, C=${(s.chosen as { C: number }).C}`} by ${s.folds}-fold cross-validation${s.repeats > 1 ? ` (${s.repeats} splits)` : ""} on the training rows (${s.metric} ${chosen.score.toFixed(3)}${other ? `; ${name(other.candidate)} ${other.score.toFixed(3)}` : ''}; ${s.seconds.toFixed(1)} s)`;
+  const chosen = best(s.chosen.kind)!;
+  const others = (['logistic', 'mlp', 'ensemble'] as const).filter((k) => k !== s.chosen.kind).flatMap((k) => best(k) ?? []);
+  const how = `${s.folds}-fold cross-validation${s.repeats > 1 ? ` (${s.repeats} splits)` : ''} on the training rows`;
+  return `head: ${name(s.chosen)} by ${how} (${s.metric} ${chosen.score.toFixed(3)}${others.map((o) => `; ${name(o.candidate)} ${o.score.toFixed(3)}`).join('')}; ${s.seconds.toFixed(1)} s)`;
 }
 
 /** How the data was split, in words. */

@@ -9,17 +9,28 @@ import { appendGradients } from '../onnx/autodiff.js';
 import { DataType, type ModelProto } from '../onnx/proto.js';
 import { Random } from '../util/random.js';
 
-export type HeadKind = 'mlp' | 'linear';
+/**
+ * `mlp`: Dense(hidden) + ReLU (+ dropout) + Dense; `linear`: one Dense (a logistic regression when solved by
+ * head/logistic.ts); `ensemble`: both side by side on the same standardised features, their class probabilities
+ * averaged (what the `auto` choice picks when the average scores best in cross-validation).
+ */
+export type HeadKind = 'mlp' | 'linear' | 'ensemble';
 
 export interface HeadSpec {
   kind: HeadKind;
   inputDim: number;
   numClasses: number;
-  /** Width of the hidden layer of the `mlp` head. */
+  /** Width of the hidden layer of the `mlp` head (and of the ensemble's MLP). */
   hidden: number;
   /** Dropout rate before the last layer of the `mlp` head (training mode only). */
   dropout: number;
 }
+
+/** Whether the head has an MLP branch (`mlp`, `ensemble`). */
+export const hasMlp = (spec: Pick<HeadSpec, 'kind'>): boolean => spec.kind !== 'linear';
+
+/** Whether training feeds a dropout mask ([N, hidden], TRAIN_MASK). */
+export const hasDropoutMask = (spec: Pick<HeadSpec, 'kind' | 'dropout'>): boolean => hasMlp(spec) && spec.dropout > 0;
 
 export const DEFAULT_HEAD: Omit<HeadSpec, 'inputDim' | 'numClasses'> = { kind: 'mlp', hidden: 512, dropout: 0.5 };
 
@@ -47,27 +58,26 @@ export const HEAD_INPUT = 'features';
 export const HEAD_OUTPUT = 'probabilities';
 
 export function validateSpec(spec: HeadSpec): void {
-  if (spec.kind !== 'mlp' && spec.kind !== 'linear') throw new GraftError('USAGE', `unknown head "${spec.kind as string}": use mlp or linear`);
+  if (spec.kind !== 'mlp' && spec.kind !== 'linear' && spec.kind !== 'ensemble') throw new GraftError('USAGE', `unknown head "${spec.kind as string}": use mlp, linear or ensemble`);
   if (!(spec.numClasses >= 2)) throw new GraftError('USAGE', `a classifier needs at least 2 classes, got ${spec.numClasses}`);
   if (!(spec.dropout >= 0 && spec.dropout < 1)) throw new GraftError('USAGE', `dropout must be in [0, 1), got ${spec.dropout}`);
-  if (spec.kind === 'mlp' && !(Number.isInteger(spec.hidden) && spec.hidden > 0)) throw new GraftError('USAGE', `hidden width must be a positive integer, got ${spec.hidden}`);
+  if (hasMlp(spec) && !(Number.isInteger(spec.hidden) && spec.hidden > 0)) throw new GraftError('USAGE', `hidden width must be a positive integer, got ${spec.hidden}`);
 }
 
 /** Names, shapes and decay flags of a head's weights, in order. */
 export function paramShapes(spec: HeadSpec): Array<Omit<Param, 'data'>> {
   const { inputDim: d, numClasses: c, hidden: h } = spec;
-  if (spec.kind === 'linear') {
-    return [
-      { name: 'fc.weight', dims: [d, c], decay: true },
-      { name: 'fc.bias', dims: [c], decay: false },
-    ];
-  }
-  return [
+  const linear = [
+    { name: 'fc.weight', dims: [d, c], decay: true },
+    { name: 'fc.bias', dims: [c], decay: false },
+  ];
+  const mlp = [
     { name: 'fc1.weight', dims: [d, h], decay: true },
     { name: 'fc1.bias', dims: [h], decay: false },
     { name: 'fc2.weight', dims: [h, c], decay: true },
     { name: 'fc2.bias', dims: [c], decay: false },
   ];
+  return spec.kind === 'linear' ? linear : spec.kind === 'mlp' ? mlp : [...mlp, ...linear];
 }
 
 /** Seeded initialisation: He-uniform for the ReLU layer, Glorot-uniform for the output layer, zero biases. */
@@ -80,7 +90,7 @@ export function initParams(spec: HeadSpec, seed: number): HeadParams {
     if (!p.decay) return { ...p, data: new Float32Array(size) };
     const [fanIn, fanOut] = p.dims as [number, number];
     // The hidden layer feeds a ReLU: He; the output layer: Glorot.
-    const limit = spec.kind === 'mlp' && p.name === 'fc1.weight' ? Math.sqrt(6 / fanIn) : Math.sqrt(6 / (fanIn + fanOut));
+    const limit = p.name === 'fc1.weight' ? Math.sqrt(6 / fanIn) : Math.sqrt(6 / (fanIn + fanOut));
     return { ...p, data: uniform(size, limit) };
   });
 }
@@ -120,15 +130,25 @@ export function declareParams(b: GraphBuilder, spec: HeadSpec, mode: Mode): Map<
   return names;
 }
 
-/** The forward definition shared by every mode (and by fine-tuning graphs); returns the logits tensor. */
+/**
+ * The forward definition shared by every mode (and by fine-tuning graphs); returns the logits tensor. The
+ * ensemble's logits are the log of its averaged probabilities (a softmax of them gives the average back).
+ */
 export function forward(b: GraphBuilder, spec: HeadSpec, std: Standardizer, x: string, w: Map<string, string>, mask?: string): string {
   const mean = b.constant('std.mean', std.mean, [spec.inputDim]);
   const invStd = b.constant('std.inv_std', std.invStd, [spec.inputDim]);
   const z = b.op('Mul', [b.op('Sub', [x, mean]), invStd]);
-  if (spec.kind === 'linear') return b.op('Gemm', [z, w.get('fc.weight')!, w.get('fc.bias')!]);
-  let hidden = b.op('Relu', [b.op('Gemm', [z, w.get('fc1.weight')!, w.get('fc1.bias')!])]);
-  if (mask) hidden = b.op('Mul', [hidden, mask]);
-  return b.op('Gemm', [hidden, w.get('fc2.weight')!, w.get('fc2.bias')!]);
+  const linear = () => b.op('Gemm', [z, w.get('fc.weight')!, w.get('fc.bias')!]);
+  const mlp = () => {
+    let hidden = b.op('Relu', [b.op('Gemm', [z, w.get('fc1.weight')!, w.get('fc1.bias')!])]);
+    if (mask) hidden = b.op('Mul', [hidden, mask]);
+    return b.op('Gemm', [hidden, w.get('fc2.weight')!, w.get('fc2.bias')!]);
+  };
+  if (spec.kind === 'linear') return linear();
+  if (spec.kind === 'mlp') return mlp();
+  const half = b.constant('ensemble.half', Float32Array.of(0.5), []);
+  const average = b.op('Mul', [b.op('Add', [b.op('Softmax', [mlp()], { axis: 1 }), b.op('Softmax', [linear()], { axis: 1 })]), half]);
+  return b.op('Log', [average]);
 }
 
 /** Inputs of the training graph besides the weights. */
@@ -150,7 +170,7 @@ export function buildTrainingGraph(spec: HeadSpec, std: Standardizer): ModelProt
   const x = b.input(HEAD_INPUT, DataType.FLOAT, ['N', spec.inputDim]);
   const labels = b.input(TRAIN_LABELS, DataType.INT64, ['N']);
   // No dropout, no mask input (headTrainable feeds one only then).
-  const mask = spec.kind === 'mlp' && spec.dropout > 0 ? b.input(TRAIN_MASK, DataType.FLOAT, ['N', spec.hidden]) : undefined;
+  const mask = hasDropoutMask(spec) ? b.input(TRAIN_MASK, DataType.FLOAT, ['N', spec.hidden]) : undefined;
   const w = declareParams(b, spec, { kind: 'train' });
   const logits = forward(b, spec, std, x, w, mask);
   b.node('SoftmaxCrossEntropyLoss', [logits, labels], { reduction: 'mean' }, { outputs: [TRAIN_LOSS] });

@@ -7,7 +7,7 @@ export interface JobOptions {
   epochs?: number;
   lr?: number;
   unfreeze?: number;
-  head?: 'mlp' | 'linear';
+  head?: 'auto' | 'logistic' | 'mlp' | 'linear';
   seed?: number;
   valSplit?: number;
   model?: string;
@@ -49,7 +49,7 @@ export function parseJobRequest(body: Record<string, unknown>): { mode: JobMode;
         options.unfreeze = v;
         break;
       case 'head':
-        if (v !== 'mlp' && v !== 'linear') throw bad(key, '"mlp" or "linear"', v);
+        if (v !== 'auto' && v !== 'logistic' && v !== 'mlp' && v !== 'linear') throw bad(key, '"auto", "logistic", "mlp" or "linear"', v);
         options.head = v;
         break;
       case 'seed':

@@ -26,6 +26,7 @@ import {
   type HeadSpec,
   type Param,
   type Standardizer,
+  hasDropoutMask,
 } from '../head/head.js';
 import type { FeatureSet, Trainable } from './trainer.js';
 import type { Rows } from './rows.js';
@@ -368,7 +369,7 @@ function suffixGraph(
     b.output(stateOutput(variance!), DataType.FLOAT, []);
   }
   const head = declareParams(b, spec, { kind: 'train' });
-  const mask = training && spec.kind === 'mlp' && spec.dropout > 0 ? b.input(TRAIN_MASK, DataType.FLOAT, [batch, spec.hidden]) : undefined;
+  const mask = training && hasDropoutMask(spec) ? b.input(TRAIN_MASK, DataType.FLOAT, [batch, spec.hidden]) : undefined;
   const logits = forward(b, spec, std, plan.output, head, mask);
   return { b, logits, weights: [...weights, ...head.values()] };
 }
@@ -428,7 +429,7 @@ export function suffixTrainable(
           }),
         }
       : {}),
-    ...(spec.kind === 'mlp' && spec.dropout > 0 ? { mask: { name: TRAIN_MASK, width: spec.hidden, rate: spec.dropout } } : {}),
+    ...(hasDropoutMask(spec) ? { mask: { name: TRAIN_MASK, width: spec.hidden, rate: spec.dropout } } : {}),
   };
 }
 

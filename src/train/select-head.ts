@@ -1,9 +1,11 @@
 /**
- * Which head, chosen on the training rows alone: stratified k-fold cross-validation over candidate heads — the
- * L2 logistic regression at each C of a grid (solved exactly, warm-started along the grid) and the MLP head as
- * `trainHead` trains it — scored by the out-of-fold accuracy (or macro-F1), ties to the lower out-of-fold loss.
- * The validation rows are never read. The winner is then fitted on every training row (fitLogisticHead, or the
- * usual trainHead for the MLP).
+ * Which head, chosen on the training rows alone (the validation rows are never read), by stratified k-fold
+ * cross-validation (repeated for small sets): the L2 logistic regression at each C of a grid (solved exactly,
+ * warm-started along the grid; the best out-of-fold accuracy or macro-F1 picks C, ties to the lower loss), the
+ * MLP head as `trainHead` trains it, and the two averaged. The average is kept unless one head alone is right on
+ * significantly more out-of-fold rows (preferEnsemble): at a few hundred rows the two heads' scores differ by
+ * less than their noise, and averaging them lowers the variance that decides validation accuracy there. The winner
+ * is then fitted on every training row (fitLogisticHead, the usual trainHead for the MLP, or both).
  */
 import { computeMetrics, argmaxRows, crossEntropy } from '../evaluate/metrics.js';
 import { crossValidationFolds } from '../evaluate/diagnostics.js';
@@ -28,7 +30,11 @@ const ROWS_FOR_ONE_SPLIT = 1000;
 const MAX_REPEATS = 5;
 const REPEAT_SEED = 7919;
 
-export type HeadCandidate = { kind: 'logistic'; C: number } | { kind: 'mlp' };
+/** Standard errors by which a single head must beat the ensemble (paired, out of fold) to be chosen instead. */
+const SIGNIFICANCE = 2;
+
+/** `ensemble`: the logistic regression at C and the MLP, their probabilities averaged. */
+export type HeadCandidate = { kind: 'logistic'; C: number } | { kind: 'mlp' } | { kind: 'ensemble'; C: number };
 
 export interface CandidateScore {
   candidate: HeadCandidate;
@@ -160,15 +166,17 @@ export async function selectHead(set: FeatureSet, trainRows: readonly number[], 
     })),
   );
   // Out-of-fold probabilities in trainRows order: each fold writes its held-out rows.
-  const truth = folds.flatMap((f) => f.held.map((r) => set.labels[r]!));
+  const truth = Int32Array.from(folds.flatMap((f) => f.held.map((r) => set.labels[r]!)));
   const score = (probs: Float32Array): { score: number; loss: number } => {
+    const t = truth.subarray(0, probs.length / numClasses);
     const predicted = argmaxRows(probs, numClasses);
     const names = Array.from({ length: numClasses }, (_, c) => String(c));
-    const m = computeMetrics(names, truth, predicted);
-    return { score: metric === 'accuracy' ? m.accuracy : m.macroF1, loss: crossEntropy(probs, numClasses, truth) };
+    const m = computeMetrics(names, t, predicted);
+    return { score: metric === 'accuracy' ? m.accuracy : m.macroF1, loss: crossEntropy(probs, numClasses, t) };
   };
   const scores: CandidateScore[] = [];
 
+  let logisticBest: { C: number; probs: Float32Array } | undefined;
   if (options.logistic) {
     // Every training row (and view) once; each fold weighs its own training rows and leaves its held-out rows at 0.
     const { rows, owner } = withViews(trainRows, set.views);
@@ -198,7 +206,7 @@ export async function selectHead(set: FeatureSet, trainRows: readonly number[], 
         }
         const s = score(probs);
         scores.push({ candidate: { kind: 'logistic', C }, ...s });
-        if (s.score > best.score || (s.score === best.score && s.loss < best.loss)) [best, worse] = [s, 0];
+        if (s.score > best.score || (s.score === best.score && s.loss < best.loss)) [best, worse, logisticBest] = [s, 0, { C, probs }];
         else if (++worse >= PATIENCE) break;
       }
     } finally {
@@ -206,27 +214,69 @@ export async function selectHead(set: FeatureSet, trainRows: readonly number[], 
     }
   }
 
-  if (options.mlp) {
-    const { spec, fit } = options.mlp;
-    const probs = new Float32Array(truth.length * numClasses);
-    let at = 0;
-    for (const [f, { train, held }] of folds.entries()) {
-      const std = fitStandardizer(set.features, set.dim, train);
-      // Early stopping watches the held-out fold, as the final training watches the validation rows.
-      const result = await trainHead(set, train, held, spec, std, { ...fit, seed: fit.seed + f });
-      const evaluator = await Evaluator.forHead(spec, std);
-      try {
-        probs.set(await evaluator.probabilities(set, held, result.params), at);
-      } finally {
-        await evaluator.release();
-      }
-      at += held.length * numClasses;
-    }
-    scores.push({ candidate: { kind: 'mlp' }, ...score(probs) });
+  if (!options.mlp || !logisticBest) {
+    const ranked = [...scores].sort((a, b) => b.score - a.score || a.loss - b.loss);
+    return { chosen: ranked[0]!.candidate, metric, folds: k, repeats, scores, seconds: seconds() };
   }
 
-  const ranked = [...scores].sort((a, b) => b.score - a.score || a.loss - b.loss);
-  return { chosen: ranked[0]!.candidate, metric, folds: k, repeats, scores, seconds: seconds() };
+  // The MLP on the first split only (its folds cost a training each); the ensemble and the comparisons on that split.
+  const { spec, fit } = options.mlp;
+  const n = trainRows.length;
+  const mlpProbs = new Float32Array(n * numClasses);
+  let at = 0;
+  for (const [f, { train, held }] of folds.slice(0, k).entries()) {
+    const std = fitStandardizer(set.features, set.dim, train);
+    // Early stopping watches the held-out fold, as the final training watches the validation rows.
+    const result = await trainHead(set, train, held, spec, std, { ...fit, seed: fit.seed + f });
+    const evaluator = await Evaluator.forHead(spec, std);
+    try {
+      mlpProbs.set(await evaluator.probabilities(set, held, result.params), at);
+    } finally {
+      await evaluator.release();
+    }
+    at += held.length * numClasses;
+  }
+  const C = logisticBest.C;
+  const logisticProbs = logisticBest.probs.subarray(0, n * numClasses);
+  // The average of the two heads' out-of-fold probabilities is the ensemble's (no row's heads saw it).
+  const ensembleProbs = mlpProbs.map((p, i) => (p + logisticProbs[i]!) / 2);
+  scores.push({ candidate: { kind: 'mlp' }, ...score(mlpProbs) }, { candidate: { kind: 'ensemble', C }, ...score(ensembleProbs) });
+  const chosen = preferEnsemble(truth.subarray(0, n), numClasses, { kind: 'ensemble', C }, ensembleProbs, [
+    [{ kind: 'logistic', C }, logisticProbs],
+    [{ kind: 'mlp' }, mlpProbs],
+  ]);
+  return { chosen, metric, folds: k, repeats, scores, seconds: seconds() };
+}
+
+/**
+ * The ensemble (of lower variance than either head alone) stays unless one head alone is right on significantly
+ * more rows of the same out-of-fold predictions: a paired comparison, mean gain > SIGNIFICANCE standard errors;
+ * of two such heads, the one with the larger gain.
+ */
+export function preferEnsemble(truth: Int32Array, numClasses: number, ensemble: HeadCandidate, ensembleProbs: Float32Array, singles: Array<[HeadCandidate, Float32Array]>): HeadCandidate {
+  const correct = (probs: Float32Array) => {
+    const predicted = argmaxRows(probs, numClasses);
+    return Float64Array.from(truth, (t, i) => (predicted[i] === t ? 1 : 0));
+  };
+  const base = correct(ensembleProbs);
+  let chosen = ensemble;
+  let bestGain = 0;
+  for (const [candidate, probs] of singles) {
+    const gain = pairedGain(correct(probs), base);
+    if (gain.mean > SIGNIFICANCE * gain.se && gain.mean > bestGain) [chosen, bestGain] = [candidate, gain.mean];
+  }
+  return chosen;
+}
+
+/** Mean and standard error of a − b over paired rows. */
+function pairedGain(a: Float64Array, b: Float64Array): { mean: number; se: number } {
+  const n = a.length;
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += a[i]! - b[i]!;
+  const mean = sum / n;
+  let sq = 0;
+  for (let i = 0; i < n; i++) sq += (a[i]! - b[i]! - mean) ** 2;
+  return { mean, se: Math.sqrt(sq / Math.max(n - 1, 1) / n) };
 }
 
 /** Softmax of row `row` of [*, K] logits into out[at…at+K). */

@@ -21,6 +21,7 @@ import {
   type HeadSpec,
   type Param,
   type Standardizer,
+  hasDropoutMask,
 } from '../head/head.js';
 import { encodeModel, type ModelProto } from '../onnx/proto.js';
 import { Random } from '../util/random.js';
@@ -197,7 +198,7 @@ export function makeSchedules(options: Pick<FitOptions, 'schedule' | 'warmup' | 
 }
 
 /** Measured defaults per head (bench/heads.ts): the wide MLP wants a lower rate than the linear head. */
-export const DEFAULT_LR: Record<HeadSpec['kind'], number> = { mlp: 3e-4, linear: 1e-3 };
+export const DEFAULT_LR: Record<HeadSpec['kind'], number> = { mlp: 3e-4, linear: 1e-3, ensemble: 3e-4 };
 
 export interface EpochRecord {
   epoch: number;
@@ -332,7 +333,7 @@ export function headTrainable(spec: HeadSpec, std: Standardizer, seed: number, l
     inputName: HEAD_INPUT,
     rowShape: [spec.inputDim],
     numClasses: spec.numClasses,
-    ...(spec.kind === 'mlp' && spec.dropout > 0 ? { mask: { name: TRAIN_MASK, width: spec.hidden, rate: spec.dropout } } : {}),
+    ...(hasDropoutMask(spec) ? { mask: { name: TRAIN_MASK, width: spec.hidden, rate: spec.dropout } } : {}),
   };
 }
 
