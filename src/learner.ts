@@ -79,9 +79,10 @@ export interface LearnerOptions extends AugmentOptions {
   maxLength?: number;
   pooling?: Exclude<TextPooling, 'model'> | AudioPooling;
   /**
-   * The new head. `auto` (default): chosen by 5-fold cross-validation on the training rows between the L2
-   * logistic regression (C on a grid, solved exactly) and the MLP head; `logistic`: the logistic regression, its C
-   * by cross-validation; `mlp` / `linear` (or explicit MLP sizes): that head, trained by the optimizer.
+   * The new head. `auto` (default): chosen by cross-validation on the training rows (train/select-head.ts) among
+   * the L2 logistic regression (C on a grid, solved exactly), the MLP head and the two averaged (`ensemble`);
+   * `logistic`: the logistic regression, its C by cross-validation; `mlp` / `linear` / `ensemble` (or explicit MLP
+   * sizes): that head, trained by the optimizer.
    */
   head?: HeadChoice | Partial<Pick<HeadSpec, 'kind' | 'hidden' | 'dropout'>>;
   /** Validation fraction when the dataset has no split of its own (default 0.2). */
@@ -288,11 +289,6 @@ export class Learner {
     return this.data.dataset.modality;
   }
 
-  /**
-   * The head's default learning rate: DEFAULT_LR, but 1e-3 for the MLP head on text embeddings (measured on
-   * SMS spam with the bundled sentence encoder, 5 seeded splits: spam F1 0.971 vs 0.966 at 3e-4; on images
-   * 3e-4 stays best, hymenoptera 0.956 vs 0.948).
-   */
   /** The head's architecture: before an `auto` head is chosen, the MLP's. */
   get spec(): HeadSpec {
     return this.headSpec;
@@ -333,6 +329,11 @@ export class Learner {
     return { ...mlp, params: [...mlp.params, ...logistic.params] };
   }
 
+  /**
+   * The head's default learning rate: DEFAULT_LR, but 1e-3 for the MLP head on text embeddings (measured on
+   * SMS spam with the bundled sentence encoder, 5 seeded splits: spam F1 0.971 vs 0.966 at 3e-4; on images
+   * 3e-4 stays best, hymenoptera 0.956 vs 0.948).
+   */
   private headLr(): number {
     // A head still to be chosen trains its MLP candidate at the MLP's rate (the logistic one has no rate).
     const kind = this.choice === 'fixed' ? this.headSpec.kind : 'mlp';

@@ -305,19 +305,24 @@ export async function fitLogisticHead(
   const started = performance.now();
   const K = spec.numClasses;
   const { rows } = withViews(trainRows, set.views);
-  const data = await LogisticData.create(set, [...rows, ...valRows], K);
+  const data = await LogisticData.create(set, rows, K);
   let solution;
-  let z;
   try {
-    const weight = Float32Array.from({ length: rows.length + valRows.length }, (_, i) => (i < rows.length ? 1 / rows.length : 0));
-    solution = await minimize(withPenalty(data.objective(std, weight), set.dim * K, C, rows.length), data.size, { maxIterations: 2000 });
-    z = await data.logits(solution.theta, std);
+    solution = await minimize(withPenalty(data.objective(std, new Float32Array(rows.length).fill(1 / rows.length)), set.dim * K, C, rows.length), data.size, { maxIterations: 2000 });
   } finally {
     await data.release();
   }
+  // The validation rows' logits from a session of their own: in the solve they would only cost every evaluation.
+  const val = await LogisticData.create(set, valRows, K);
+  let z;
+  try {
+    z = await val.logits(solution.theta, std);
+  } finally {
+    await val.release();
+  }
   const params = logisticParams(solution, set.dim, K);
   const probs = new Float32Array(valRows.length * K);
-  valRows.forEach((_, i) => softmaxRow(z, rows.length + i, K, probs, i * K));
+  valRows.forEach((_, i) => softmaxRow(z, i, K, probs, i * K));
   const truth = Int32Array.from(valRows, (r) => set.labels[r]!);
   const m = computeMetrics(Array.from({ length: K }, (_, c) => String(c)), truth, argmaxRows(probs, K));
   const record: EpochRecord = {
